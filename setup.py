@@ -1,0 +1,40 @@
+"""codeparrot-ds: pretrain GPT-2 code-completion models from scratch with DeepSpeed."""
+
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+setup(
+    name="codeparrot-ds",
+    version=VERSION,
+    description="Pretrain GPT-2 code models from scratch with DeepSpeed: data tools, model, training.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["data_tools", "data_tools.*", "model", "model.*", "training", "training.*"]),
+    py_modules=["pretrain_gpt"],
+    install_requires=[
+        # torch is deliberately not re-resolved here beyond a floor: install your torch build first
+        # (CPU: torch==2.13.0; GPU: the CUDA build for your driver), then this package.
+        "torch>=2.4",
+        "deepspeed>=0.15",
+        "transformers>=4.45",
+        "tokenizers>=0.20",
+        "datasets>=3.0",
+        "numpy>=1.26",
+        "pyarrow>=15",
+        "zstandard>=0.22",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "mpi": ["mpi4py>=3.1"],
+        "kernels": ["triton>=3.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "tensorboard>=2.15", "mpi4py>=3.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "codeparrot-clean=data_tools.clean:main",
+            "codeparrot-train-tokenizer=data_tools.train_tokenizer:main",
+            "codeparrot-preprocess=data_tools.preprocess:main",
+            "codeparrot-shards=data_tools.indexed_dataset:main",
+        ]
+    },
+)
