@@ -1,0 +1,238 @@
+"""GPT-2, top to bottom: embedding, attention, MLP, block, GPT.
+
+Read it like nanoGPT's model.py. Pre-LayerNorm blocks, learned positions, tanh-approximated GELU, output head
+tied to the token embedding, GPT-2 initialisation (normal std 0.02, residual projections scaled by
+1/sqrt(2 n_layer), zero biases, LayerNorm weight 1). No DeepSpeed, no ranks, no global state: parallelism is
+applied from outside (``model.pipeline`` cuts stages from ``Embedding``, ``Block``, ``LayerNorm`` and the
+head defined here).
+
+Shapes: B batch, T sequence length, d = n_embd, H = n_head, hd = d / H, V = vocab_size, Vp = padded vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from model.config import GPTConfig
+from model.kernels.attention import causal_attention
+from model.kernels.bias_gelu import linear_bias_gelu
+from model.kernels.cross_entropy import cross_entropy_from_logits, linear_cross_entropy
+from model.kernels.layernorm import LayerNorm
+
+INIT_STD = 0.02
+
+
+def _init_linear(linear: nn.Linear, std: float = INIT_STD) -> None:
+    nn.init.normal_(linear.weight, mean=0.0, std=std)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def _residual_std(config: GPTConfig) -> float:
+    # GPT-2: residual projections scaled by 1/sqrt(N), N = 2 residual branches per block x n_layer blocks.
+    return INIT_STD / math.sqrt(2 * config.n_layer)
+
+
+def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Output head: ``hidden`` ``[..., d]`` x ``weight[:vocab_size]`` ``[V, d]`` -> logits ``[..., V]``.
+
+    Only the real vocabulary rows take part, so padded columns never reach a loss or a sampler.
+    """
+    return F.linear(hidden, weight[:vocab_size])
+
+
+class Embedding(nn.Module):
+    """Token + learned position embeddings, ``idx`` ``[B, T]`` -> ``x`` ``[B, T, d]``.
+
+    ``wte`` has ``padded_vocab_size`` rows; the padded rows start at zero and, never indexed nor part of the
+    head, stay zero. With tied embeddings ``wte.weight`` is also the output projection.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.n_positions = config.n_positions
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        nn.init.normal_(self.wte.weight, mean=0.0, std=INIT_STD)
+        nn.init.normal_(self.wpe.weight, mean=0.0, std=INIT_STD)
+        with torch.no_grad():
+            self.wte.weight[config.vocab_size :].zero_()
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.size(1)
+        if T > self.n_positions:
+            raise ValueError(f"sequence length ({T}) exceeds the model's context n_positions ({self.n_positions})")
+        pos = torch.arange(T, device=idx.device)  # [T]
+        return self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, d]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, ``[B, T, d] -> [B, T, d]``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        d = config.n_embd
+        self.n_head = config.n_head
+        self.attn_pdrop = config.attn_pdrop
+        self.impl = config.attention
+        self.c_attn = nn.Linear(d, 3 * d)  # q, k, v projections in one matmul
+        self.c_proj = nn.Linear(d, d)  # residual projection
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        _init_linear(self.c_attn)
+        _init_linear(self.c_proj, _residual_std(config))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)  # 3 x [B, T, d]
+        q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
+        k = k.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
+        v = v.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        y = causal_attention(q, k, v, dropout_p=dropout_p, impl=self.impl)  # [B, H, T, hd]
+        y = y.transpose(1, 2).reshape(B, T, d)  # [B, T, d]
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward, ``[B, T, d] -> [B, T, 4d] -> [B, T, d]`` with tanh-GELU."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        d = config.n_embd
+        self.impl = config.bias_gelu
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.c_proj = nn.Linear(4 * d, d)  # residual projection
+        self.dropout = nn.Dropout(config.resid_pdrop)
+        _init_linear(self.c_fc)
+        _init_linear(self.c_proj, _residual_std(config))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = linear_bias_gelu(x, self.c_fc.weight, self.c_fc.bias, self.impl)  # [B, T, 4d]
+        return self.dropout(self.c_proj(h))  # [B, T, d]
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``; ``[B, T, d]``."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        d, eps = config.n_embd, config.layer_norm_epsilon
+        self.ln_1 = LayerNorm(d, eps, config.layernorm)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(d, eps, config.layernorm)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class LMHead(nn.Module):
+    """Untied output projection (``tie_word_embeddings=False``): ``[..., d] -> [..., V]`` logits."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.weight = nn.Parameter(torch.empty(config.padded_vocab_size, config.n_embd))
+        nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
+        with torch.no_grad():
+            self.weight[config.vocab_size :].zero_()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return lm_logits(hidden, self.weight, self.vocab_size)
+
+
+class GPT(nn.Module):
+    """The GPT-2 language model.
+
+    State dict: ``embed.wte.weight`` ``[Vp, d]``, ``embed.wpe.weight`` ``[n_positions, d]``,
+    ``blocks.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}``, ``ln_f.{weight,bias}``
+    and, only when untied, ``lm_head.weight`` ``[Vp, d]``. Linear weights are ``[out, in]`` (nn.Linear).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = Embedding(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.layernorm)
+        self.lm_head = None if config.tie_word_embeddings else LMHead(config)
+
+    def output_weight(self) -> torch.Tensor:
+        """The ``[Vp, d]`` output projection: the token embedding when tied, else ``lm_head.weight``."""
+        return self.embed.wte.weight if self.lm_head is None else self.lm_head.weight
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` -> final normalised hidden states ``[B, T, d]`` (before the head)."""
+        x = self.embed(idx)  # [B, T, d]
+        for block in self.blocks:
+            if self.config.activation_checkpointing and self.training:
+                # Keep only block inputs; recompute the block in backward. Non-reentrant: works with inputs
+                # that need no grad and with autocast, and composes with torch.compile.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)  # [B, T, d]
+        return self.ln_f(x)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits and/or mean next-token loss.
+
+        Args:
+            idx: ``[B, T]`` int64 token ids, ``T <= n_positions``.
+            targets: ``[B, T]`` int64, the token that follows each position of ``idx`` (already shifted, as
+                nanoGPT), ``-100`` where no loss is wanted; or None.
+            return_logits: with targets, also return the logits (materialises ``[B, T, V]``).
+        Returns:
+            ``(logits, loss)``: logits ``[B, T, V]`` (real vocabulary only) when targets is None or
+            return_logits, else None; loss a scalar fp32 tensor when targets are given, else None.
+        """
+        x = self.hidden_states(idx)  # [B, T, d]
+        weight = self.output_weight()  # [Vp, d]
+        V = self.config.vocab_size
+        if targets is not None and not return_logits:
+            # The head and the loss together, chunked: no [B, T, V] logits (see model/kernels/cross_entropy).
+            loss = linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten(), V, self.config.cross_entropy)
+            return None, loss
+        logits = lm_logits(x, weight, V)  # [B, T, V]
+        loss = None if targets is None else cross_entropy_from_logits(logits, targets)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``max_new_tokens`` tokens after ``idx`` ``[B, T0]``; returns ``[B, T0 + max_new_tokens]``.
+
+        No KV cache: each step re-reads the last ``n_positions`` tokens (evaluation and demos, not serving).
+        temperature 0 is greedy decoding.
+        """
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.n_positions :]
+            logits, _ = self(context)
+            logits = logits[:, -1, :].float()  # [B, V]
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # [B, 1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
+            idx = torch.cat((idx, next_id), dim=1)
+        return idx

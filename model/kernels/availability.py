@@ -1,0 +1,30 @@
+"""Availability checks shared by the Triton-backed ops (cached: they never change within a process)."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+
+@functools.cache
+def triton_importable() -> bool:
+    """True when the ``triton`` package is installed (it is an optional extra: ``.[kernels]``)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def triton_usable(device_type: str) -> tuple[bool, str]:
+    """Whether Triton kernels can run on tensors of ``device_type``, and why not if they cannot.
+
+    Triton compiles for CUDA (and ROCm, which torch also calls "cuda"). On the CPU it runs only in its
+    interpreter, enabled by ``TRITON_INTERPRET=1`` in the environment *before* triton is first imported;
+    that mode is 50-100x slower than torch and meant for testing the kernels against their references.
+    """
+    if not triton_importable():
+        return False, "triton is not installed (pip install '.[kernels]')"
+    if device_type == "cuda":
+        return True, "CUDA device"
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "CPU through the Triton interpreter (TRITON_INTERPRET=1)"
+    return False, f"Triton does not compile for device type {device_type!r} (set TRITON_INTERPRET=1 to interpret)"

@@ -1,0 +1,143 @@
+"""Output head + cross-entropy, chunked so the full ``[N, V]`` fp32 logits never exist.
+
+The head (``hidden @ W^T``) and the loss are computed chunk by chunk of rows inside one autograd Function
+that, when gradients are needed, also computes them during its forward pass (softmax minus one-hot, times
+the chunk's hidden states and the weight) and stores only those gradients: the peak extra memory is one
+``[chunk_rows, V]`` fp32 block instead of ``[N, V]`` (1 GiB for micro-batch 8 x 1024 tokens x 32768 fp32),
+and no head matmul is recomputed. Backward then only scales the stored gradients by the incoming one.
+
+Rows whose target is ``IGNORE_INDEX`` contribute neither loss nor gradient; the loss is the mean over the
+other rows, like ``F.cross_entropy(reduction="mean")``. Only the first ``vocab_size`` rows of the (padded)
+weight take part, so padded vocabulary rows get exactly zero gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# Bytes of fp32 logits per chunk: 32 MiB is 256 rows of a 32768-token vocabulary.
+CHUNK_BYTES = 32 * 2**20
+
+
+def cross_entropy_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` ``[..., V]`` (any dtype, upcast to fp32) against ``targets`` ``[...]``."""
+    V = logits.size(-1)
+    return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def cross_entropy_reference(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    """Materialised reference: ``hidden`` ``[N, d]``, ``weight`` ``[Vp, d]``, ``targets`` ``[N]`` -> scalar."""
+    logits = F.linear(hidden, weight[:vocab_size])  # [N, V]
+    return cross_entropy_from_logits(logits, targets)
+
+
+@functools.cache
+def resolve_cross_entropy(requested: str, device_type: str) -> str:
+    """Map a config choice ("auto", "chunked", "torch") to what runs; logs once. Chunked is pure torch."""
+    if requested == "torch":
+        logger.info("cross_entropy: materialised logits + F.cross_entropy on %s (requested)", device_type)
+        return "torch"
+    logger.info("cross_entropy: chunked head + loss on %s (no full logits)", device_type)
+    return "chunked"
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk so that one chunk of fp32 logits takes about ``CHUNK_BYTES``."""
+    return max(16, CHUNK_BYTES // (4 * vocab_size))
+
+
+class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
+    """Mean CE of ``hidden @ weight[:V]^T`` without materialising all logits (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int, compute_dtype: torch.dtype):
+        N = hidden.size(0)
+        want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        valid = targets != IGNORE_INDEX  # [N]
+        safe_targets = torch.where(valid, targets, 0)
+        n_valid = valid.sum().to(torch.float32)
+        h = hidden.to(compute_dtype)  # [N, d]
+        w = weight[:vocab_size].to(compute_dtype)  # [V, d]
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if want_dh else None  # [N, d]
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_dw else None
+        for start in range(0, N, chunk_rows):
+            rows = slice(start, min(start + chunk_rows, N))
+            h_c, t_c, v_c = h[rows], safe_targets[rows], valid[rows]
+            logits = (h_c @ w.t()).float()  # [c, V]
+            lse = torch.logsumexp(logits, dim=-1)  # [c]
+            target_logit = logits.gather(1, t_c[:, None]).squeeze(1)  # [c]
+            loss_sum += ((lse - target_logit) * v_c).sum()
+            if not (want_dh or want_dw):
+                continue
+            # dL/dlogits (before the 1/n_valid mean): softmax - onehot, zero on ignored rows. In place.
+            probs = logits.sub_(lse[:, None]).exp_()  # [c, V]
+            probs.scatter_add_(1, t_c[:, None], -v_c[:, None].to(probs.dtype))
+            probs.mul_(v_c[:, None])
+            g = probs.to(compute_dtype)
+            if want_dh:
+                grad_h[rows] = g @ w  # [c, d]
+            if want_dw:
+                if compute_dtype == torch.float32:
+                    grad_w[:vocab_size].addmm_(g.t(), h_c)  # [V, d]
+                else:
+                    grad_w[:vocab_size] += (g.t() @ h_c).float()
+        if want_dh:
+            grad_h.div_(n_valid.to(grad_h.dtype))
+        if want_dw:
+            grad_w = grad_w.div_(n_valid).to(weight.dtype)
+        ctx.save_for_backward(grad_h, grad_w)
+        return loss_sum / n_valid
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        dh = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
+        dw = grad_w * grad_loss.to(grad_w.dtype) if grad_w is not None else None
+        return dh, dw, None, None, None, None
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    vocab_size: int,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Mean CE of the head ``hidden @ weight[:vocab_size]^T`` against ``targets``, chunk by chunk.
+
+    Args:
+        hidden: ``[N, d]`` final hidden states (after the last LayerNorm).
+        weight: ``[Vp, d]`` output projection (the tied token embedding), ``Vp >= vocab_size``.
+        targets: ``[N]`` int64 token ids in ``[0, vocab_size)`` or ``IGNORE_INDEX``.
+        vocab_size: real vocabulary size; padded rows of ``weight`` are ignored.
+        chunk_rows: rows per chunk; defaults to about 32 MiB of fp32 logits.
+    Returns:
+        Scalar fp32 loss. Under autocast the matmuls run in the autocast dtype, softmax in fp32.
+    """
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        compute_dtype = torch.get_autocast_dtype(device_type)
+    else:
+        compute_dtype = hidden.dtype
+    rows = chunk_rows or default_chunk_rows(vocab_size)
+    with torch.autocast(device_type, enabled=False):
+        return ChunkedLinearCrossEntropyFn.apply(hidden, weight, targets, vocab_size, rows, compute_dtype)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, impl: str = "auto"
+) -> torch.Tensor:
+    """Head + mean CE through the implementation ``impl`` resolves to; shapes as ``chunked_cross_entropy``."""
+    if resolve_cross_entropy(impl, hidden.device.type) == "chunked":
+        return chunked_cross_entropy(hidden, weight, targets, vocab_size)
+    return cross_entropy_reference(hidden, weight, targets, vocab_size)
