@@ -68,7 +68,9 @@ class Embedding(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.size(1)
         if T > self.n_positions:
-            raise ValueError(f"sequence length ({T}) exceeds the model's context n_positions ({self.n_positions})")
+            raise ValueError(
+                f"sequence length ({T}) exceeds the model's context n_positions ({self.n_positions})"
+            )
         pos = torch.arange(T, device=idx.device)  # [T]
         return self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, d]
 
@@ -154,7 +156,8 @@ class GPT(nn.Module):
     """The GPT-2 language model.
 
     State dict: ``embed.wte.weight`` ``[Vp, d]``, ``embed.wpe.weight`` ``[n_positions, d]``,
-    ``blocks.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}``, ``ln_f.{weight,bias}``
+    ``blocks.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}``,
+    ``ln_f.{weight,bias}``
     and, only when untied, ``lm_head.weight`` ``[Vp, d]``. Linear weights are ``[out, in]`` (nn.Linear).
     """
 
@@ -201,7 +204,9 @@ class GPT(nn.Module):
         V = self.config.vocab_size
         if targets is not None and not return_logits:
             # The head and the loss together, chunked: no [B, T, V] logits (see model/kernels/cross_entropy).
-            loss = linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten(), V, self.config.cross_entropy)
+            loss = linear_cross_entropy(
+                x.flatten(0, 1), weight, targets.flatten(), V, self.config.cross_entropy
+            )
             return None, loss
         logits = lm_logits(x, weight, V)  # [B, T, V]
         loss = None if targets is None else cross_entropy_from_logits(logits, targets)

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+def attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Causal softmax(q k^T / sqrt(hd)) v written out, as in GPT-2.
 
     Args:

@@ -27,4 +27,7 @@ def triton_usable(device_type: str) -> tuple[bool, str]:
         return True, "CUDA device"
     if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         return True, "CPU through the Triton interpreter (TRITON_INTERPRET=1)"
-    return False, f"Triton does not compile for device type {device_type!r} (set TRITON_INTERPRET=1 to interpret)"
+    return (
+        False,
+        f"Triton does not compile for device type {device_type!r} (set TRITON_INTERPRET=1 to interpret)",
+    )

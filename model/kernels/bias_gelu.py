@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``gelu_tanh(x + bias)`` for ``x`` ``[..., n]`` and ``bias`` ``[n]``, in x's dtype (as under autocast)."""
+    """``gelu_tanh(x + bias)``, ``x`` ``[..., n]``, ``bias`` ``[n]``, in x's dtype (as under autocast)."""
     return F.gelu(x + bias.to(x.dtype), approximate="tanh")
 
 
@@ -49,7 +49,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.
     return bias_gelu_reference(x, bias)
 
 
-def linear_bias_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+def linear_bias_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl: str = "auto"
+) -> torch.Tensor:
     """``gelu_tanh(x @ weight^T + bias)``: ``x`` ``[..., k]``, ``weight`` ``[n, k]`` -> ``[..., n]``.
 
     With Triton the bias add is fused into the GELU kernel after a bias-free matmul; with torch the bias stays

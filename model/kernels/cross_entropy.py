@@ -27,7 +27,7 @@ CHUNK_BYTES = 32 * 2**20
 
 
 def cross_entropy_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` ``[..., V]`` (any dtype, upcast to fp32) against ``targets`` ``[...]``."""
+    """Mean CE of ``logits`` ``[..., V]`` (any dtype, upcast to fp32) against ``targets`` ``[...]``."""
     V = logits.size(-1)
     return F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
@@ -35,7 +35,7 @@ def cross_entropy_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> to
 def cross_entropy_reference(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int
 ) -> torch.Tensor:
-    """Materialised reference: ``hidden`` ``[N, d]``, ``weight`` ``[Vp, d]``, ``targets`` ``[N]`` -> scalar."""
+    """Materialised reference: ``hidden`` ``[N, d]``, ``weight`` ``[Vp, d]``, ``targets`` ``[N]``."""
     logits = F.linear(hidden, weight[:vocab_size])  # [N, V]
     return cross_entropy_from_logits(logits, targets)
 

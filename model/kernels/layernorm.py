@@ -18,7 +18,9 @@ from model.kernels.availability import triton_usable
 logger = logging.getLogger(__name__)
 
 
-def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def layer_norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     """``F.layer_norm`` over the last dimension of ``x`` ``[..., d]`` with ``weight``, ``bias`` ``[d]``."""
     return F.layer_norm(x, (x.size(-1),), weight, bias, eps)
 
@@ -37,12 +39,14 @@ def resolve_layernorm(requested: str, device_type: str) -> str:
         logger.info("layernorm: fused Triton kernel (%s)", reason)
         return "triton"
     level = logging.WARNING if requested == "triton" else logging.INFO
-    logger.log(level, "layernorm: Triton not used on %s (%s); falling back to F.layer_norm", device_type, reason)
+    logger.log(
+        level, "layernorm: Triton not used on %s (%s); falling back to F.layer_norm", device_type, reason
+    )
     return "torch"
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str = "auto"):
-    """LayerNorm of ``x`` ``[..., d]`` through the implementation ``impl`` resolves to; returns ``[..., d]``."""
+    """LayerNorm of ``x`` ``[..., d]`` -> ``[..., d]`` by the implementation ``impl`` resolves to."""
     if resolve_layernorm(impl, x.device.type) == "triton":
         from model.kernels.layernorm_triton import triton_layer_norm
 

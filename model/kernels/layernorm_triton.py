@@ -95,8 +95,19 @@ class TritonLayerNormFn(torch.autograd.Function):
         dw_part = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
         db_part = torch.empty(programs, N, dtype=torch.float32, device=x2.device)
         _layer_norm_bwd[(programs,)](
-            dy2, x2, weight, mean, rstd, dx, dw_part, db_part, x2.stride(0), M, N,
-            ROWS=ROWS_PER_PROG, BLOCK_N=ctx.block_n,
+            dy2,
+            x2,
+            weight,
+            mean,
+            rstd,
+            dx,
+            dw_part,
+            db_part,
+            x2.stride(0),
+            M,
+            N,
+            ROWS=ROWS_PER_PROG,
+            BLOCK_N=ctx.block_n,
         )
         dw = dw_part.sum(0).to(weight.dtype)
         db = db_part.sum(0).to(weight.dtype)
