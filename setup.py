@@ -1,8 +1,11 @@
 """codeparrot-ds: pretrain GPT-2 code-completion models from scratch with DeepSpeed."""
 
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
-VERSION = "0.1.0"
+VERSION = re.search(r'__version__ = "(.+)"', Path(__file__).with_name("data_tools").joinpath("__init__.py").read_text())[1]
 
 setup(
     name="codeparrot-ds",
@@ -27,7 +30,15 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "tensorboard>=2.15", "mpi4py>=3.1"],
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.5",
+            "tensorboard>=2.15",
+            "mpi4py>=3.1",
+            # Megatron-LM's own MMIDIDX reader and writer, for the interchange tests.
+            "megatron-core==0.16.1",
+        ],
     },
     entry_points={
         "console_scripts": [

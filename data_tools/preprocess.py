@@ -1,0 +1,363 @@
+"""Corpus -> cleaned, deduplicated, tokenised MMIDIDX shards plus a manifest: the whole offline job.
+
+    codeparrot-preprocess --output data/                         # the standard library, tokenizer trained
+    codeparrot-preprocess --input corpus/*.jsonl.zst --tokenizer tok/ --output data/ --workers 32
+
+Steps: read the inputs (streamed), clean and deduplicate them in worker processes, train a byte-level BPE
+tokenizer on the cleaned training split unless `--tokenizer` is given, tokenise in the workers, append the
+end-of-document token, and write `train_NNNNN` / `valid_NNNNN` shard pairs (`.bin`/`.idx`), then
+`manifest.json`.
+
+The output is written in units: a unit is the run of input documents whose tokens fill one shard
+(`--shard-tokens`). A finished unit leaves its shards and a small record `units/NNNNN.json` (input position,
+counts, hashes), each written atomically. A killed job loses at most the unit in progress: rerunning the
+same command re-reads the finished part of the input only to rebuild the duplicate index, and continues
+with the next unit. The output is identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_tools import __version__, cli
+from data_tools.indexed_dataset import IndexedDatasetWriter, token_dtype
+from data_tools.manifest import MANIFEST
+from data_tools.pipeline import (
+    CleanConfig,
+    Cleaner,
+    cleaned_batches,
+    is_valid_split,
+    make_executor,
+    ordered_map,
+    tokenize_batch,
+)
+from data_tools.sources import DataError, Document, Problems, SourceConfig, iter_batches, iter_documents
+from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid")
+DEFAULT_SHARD_TOKENS = 256 * 2**20  # 512 MiB of uint16 per training shard
+BATCH_DOCS, BATCH_CHARS = 64, 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreprocessConfig:
+    sources: SourceConfig = SourceConfig()
+    clean: CleanConfig = CleanConfig()
+    output: Path
+    tokenizer: Path | None = None  # None: train one into output/tokenizer
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    shard_tokens: int = DEFAULT_SHARD_TOKENS
+    workers: int = 1
+    show_progress: bool = True
+
+    def fingerprint(self, tok_sha: str) -> str:
+        """What the output depends on; a resume into a directory written differently is refused."""
+        key = {
+            "sources": self.sources.describe(),
+            "source_config": dataclasses.asdict(self.sources) | {"inputs": None},
+            "clean": self.clean.to_dict(),
+            "tokenizer_sha256": tok_sha,
+            "shard_tokens": self.shard_tokens,
+            "batching": [BATCH_DOCS, BATCH_CHARS],
+        }
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Unit:
+    """The shards of one unit being written: one writer per split, opened on first use."""
+
+    def __init__(self, out: Path, index: int, dtype: np.dtype) -> None:
+        self.out, self.index, self.dtype = out, index, dtype
+        self.writers: dict[str, IndexedDatasetWriter] = {}
+        self.tokens = 0
+        self.cpt_removed = {"docs": 0, "bytes": 0}
+
+    def add(self, split: str, flat: np.ndarray, lengths: np.ndarray) -> None:
+        if split not in self.writers:
+            self.writers[split] = IndexedDatasetWriter(self.out / f"{split}_{self.index:05d}", self.dtype)
+        self.writers[split].add_documents(flat, lengths)
+        self.tokens += len(flat)
+
+    def finalize(self, input_docs_end: int, fingerprint: str) -> dict[str, Any]:
+        shards = {
+            split: {"prefix": w.prefix.name, **w.finalize()} for split, w in sorted(self.writers.items())
+        }
+        record = {
+            "unit": self.index,
+            "fingerprint": fingerprint,
+            "input_docs_end": input_docs_end,
+            "shards": shards,
+            "chars_per_token_removed": self.cpt_removed,
+        }
+        _write_json_atomic(self.out / "units" / f"{self.index:05d}.json", record)
+        return record
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _finished_units(out: Path, fingerprint: str) -> list[dict[str, Any]]:
+    """The records of finished units 0..k-1 (contiguous), after checking they belong to this job."""
+    records = []
+    for i in range(1_000_000):
+        path = out / "units" / f"{i:05d}.json"
+        if not path.exists():
+            break
+        record = json.loads(path.read_text())
+        if record["fingerprint"] != fingerprint:
+            raise DataError(
+                f"{out}: holds shards written with other inputs, cleaning settings or tokenizer "
+                f"(fingerprint {record['fingerprint']} in {path}, this job's is {fingerprint}). "
+                "Use another --output directory, or add --overwrite to replace them."
+            )
+        for shard in record["shards"].values():
+            for ext in (".bin", ".idx"):
+                if not (out / (shard["prefix"] + ext)).exists():
+                    raise DataError(
+                        f"{out / (shard['prefix'] + ext)}: missing, but {path} says it is finished. "
+                        "Rerun with --overwrite to rebuild the dataset."
+                    )
+        records.append(record)
+    return records
+
+
+def _clear_unfinished(out: Path, first_unfinished: int) -> None:
+    for path in out.glob("*_*.*"):
+        stem = path.name.split(".")[0]
+        if path.name.endswith(".tmp") or (
+            stem.split("_")[0] in SPLITS
+            and stem.split("_")[-1].isdigit()
+            and int(stem.split("_")[-1]) >= first_unfinished
+        ):
+            path.unlink()
+
+
+class _Progress:
+    """tqdm over input documents with tokens/s and MB/s (input) in the postfix."""
+
+    def __init__(self, enabled: bool, skip: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc="preprocess", unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
+        self.start, self.tokens, self.bytes, self.skip = time.perf_counter(), 0, 0, skip
+
+    def update(self, docs: int, tokens: int, nbytes: int) -> None:
+        self.tokens += tokens
+        self.bytes += nbytes
+        self.bar.update(docs)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(
+            f"{self.tokens / elapsed / 1e6:.2f}M tok/s, {self.bytes / elapsed / 1e6:.1f} MB/s", refresh=False
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tokenize_and_write(
+    cfg, executor, cleaned, skip, dtype, eod, fingerprint, units_done
+) -> list[dict[str, Any]]:
+    """The write loop: tokenise kept documents past `skip`, apply chars/token, split, fill units."""
+    out, min_cpt = cfg.output, cfg.clean.filters.chars_per_token
+    records: list[dict[str, Any]] = []
+    unit = _Unit(out, units_done, dtype)
+    progress = _Progress(cfg.show_progress, skip)
+
+    def fresh() -> Iterator[tuple[int, list[Document], list[int]]]:
+        consumed = 0
+        for n_in, kept, hashes in cleaned:
+            consumed += n_in
+            if consumed > skip:  # batches are deterministic: a finished unit ends on a batch boundary
+                yield consumed, kept, hashes
+
+    submit = lambda item: executor.submit(tokenize_batch, [d.text for d in item[1]], eod, dtype.str)
+    last_end = skip
+    try:
+        for (end, kept, hashes), (flat, lengths) in ordered_map(
+            submit, fresh(), window=2 * max(cfg.workers, 1)
+        ):
+            keep = np.ones(len(kept), dtype=bool)
+            if min_cpt is not None:
+                for i, doc in enumerate(kept):
+                    if len(doc.text) / max(int(lengths[i]) - 1, 1) < min_cpt:
+                        keep[i] = False
+                        unit.cpt_removed["docs"] += 1
+                        unit.cpt_removed["bytes"] += len(doc.text.encode("utf-8", "surrogatepass"))
+            valid = np.fromiter((is_valid_split(h, cfg.clean.valid_ratio) for h in hashes), bool, len(hashes))
+            for split, mask in (("train", keep & ~valid), ("valid", keep & valid)):
+                if mask.any():
+                    unit.add(split, flat[np.repeat(mask, lengths)], lengths[mask])
+            progress.update(end - last_end, int(lengths[keep].sum()), sum(len(d.text) for d in kept))
+            last_end = end
+            if unit.tokens >= cfg.shard_tokens:
+                records.append(unit.finalize(end, fingerprint))
+                unit = _Unit(out, unit.index + 1, dtype)
+        if unit.writers or not (records or units_done):
+            records.append(unit.finalize(last_end, fingerprint))
+    except BaseException:
+        unit.abort()
+        raise
+    finally:
+        progress.close()
+    return records
+
+
+def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
+    out = cfg.output
+    if overwrite and out.exists():
+        for name in ("units", "tokenizer", MANIFEST, "report.json"):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        _clear_unfinished(out, 0)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = cfg.tokenizer or out / "tokenizer"
+    if cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists():
+        tmp = out / "tokenizer.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        train_on_corpus(cfg.sources, cfg.clean, tmp, cfg.vocab_size, cfg.workers, cfg.show_progress)
+        os.replace(tmp, tok_dir)
+    tokenizer, eod = load_tokenizer(tok_dir)
+    tok_sha = tokenizer_sha256(tok_dir)
+    vocab = tokenizer.get_vocab_size()
+    dtype = token_dtype(vocab)
+    fingerprint = cfg.fingerprint(tok_sha)
+    done = _finished_units(out, fingerprint)
+    _clear_unfinished(out, len(done))
+    skip = done[-1]["input_docs_end"] if done else 0
+    if done:
+        logger.info(
+            "resuming: %d finished unit(s) kept; re-reading the first %d documents for dedup only",
+            len(done),
+            skip,
+        )
+
+    problems, cleaner = Problems(), Cleaner(cfg.clean)
+    executor = make_executor(cfg.workers, tokenizer.to_str())
+    try:
+        batches = iter_batches(iter_documents(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
+        cleaned = cleaned_batches(executor, batches, cleaner, window=2 * max(cfg.workers, 1))
+        records = done + _tokenize_and_write(cfg, executor, cleaned, skip, dtype, eod, fingerprint, len(done))
+    finally:
+        executor.shutdown(cancel_futures=True)
+
+    for record in records:  # chars/token removals happen after tokenisation: added to the report here
+        removed = record["chars_per_token_removed"]
+        if removed["docs"]:
+            cleaner.report.removed_docs["chars_per_token"] += removed["docs"]
+            cleaner.report.removed_bytes["chars_per_token"] += removed["bytes"]
+            cleaner.report.kept_docs -= removed["docs"]
+            cleaner.report.kept_bytes -= removed["bytes"]
+    report = cleaner.to_dict(problems)
+    _write_json_atomic(out / "report.json", report)
+    manifest = _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint)
+    if manifest["splits"]["train"]["documents"] + manifest["splits"]["valid"]["documents"] == 0:
+        raise DataError(
+            f"no documents left: {report['input_docs']} read, all removed or unreadable (see "
+            f"{out / 'report.json'} for counts and examples per reason). Check --input and --text-field, "
+            "or relax the filters."
+        )
+    _write_json_atomic(out / MANIFEST, manifest)
+    s = manifest["splits"]
+    logger.info(
+        "wrote %s: train %d docs / %d tokens, valid %d docs / %d tokens in %d shard pair(s)",
+        out / MANIFEST,
+        s["train"]["documents"],
+        s["train"]["tokens"],
+        s["valid"]["documents"],
+        s["valid"]["tokens"],
+        len(records),
+    )
+    return manifest
+
+
+def _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        shards = [r["shards"][split] for r in records if split in r["shards"]]
+        splits[split] = {
+            "tokens": sum(s["tokens"] for s in shards),
+            "documents": sum(s["documents"] for s in shards),
+            "shards": shards,
+        }
+    return {
+        "format": "MMIDIDX",
+        "format_version": 1,
+        "tool": "codeparrot-ds data_tools.preprocess",
+        "tool_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": dtype.name,
+        "tokenizer": {
+            "path": os.path.relpath(tok_dir, cfg.output)
+            if cfg.tokenizer is None
+            else str(Path(tok_dir).resolve()),
+            "sha256": tok_sha,
+            "vocab_size": vocab,
+            "eod_id": eod,
+        },
+        "sources": cfg.sources.describe(),
+        "config": {
+            "clean": cfg.clean.to_dict(),
+            "shard_tokens": cfg.shard_tokens,
+            "fingerprint": fingerprint,
+        },
+        "splits": splits,
+        "report": report,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="codeparrot-preprocess",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli.add_source_args(parser)
+    cli.add_clean_args(parser)
+    g = parser.add_argument_group("output")
+    g.add_argument("--output", required=True, type=Path, help="dataset directory (shards, manifest, report)")
+    g.add_argument("--tokenizer", type=Path, help="an existing tokenizer directory (default: train one)")
+    g.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="when training the tokenizer")
+    g.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard (about)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
+    cli.add_common_args(parser)
+    args = parser.parse_args(argv)
+    cfg = PreprocessConfig(
+        sources=cli.source_config(args),
+        clean=cli.clean_config(args),
+        output=args.output,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        show_progress=not args.quiet,
+    )
+    return cli.run(lambda: preprocess(cfg, overwrite=args.overwrite), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Train a byte-level BPE tokenizer (GPT-2's scheme) on the cleaned corpus.
+
+The result is saved so that `transformers.AutoTokenizer.from_pretrained(dir)` loads it offline, with
+`<|endoftext|>` as the end-of-document (and bos/unk) token. Documents of the validation split (by content
+hash, as in preprocess) are held out: the report gives characters per token on them.
+
+    codeparrot-train-tokenizer --output tok/                # the standard library, vocabulary 32,768
+    codeparrot-train-tokenizer --input data/*.jsonl.gz --vocab-size 50000 --output tok/
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from data_tools import cli
+from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
+from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_documents
+
+logger = logging.getLogger(__name__)
+
+EOD_TOKEN = "<|endoftext|>"
+DEFAULT_VOCAB_SIZE = 32768
+HELD_OUT_MAX_CHARS = 5_000_000
+
+
+def new_bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool = True):
+    """An empty byte-level BPE tokenizer and its trainer (all 256 bytes in the initial alphabet)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[EOD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    return tokenizer, trainer
+
+
+def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
+    """Save for `AutoTokenizer.from_pretrained(out_dir)` (tokenizer.json + tokenizer_config.json)."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=EOD_TOKEN,
+        eos_token=EOD_TOKEN,
+        unk_token=EOD_TOKEN,
+        model_max_length=1024,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(out_dir))
+
+
+def tokenizer_sha256(tok_dir: Path) -> str:
+    """Hash of tokenizer.json: what shards, checkpoints and resumes compare."""
+    return hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def load_tokenizer(tok_dir: str | Path):
+    """The `tokenizers.Tokenizer` saved in `tok_dir`, and its end-of-document id."""
+    from tokenizers import Tokenizer
+
+    path = Path(tok_dir) / "tokenizer.json"
+    if not path.exists():
+        raise DataError(
+            f"{path}: no tokenizer here. Train one with `codeparrot-train-tokenizer --output {tok_dir}`."
+        )
+    tokenizer = Tokenizer.from_file(str(path))
+    eod = tokenizer.token_to_id(EOD_TOKEN)
+    if eod is None:
+        raise DataError(f"{path}: the tokenizer has no {EOD_TOKEN} token, needed to separate documents.")
+    return tokenizer, eod
+
+
+def chars_per_token(tokenizer: Any, texts: Sequence[str]) -> float | None:
+    if not texts:
+        return None
+    n_tokens = sum(len(e.ids) for e in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False))
+    return sum(map(len, texts)) / max(n_tokens, 1)
+
+
+def train(
+    texts: Iterable[str],
+    out_dir: Path,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    held_out: Sequence[str] = (),
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train on `texts`, save to `out_dir`, and return the report (vocabulary, held-out chars/token)."""
+    tokenizer, trainer = new_bpe_trainer(vocab_size, show_progress=show_progress)
+    counted = {"docs": 0, "chars": 0}
+
+    def counting(it: Iterable[str]) -> Iterator[str]:
+        for t in it:
+            counted["docs"] += 1
+            counted["chars"] += len(t)
+            yield t
+
+    tokenizer.train_from_iterator(counting(texts), trainer)
+    if counted["docs"] == 0:
+        raise DataError("no documents to train the tokenizer on: the corpus is empty after cleaning.")
+    save_tokenizer(tokenizer, out_dir)
+    cpt = chars_per_token(tokenizer, held_out)
+    report = {
+        "vocab_size": tokenizer.get_vocab_size(),
+        "requested_vocab_size": vocab_size,
+        "eod_token": EOD_TOKEN,
+        "eod_id": tokenizer.token_to_id(EOD_TOKEN),
+        "train_docs": counted["docs"],
+        "train_chars": counted["chars"],
+        "held_out_docs": len(held_out),
+        "held_out_chars_per_token": round(cpt, 4) if cpt else None,
+        "sha256": tokenizer_sha256(out_dir),
+    }
+    (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    logger.info(
+        "tokenizer: %d ids, trained on %d docs; held-out chars/token %s -> %s",
+        report["vocab_size"],
+        counted["docs"],
+        report["held_out_chars_per_token"],
+        out_dir,
+    )
+    return report
+
+
+def train_on_corpus(
+    sources: SourceConfig,
+    clean: CleanConfig,
+    out_dir: Path,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    workers: int = 1,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Clean and deduplicate the corpus (in parallel) and train on its training split; validation-split
+    documents are held out for the chars/token figure."""
+    problems = Problems()
+    cleaner = Cleaner(clean)
+    held_out: list[str] = []
+    held_chars = 0
+
+    def train_texts(executor) -> Iterator[str]:
+        nonlocal held_chars
+        batches = iter_batches(iter_documents(sources, problems))
+        for _, kept, hashes in cleaned_batches(executor, batches, cleaner, window=2 * max(workers, 1)):
+            for doc, h in zip(kept, hashes, strict=True):
+                if not is_valid_split(h, clean.valid_ratio):
+                    yield doc.text
+                elif held_chars < HELD_OUT_MAX_CHARS:
+                    held_out.append(doc.text)
+                    held_chars += len(doc.text)
+
+    executor = make_executor(workers)
+    try:
+        report = train(train_texts(executor), out_dir, vocab_size, held_out, show_progress)
+    finally:
+        executor.shutdown()
+    report["cleaning"] = cleaner.to_dict(problems)
+    (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="codeparrot-train-tokenizer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cli.add_source_args(parser)
+    cli.add_clean_args(parser)
+    parser.add_argument("--output", required=True, type=Path, help="directory for the tokenizer")
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
+    cli.add_common_args(parser)
+    args = parser.parse_args(argv)
+    return cli.run(
+        lambda: train_on_corpus(
+            cli.source_config(args),
+            cli.clean_config(args),
+            args.output,
+            args.vocab_size,
+            args.workers,
+            show_progress=not args.quiet,
+        ),
+        args,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
