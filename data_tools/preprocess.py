@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -159,15 +160,15 @@ def _clear_unfinished(out: Path, first_unfinished: int) -> None:
 class _Progress:
     """tqdm over input documents with tokens/s and MB/s (input) in the postfix."""
 
-    def __init__(self, enabled: bool, skip: int) -> None:
+    def __init__(self, enabled: bool) -> None:
         from tqdm import tqdm
 
         self.bar = tqdm(desc="preprocess", unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
-        self.start, self.tokens, self.bytes, self.skip = time.perf_counter(), 0, 0, skip
+        self.start, self.tokens, self.bytes = time.perf_counter(), 0, 0
 
-    def update(self, docs: int, tokens: int, nbytes: int) -> None:
+    def update(self, docs: int, tokens: int, input_bytes_so_far: int) -> None:
         self.tokens += tokens
-        self.bytes += nbytes
+        self.bytes = input_bytes_so_far
         self.bar.update(docs)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(
@@ -179,13 +180,22 @@ class _Progress:
 
 
 def _tokenize_and_write(
-    cfg, executor, cleaned, skip, dtype, eod, fingerprint, units_done
+    cfg: PreprocessConfig,
+    executor: Executor,
+    cleaner: Cleaner,
+    cleaned: Iterator[tuple[int, list[Document], list[int]]],
+    skip: int,
+    dtype: np.dtype,
+    eod: int,
+    fingerprint: str,
+    units_done: int,
 ) -> list[dict[str, Any]]:
     """The write loop: tokenise kept documents past `skip`, apply chars/token, split, fill units."""
     out, min_cpt = cfg.output, cfg.clean.filters.chars_per_token
     records: list[dict[str, Any]] = []
     unit = _Unit(out, units_done, dtype)
-    progress = _Progress(cfg.show_progress, skip)
+    progress = _Progress(cfg.show_progress)
+    report = cleaner.report
 
     def fresh() -> Iterator[tuple[int, list[Document], list[int]]]:
         consumed = 0
@@ -211,7 +221,7 @@ def _tokenize_and_write(
             for split, mask in (("train", keep & ~valid), ("valid", keep & valid)):
                 if mask.any():
                     unit.add(split, flat[np.repeat(mask, lengths)], lengths[mask])
-            progress.update(end - last_end, int(lengths[keep].sum()), sum(len(d.text) for d in kept))
+            progress.update(end - last_end, int(lengths[keep].sum()), report.input_bytes)
             last_end = end
             if unit.tokens >= cfg.shard_tokens:
                 records.append(unit.finalize(end, fingerprint))
@@ -236,7 +246,8 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
         _clear_unfinished(out, 0)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = cfg.tokenizer or out / "tokenizer"
-    if cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists():
+    trained_here = cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists()
+    if trained_here:
         tmp = out / "tokenizer.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         train_on_corpus(cfg.sources, cfg.clean, tmp, cfg.vocab_size, cfg.workers, cfg.show_progress)
@@ -256,12 +267,14 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
             skip,
         )
 
-    problems, cleaner = Problems(), Cleaner(cfg.clean)
+    problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
     executor = make_executor(cfg.workers, tokenizer.to_str())
     try:
         batches = iter_batches(iter_documents(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
         cleaned = cleaned_batches(executor, batches, cleaner, window=2 * max(cfg.workers, 1))
-        records = done + _tokenize_and_write(cfg, executor, cleaned, skip, dtype, eod, fingerprint, len(done))
+        records = done + _tokenize_and_write(
+            cfg, executor, cleaner, cleaned, skip, dtype, eod, fingerprint, len(done)
+        )
     finally:
         executor.shutdown(cancel_futures=True)
 

@@ -55,13 +55,14 @@ class Problems:
 
     counts: Counter = dataclasses.field(default_factory=Counter)
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    log: bool = True  # warn about the first few of each kind (off for a second pass over the same input)
 
     def add(self, kind: str, location: str, detail: str = "") -> None:
         self.counts[kind] += 1
         examples = self.examples.setdefault(kind, [])
         if len(examples) < MAX_EXAMPLES:
             examples.append(f"{location}: {detail}" if detail else location)
-        if self.counts[kind] <= 3:
+        if self.log and self.counts[kind] <= 3:
             logger.warning("skipped %s: %s %s", kind, location, detail)
 
     def to_dict(self) -> dict[str, Any]:
