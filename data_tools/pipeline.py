@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -100,17 +101,32 @@ class _InlineExecutor(Executor):
 
 
 def make_executor(workers: int, tokenizer_json: str | None = None) -> Executor:
-    """A process pool of `workers` (inline for 1). forkserver: workers start clean, without the parent's
-    tokenizers thread pool (forking after it has run disables it and warns)."""
+    """A process pool of `workers` (inline for 1), started before returning.
+
+    Linux: fork, so workers start in milliseconds with the parent's modules and scripts need no
+    `if __name__ == "__main__"` guard. tokenizers warns in a child forked after its thread pool has run
+    (training in the same process); the variable set around the fork marks parallelism as configured, and
+    each worker is single-threaded anyway. Elsewhere: spawn."""
     if workers <= 1:
         _init_worker(tokenizer_json)
         return _InlineExecutor()
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["data_tools.pipeline", "tokenizers"])  # imported once, not per worker
-    else:
-        ctx = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer_json,))
+    method = "fork" if sys.platform == "linux" else "spawn"
+    executor = ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=_init_worker,
+        initargs=(tokenizer_json,),
+    )
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        executor.submit(int).result()  # with fork, the first submit starts every worker
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+    return executor
 
 
 def ordered_map(
