@@ -1,0 +1,42 @@
+"""Parameter groups and the optimizer helper."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from model import optim
+from model.gpt2 import GPT
+from model.presets import get_preset
+
+
+def test_param_groups_decay_matrices_only_and_count_tied_weight_once() -> None:
+    model = GPT(get_preset("tiny"))
+    decay, no_decay = optim.param_groups(model, weight_decay=0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "embed.wte.weight" in decay["names"] and "embed.wpe.weight" in decay["names"]
+    assert "blocks.0.attn.c_attn.weight" in decay["names"]
+    assert all(n.endswith(".bias") or ".ln_" in n or n.startswith("ln_f") for n in no_decay["names"])
+    assert "blocks.1.ln_2.weight" in no_decay["names"] and "ln_f.weight" in no_decay["names"]
+    grouped = [p for g in (decay, no_decay) for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+
+
+def test_cpu_optimizer_is_foreach_adamw_without_weight_decay_on_vectors() -> None:
+    model = GPT(get_preset("tiny"))
+    opt = optim.build_optimizer(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95))
+    assert type(opt) is torch.optim.AdamW
+    assert opt.defaults["foreach"] is True and opt.defaults["fused"] is False
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    assert all("names" not in g for g in opt.param_groups)
+
+
+def test_cuda_request_falls_back_to_torch_adamw_when_fused_adam_is_unavailable(monkeypatch, caplog) -> None:
+    calls = []
+    monkeypatch.setattr(optim, "_fused_adam", lambda *args: calls.append(args) or None)
+    model = GPT(get_preset("tiny"))
+    with caplog.at_level(logging.INFO, logger="model.optim"):
+        opt = optim.build_optimizer(model, lr=1e-3, device_type="cuda")
+    assert calls and type(opt) is torch.optim.AdamW
+    assert "torch AdamW" in caplog.text

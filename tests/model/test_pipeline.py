@@ -1,0 +1,96 @@
+"""Pipeline cut of the GPT: state mapping (single process) and loss parity with 2 ranks (real launcher)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from deepspeed.pipe import TiedLayerSpec
+
+from model.gpt2 import GPT
+from model.pipeline import gpt_state_from_pipeline, pipeline_layers, pipeline_state_from_gpt
+from model.presets import get_preset
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("pipeline_parity_worker.py")
+TOL = 1e-5
+
+
+def pipeline_keys(config) -> set[str]:
+    """The parameter names a one-stage PipelineModule would register for ``pipeline_layers(config)``."""
+    keys = set()
+    for idx, spec in enumerate(pipeline_layers(config)):
+        prefix = f"tied_modules.{spec.key}." if isinstance(spec, TiedLayerSpec) else f"{idx}."
+        keys |= {prefix + k for k in spec.build().state_dict()}
+    return keys
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_state_mapping_covers_every_layer_and_round_trips(tied: bool) -> None:
+    config = get_preset("tiny", n_layer=3, tie_word_embeddings=tied)
+    state = GPT(config).state_dict()
+    pipe_state = pipeline_state_from_gpt(state, config)
+    assert set(pipe_state) == pipeline_keys(config)
+    assert "2.attn.c_attn.weight" in pipe_state and "4.weight" in pipe_state  # block 1, final LayerNorm
+    back = gpt_state_from_pipeline(pipe_state, config)
+    assert back.keys() == state.keys() and all(back[k] is state[k] for k in state)
+
+
+def test_layer_layout() -> None:
+    config = get_preset("tiny", n_layer=3)
+    specs = pipeline_layers(config)
+    names = [s.typename.__name__ for s in specs]
+    assert names == ["Embedding", "Block", "Block", "Block", "LayerNorm", "Embedding"]
+    assert specs[0].key == specs[-1].key == "embed" and specs[-1].forward_fn is not None
+
+
+def test_unknown_parameter_names_are_refused() -> None:
+    config = get_preset("tiny")
+    with pytest.raises(KeyError, match="matches no layer"):
+        pipeline_state_from_gpt({"blocks.7.ln_1.weight": torch.zeros(1)}, config)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_stage_pipeline_matches_plain_model(tmp_path: Path) -> None:
+    out = tmp_path / "result.json"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",  # 2 ranks x default threads on 2 cores is up to 10x slower
+        "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),  # never the shared ~/.cache
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    launcher = Path(sys.executable).with_name("deepspeed")
+    cmd = [
+        str(launcher), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+        str(WORKER), str(out),
+    ]  # fmt: skip
+    shm_before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        for leftover in set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*")) - shm_before:
+            os.remove(leftover)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["stages"] == 2
+    assert r["pipe_eval"] == pytest.approx(r["plain_eval"], abs=TOL)
+    assert r["pipe_train"] == pytest.approx(r["plain_train"], abs=TOL)
+    assert r["pipe_grad_norm"] == pytest.approx(r["plain_grad_norm"], rel=1e-5)
+    assert r["plain_grad_norm"] > 1.0  # so the clipping to 1.0 was active on both sides
+    assert r["pipe_eval_after_step"] == pytest.approx(r["plain_eval_after_step"], abs=TOL)
+    assert r["plain_eval_after_step"] < r["plain_eval"] - 0.05  # the step did something
+    assert r["n_params_gathered"] == r["n_params_plain"]
+    assert r["max_weight_change"] > 0.01 and r["max_weight_diff_after_step"] < TOL
