@@ -1,0 +1,112 @@
+"""DeepSpeed checkpoints that resume exactly, and never leave a half-written one chosen.
+
+Layout under `save_dir`: one DeepSpeed tag directory per save (`global_stepN/`, with each rank's
+`rng_rankNNNNN.pt`), and our own `latest` file naming the newest complete tag. `latest` is written by rank 0
+only after a barrier that every rank reaches once its files are written, then renamed into place: a crash
+mid-save leaves the previous checkpoint intact and chosen. The last `keep_last` tags are kept.
+
+Client state: step, consumed samples and tokens, and the hashes of the run config, tokenizer and data
+manifest; a resume with other data or another tokenizer is refused unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from training.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def latest_tag(save_dir: Path) -> str | None:
+    path = save_dir / LATEST
+    return path.read_text().strip() if path.exists() else None
+
+
+def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], keep_last: int) -> str:
+    """Collective: every rank writes its part, then rank 0 moves `latest` and prunes old tags."""
+    tag = f"global_step{step}"
+    rank = dist.get_rank()
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+    (save_dir / tag).mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), save_dir / tag / f"rng_rank{rank:05d}.pt")
+    dist.barrier()  # every rank's files are complete
+    if rank == 0:
+        tmp = save_dir / f".{LATEST}.tmp"
+        tmp.write_text(tag + "\n")
+        os.replace(tmp, save_dir / LATEST)
+        tags = sorted(
+            (p for p in save_dir.glob("global_step*") if p.is_dir()),
+            key=lambda p: int(p.name.removeprefix("global_step")),
+        )
+        for old in tags[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    logger.info("saved checkpoint %s", save_dir / tag)
+    return tag
+
+
+def load(engine: Any, save_dir: Path, expected: dict[str, str], force: bool) -> dict[str, Any] | None:
+    """Resume from `latest` if there is one: the client state, after checking `expected` hashes."""
+    tag = latest_tag(save_dir)
+    if tag is None:
+        return None
+    _, client = engine.load_checkpoint(
+        str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if client is None:
+        raise ConfigError(
+            [
+                f"{save_dir / tag}: checkpoint could not be loaded (incomplete?). Delete "
+                f"{save_dir / LATEST} to start over, or point train.save_dir elsewhere"
+            ]
+        )
+    changed = [
+        f"{key} ({client.get(key)} in the checkpoint, {value} now)"
+        for key, value in expected.items()
+        if client.get(key) != value
+    ]
+    if changed and not force:
+        raise ConfigError(
+            [
+                f"{save_dir / tag} was written with a different "
+                + ", ".join(changed)
+                + ". Resuming would train on other data; pass --force-resume to resume anyway, "
+                "or use a new train.save_dir"
+            ]
+        )
+    if changed:
+        logger.warning("resuming despite a different %s (--force-resume)", ", ".join(changed))
+    rng_file = save_dir / tag / f"rng_rank{dist.get_rank():05d}.pt"
+    if rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        logger.warning("%s missing (world size changed?): random state not restored", rng_file)
+    logger.info("resumed from %s at step %d", save_dir / tag, client["step"])
+    return client

@@ -1,0 +1,239 @@
+"""The training loop: steps, evaluation, logging, checkpoints, signals and failure handling.
+
+One `Trainer` per process. ZeRO engines step micro-batch by micro-batch (DeepSpeed accumulates and steps at
+the boundary); pipeline engines take a whole step in `train_batch`. A non-finite loss still runs backward:
+DeepSpeed's ZeRO and bf16 optimizers see the non-finite gradient norm, skip the update and clear the
+gradients; the loop counts it, and `max_bad_steps` in a row abort the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from model.flops import flops_per_token
+from training import checkpoint
+from training.config import RunConfig
+from training.data import Batch, RankData
+from training.metrics import MetricsWriter, memory_gib, peak_flops
+from training.validate import Resolved
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingAborted(RuntimeError):
+    """The run cannot go on (repeated non-finite losses); the message says why and what to change."""
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`): finish the step, save, exit 0."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        """Collective: True on every rank if any rank was signalled."""
+        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def total_steps(run: RunConfig, global_batch: int) -> int:
+    t = run.train
+    steps = [
+        s for s in (t.max_steps, t.max_tokens and -(-t.max_tokens // (global_batch * run.data.seq_len))) if s
+    ]
+    return min(steps) if steps else 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        run: RunConfig,
+        resolved: Resolved,
+        engine: Any,
+        expected_hashes: dict[str, str],
+        force_resume: bool,
+    ) -> None:
+        self.run, self.resolved, self.engine = run, resolved, engine
+        self.pipeline = run.train.pipeline_stages > 1
+        self.device = engine.device
+        self.rank = dist.get_rank()
+        self.global_batch = resolved.ds_config["train_batch_size"]
+        self.total_steps = total_steps(run, self.global_batch)
+        if self.pipeline:
+            dp_rank, dp_size = engine.grid.data_parallel_id, engine.grid.data_parallel_size
+        else:
+            dp_rank, dp_size = self.rank, dist.get_world_size()
+        self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
+        self.save_dir = Path(run.train.save_dir)
+        self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
+        self.hashes = expected_hashes
+        client = checkpoint.load(engine, self.save_dir, expected_hashes, force_resume)
+        self.step = client["step"] if client else 0
+        self.consumed = client["consumed_samples"] if client else 0
+        self.skipped = client.get("skipped_steps", 0) if client else 0
+        self.flops_per_token = flops_per_token(resolved.model, run.data.seq_len)
+        self.peak = peak_flops(run.train.precision, run.train.peak_tflops)
+
+    # ---- one step ----------------------------------------------------------------------------------
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return batch[0].to(self.device), batch[1].to(self.device)
+
+    def _zero_step(self, it: Iterator[Batch]) -> torch.Tensor:
+        losses = []
+        for _ in range(self.resolved.grad_accum):
+            x, y = self._to_device(next(it))
+            _, loss = self.engine(x, y)
+            if self.step + 1 in self.run.train.nan_loss_at_steps:
+                loss = loss * float("nan")
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.detach().float())
+        mean = torch.stack(losses).mean()
+        dist.all_reduce(mean)
+        return mean / dist.get_world_size()
+
+    def train_step(self, it: Iterator[Batch]) -> tuple[float, bool]:
+        """Run one optimizer step; (mean loss over the global batch, whether the update was applied)."""
+        if self.pipeline:
+            loss = self.engine.train_batch(data_iter=(self._to_device(b) for b in it)).float()
+        else:
+            loss = self._zero_step(it)
+        value = loss.item()
+        applied = self.engine.was_step_applied() if hasattr(self.engine, "was_step_applied") else True
+        if not math.isfinite(value) and applied:
+            raise TrainingAborted(
+                f"step {self.step + 1}: the loss is {value} and DeepSpeed applied the update anyway "
+                "(ZeRO stage 0 in fp32 does not check gradients): the weights are now invalid. Use a ZeRO "
+                "stage >= 1 or bf16, lower optim.lr, or resume from the last checkpoint"
+            )
+        return value, applied
+
+    # ---- evaluation, logging, saving ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        iters = self.run.train.eval_iters
+        if self.data.valid is None or iters < 1:
+            return None
+        batches = (self._to_device(b) for b in self.data.valid_batches(iters))
+        if self.pipeline:
+            loss = self.engine.eval_batch(data_iter=batches, num_micro_batches=iters).float()
+        else:
+            self.engine.eval()
+            losses = [self.engine(x, y)[1].float() for x, y in batches]
+            self.engine.train()
+            loss = torch.stack(losses).mean()
+            dist.all_reduce(loss)
+            loss = loss / dist.get_world_size()
+        return loss.item()
+
+    def _log(self, losses: list[float], seconds: float, eval_loss: float | None) -> None:
+        steps = len(losses)
+        tokens_per_s = steps * self.global_batch * self.run.data.seq_len / max(seconds, 1e-9)
+        tflops = tokens_per_s * self.flops_per_token / dist.get_world_size() / 1e12  # per device
+        grad_norm = self.engine.get_global_grad_norm()
+        values: dict[str, Any] = {
+            "loss": sum(losses) / steps,
+            "lr": self.engine.get_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens_per_s": tokens_per_s,
+            "tflops_per_device": tflops,
+            "memory_gib": memory_gib(),
+            "consumed_samples": self.consumed,
+            "skipped_steps": self.skipped,
+        }
+        if self.peak:
+            values["mfu"] = tflops * 1e12 / self.peak
+        if eval_loss is not None:
+            values["valid_loss"] = eval_loss
+            values["valid_ppl"] = math.exp(min(eval_loss, 50.0))
+        self.metrics.write(self.step, values)
+        mfu = f" | mfu {values['mfu']:.1%}" if "mfu" in values else ""
+        gn = f"{values['grad_norm']:.3f}" if values["grad_norm"] is not None else "n/a"
+        ev = f" | valid loss {eval_loss:.4f} ppl {values['valid_ppl']:.2f}" if eval_loss is not None else ""
+        logger.info(
+            "step %d/%d | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | %.2f TFLOP/s/device%s"
+            " | mem %.2f GiB%s",
+            self.step,
+            self.total_steps,
+            values["loss"],
+            values["lr"],
+            gn,
+            tokens_per_s,
+            tflops,
+            mfu,
+            values["memory_gib"],
+            ev,
+        )
+
+    def save(self) -> None:
+        client = {
+            "step": self.step,
+            "consumed_samples": self.consumed,
+            "skipped_steps": self.skipped,
+            "consumed_tokens": self.consumed * self.run.data.seq_len,
+            **self.hashes,
+        }
+        checkpoint.save(self.engine, self.save_dir, self.step, client, self.run.train.keep_last)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def fit(self, stop: StopRequest) -> dict[str, Any]:
+        t = self.run.train
+        it = self.data.train_batches(self.consumed)
+        window: list[float] = []
+        bad_in_a_row = 0
+        tick = time.perf_counter()
+        while self.step < self.total_steps:
+            loss, applied = self.train_step(it)
+            self.step += 1
+            self.consumed += self.global_batch
+            if not applied:
+                self.skipped += 1
+                bad_in_a_row += 1
+                logger.warning(
+                    "step %d: non-finite loss (%s): update skipped (%d in a row, %d in all)",
+                    self.step,
+                    loss,
+                    bad_in_a_row,
+                    self.skipped,
+                )
+                if bad_in_a_row >= t.max_bad_steps:
+                    raise TrainingAborted(
+                        f"{bad_in_a_row} steps in a row had a non-finite loss (train.max_bad_steps = "
+                        f"{t.max_bad_steps}); stopping at step {self.step}. Lower optim.lr or raise warmup, "
+                        f"check the data, or resume from {self.save_dir} with other settings"
+                    )
+            else:
+                bad_in_a_row = 0
+                window.append(loss)
+            eval_loss = self.evaluate() if t.eval_interval and self.step % t.eval_interval == 0 else None
+            if window and (
+                self.step % t.log_interval == 0 or eval_loss is not None or self.step == self.total_steps
+            ):
+                self._log(window, time.perf_counter() - tick, eval_loss)
+                window, tick = [], time.perf_counter()
+            stopping = stop.agreed(self.device)
+            if stopping or self.step % t.save_interval == 0 or self.step == self.total_steps:
+                self.save()
+            if stopping:
+                logger.info("stop requested (signal %s): saved at step %d, exiting", stop.signal, self.step)
+                break
+        self.metrics.close()
+        return {"step": self.step, "consumed_samples": self.consumed, "skipped_steps": self.skipped}

@@ -1,0 +1,89 @@
+"""Logging for a run: one `setup_logging(rank)`, rank 0's step lines, TensorBoard events, metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Dense matmul peaks per device (TFLOP/s) for MFU when train.peak_tflops is not set.
+KNOWN_PEAK_TFLOPS = {
+    ("H100", "bf16"): 989.0,
+    ("H200", "bf16"): 989.0,
+    ("A100", "bf16"): 312.0,
+    ("H100", "fp32"): 67.0,
+    ("H200", "fp32"): 67.0,
+    ("A100", "fp32"): 19.5,
+}
+
+
+def setup_logging(rank: int, verbose: bool = False) -> None:
+    """Rank 0 logs at INFO (DEBUG with verbose); other ranks only warnings and errors."""
+    level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        force=True,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def peak_flops(precision: str, override_tflops: float | None) -> float | None:
+    """Per-device peak FLOP/s for MFU: the override, a known GPU's, or None (unknown: MFU not shown)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for (gpu, prec), tflops in KNOWN_PEAK_TFLOPS.items():
+            if gpu in name and prec == precision:
+                return tflops * 1e12
+    return None
+
+
+def memory_gib() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+class MetricsWriter:
+    """Rank 0 only: JSONL lines and TensorBoard scalars under the run directory."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                logger.warning(
+                    "tensorboard is not installed: no TensorBoard events (pip install tensorboard)"
+                )
+
+    def write(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
