@@ -123,7 +123,11 @@ def build_engine(
         )
     else:
         optimizer = build_optimizer(groups, o.lr, betas=(o.beta1, o.beta2), eps=o.eps, device_type=device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, o, total_steps) / o.lr)
+    # A factory, not a scheduler: DeepSpeed calls it with the optimizer it ends up stepping (ZeRO-3
+    # regroups the client optimizer's parameter groups, which a scheduler built beforehand would miss).
+    def scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, o, total_steps) / o.lr)
+
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )

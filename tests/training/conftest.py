@@ -1,0 +1,97 @@
+"""Tiny shards and helpers to run pretrain_gpt.py through the real `deepspeed` launcher on CPU ranks."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_tools.pipeline import CleanConfig
+from data_tools.preprocess import PreprocessConfig, preprocess
+from data_tools.sources import Problems, SourceConfig, iter_documents
+from data_tools.train_tokenizer import train
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Shards of about 120 standard-library files with a 600-id tokenizer (train and valid splits)."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    docs = [d.text for d in iter_documents(SourceConfig(), Problems())][::15][:120]
+    train(docs, root / "tok", vocab_size=600, show_progress=False)
+    with open(root / "corpus.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps({"content": d}) + "\n")
+    cfg = PreprocessConfig(sources=SourceConfig(inputs=(str(root / "corpus.jsonl"),)), output=root / "data",
+                           tokenizer=root / "tok", clean=CleanConfig(valid_ratio=0.1), show_progress=False)
+    preprocess(cfg)
+    return root / "data"
+
+
+def run_config(tmp_path: Path, data: Path, **train) -> Path:
+    """A tiny fp32 run without dropout (so ranks and modes agree), written to tmp_path/run.json."""
+    cfg = {
+        "model": {"preset": "tiny", "overrides": {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}},
+        "data": {"paths": [str(data)], "seq_len": 32},
+        "optim": {"lr": 1e-3, "warmup_steps": 2},
+        "train": {"micro_batch": 2, "max_steps": 10, "precision": "fp32", "log_interval": 1, "eval_interval": 5,
+                  "eval_iters": 2, "save_interval": 5, "save_dir": str(tmp_path / "ckpt"), **train},
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(tmp_path: Path) -> dict[str, str]:
+    """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and a private extension
+    cache, so nothing is shared with other processes on the machine."""
+    return dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
+                PYTHONPATH=str(ROOT))
+
+
+def deepspeed_cmd(config: Path, ds_config: str, *extra: str, ranks: int = 2) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port",
+            str(free_port()), str(ROOT / "pretrain_gpt.py"), "--config", str(config), "--ds_config",
+            str(ROOT / "ds_configs" / ds_config), *extra]
+
+
+def single_cmd(config: Path, ds_config: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "pretrain_gpt.py"), "--config", str(config), "--ds_config",
+            str(ROOT / "ds_configs" / ds_config), *extra]
+
+
+def run(cmd: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    shm_before = set(glob.glob("/dev/shm/deepspeed_*"))
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=timeout)
+    finally:
+        for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - shm_before:
+            os.unlink(leftover)
+
+
+def losses(save_dir: Path) -> dict[int, float]:
+    """step -> training loss from metrics.jsonl (the last line for a step wins: a resumed run rewrites)."""
+    out = {}
+    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result

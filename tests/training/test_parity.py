@@ -1,0 +1,36 @@
+"""ZeRO-2, ZeRO-3 and pipeline + ZeRO-1 on 2 CPU ranks give the single-process losses (fp32, 10 steps)."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import check, deepspeed_cmd, losses, run, run_config, single_cmd
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("single")
+    # One rank accumulating 2 micro-batches sees the same global batch as 2 ranks with one each.
+    check(run(single_cmd(run_config(tmp, tiny_data, grad_accum=2), "zero2_cpu.json"), tmp))
+    return losses(tmp / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("ds_config", "train"),
+    [
+        ("zero2_cpu.json", {}),
+        ("zero3_cpu.json", {}),
+        ("pipeline_zero1_cpu.json", {"pipeline_stages": 2, "grad_accum": 2}),
+    ],
+    ids=["zero2", "zero3", "pipeline_zero1"],
+)
+def test_losses_equal_single_process(tiny_data, tmp_path, single_process_losses, ds_config, train):
+    check(run(deepspeed_cmd(run_config(tmp_path, tiny_data, **train), ds_config), tmp_path))
+    ours = losses(tmp_path / "ckpt")
+    assert sorted(ours) == list(range(1, 11))
+    for step, reference in single_process_losses.items():
+        # fp32: only the order of the gradient reductions differs (relative 1e-5 after 10 Adam steps).
+        assert abs(ours[step] - reference) <= 1e-5 * abs(reference), (step, ours[step], reference)
+    assert ours[10] < ours[1]  # and it learns
