@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
+
+import torch
 
 
 @functools.cache
@@ -31,3 +34,10 @@ def triton_usable(device_type: str) -> tuple[bool, str]:
         False,
         f"Triton does not compile for device type {device_type!r} (set TRITON_INTERPRET=1 to interpret)",
     )
+
+
+def log_choice(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
+    """Log a kernel choice, except while torch.compile traces: dynamo cannot trace logging calls and would
+    break the graph at every op. The eager call that fills each choice's cache logs it."""
+    if not torch.compiler.is_compiling():
+        logger.log(level, msg, *args)

@@ -12,7 +12,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from model.kernels.availability import triton_usable
+from model.kernels.availability import log_choice, triton_usable
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +29,16 @@ def resolve_bias_gelu(requested: str, device_type: str) -> str:
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
     if requested == "torch":
-        logger.info("bias_gelu: torch reference on %s (requested)", device_type)
+        log_choice(logger, logging.INFO, "bias_gelu: torch reference on %s (requested)", device_type)
         return "torch"
     ok, reason = triton_usable(device_type)
     if ok and (requested == "triton" or device_type == "cuda"):
-        logger.info("bias_gelu: fused Triton kernel (%s)", reason)
+        log_choice(logger, logging.INFO, "bias_gelu: fused Triton kernel (%s)", reason)
         return "triton"
     level = logging.WARNING if requested == "triton" else logging.INFO
-    logger.log(level, "bias_gelu: Triton not used on %s (%s); falling back to torch", device_type, reason)
+    log_choice(
+        logger, level, "bias_gelu: Triton not used on %s (%s); falling back to torch", device_type, reason
+    )
     return "torch"
 
 

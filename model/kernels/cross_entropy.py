@@ -19,6 +19,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from model.kernels.availability import log_choice
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -42,9 +44,14 @@ def cross_entropy_reference(
 def resolve_cross_entropy(requested: str, device_type: str) -> str:
     """Map a config choice ("auto", "chunked", "torch") to what runs; logs once. Chunked is pure torch."""
     if requested == "torch":
-        logger.info("cross_entropy: materialised logits + F.cross_entropy on %s (requested)", device_type)
+        log_choice(
+            logger,
+            logging.INFO,
+            "cross_entropy: materialised logits + F.cross_entropy on %s (requested)",
+            device_type,
+        )
         return "torch"
-    logger.info("cross_entropy: chunked head + loss on %s (no full logits)", device_type)
+    log_choice(logger, logging.INFO, "cross_entropy: chunked head + loss on %s (no full logits)", device_type)
     return "chunked"
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.kernels.availability import triton_usable
+from model.kernels.availability import log_choice, triton_usable
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +32,19 @@ def resolve_layernorm(requested: str, device_type: str) -> str:
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
     if requested == "torch":
-        logger.info("layernorm: torch F.layer_norm on %s (requested)", device_type)
+        log_choice(logger, logging.INFO, "layernorm: torch F.layer_norm on %s (requested)", device_type)
         return "torch"
     ok, reason = triton_usable(device_type)
     if ok and (requested == "triton" or device_type == "cuda"):
-        logger.info("layernorm: fused Triton kernel (%s)", reason)
+        log_choice(logger, logging.INFO, "layernorm: fused Triton kernel (%s)", reason)
         return "triton"
     level = logging.WARNING if requested == "triton" else logging.INFO
-    logger.log(
-        level, "layernorm: Triton not used on %s (%s); falling back to F.layer_norm", device_type, reason
+    log_choice(
+        logger,
+        level,
+        "layernorm: Triton not used on %s (%s); falling back to F.layer_norm",
+        device_type,
+        reason,
     )
     return "torch"
 
