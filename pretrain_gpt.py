@@ -109,12 +109,14 @@ def train(run, resolved, args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from data_tools.manifest import load_manifest, manifest_hash
+    from training.checkpoint import seed_everything
     from training.engine import build_engine
     from training.loop import StopRequest, Trainer, TrainingAborted, total_steps
 
     stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM is not lost
     init_distributed(args.cpu_shm_allreduce)
     rank = dist.get_rank()
+    seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
     hashes = {
         "config_hash": run.hash(),
         "tokenizer": ",".join(load_manifest(p)["tokenizer"]["sha256"][:16] for p in run.data.paths),

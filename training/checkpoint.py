@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 LATEST = "latest"
 
 
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) of this process; callers add the rank so that ranks
+    draw different dropout masks, reproducibly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
