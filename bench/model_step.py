@@ -2,8 +2,9 @@
 
 One step = forward + loss + backward + AdamW step (torch AdamW, foreach, the same parameter groups for both
 models), on the same weights (ours exported to HF) and the same batches. Each precision (fp32, bf16 autocast)
-runs warmup steps, then alternates timed rounds between the two models so that machine noise hits both;
-throughput is tokens / median step time. HF runs with its default attention (SDPA) and "gelu_new".
+runs warmup steps, then timed steps alternating between the models (ours, HF, ours, ...) so that machine
+noise hits both alike. Throughput is tokens / median step time; the ratio is the median over steps of the
+two back-to-back step times. HF runs with its default attention (SDPA) and "gelu_new".
 
     python bench/model_step.py                       # 4 layers, width 256, ctx 256, vocab 8192, batch 8
     python bench/model_step.py --compile             # also times torch.compile(ours); HF stays eager
@@ -50,8 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=8, help="micro-batch (sequences per step)")
     p.add_argument("--dropout", type=float, default=0.0, help="all three dropouts, both models")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
-    p.add_argument("--steps", type=int, default=4, help="timed steps per model, precision and round")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timed rounds ours/HF")
+    p.add_argument("--steps", type=int, default=4, help="distinct batches timed per round")
+    p.add_argument("--rounds", type=int, default=3, help="passes over the timed batches")
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (HF stays eager)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -83,13 +84,11 @@ def make_step(model: torch.nn.Module, is_hf: bool, precision: str, lr: float = 1
     return step
 
 
-def time_steps(runner: Runner, batches: list[tuple[torch.Tensor, torch.Tensor]], record: bool) -> None:
-    for idx, targets in batches:
-        start = time.perf_counter()
-        loss = runner.step(idx, targets)
-        loss.item()  # synchronise (CPU: already done) and surface NaNs early
-        if record:
-            runner.times.append(time.perf_counter() - start)
+def time_step(runner: Runner, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Seconds for one training step of ``runner``."""
+    start = time.perf_counter()
+    runner.step(*batch).item()  # .item() synchronises and would surface a NaN early
+    return time.perf_counter() - start
 
 
 def build_runners(args: argparse.Namespace, precision: str) -> list[Runner]:
@@ -111,40 +110,59 @@ def build_runners(args: argparse.Namespace, precision: str) -> list[Runner]:
     return runners
 
 
-def run_precision(args: argparse.Namespace, precision: str) -> dict[str, float]:
-    """Tokens/s of each runner in one precision."""
+@dataclass
+class Result:
+    """Per runner: tokens/s at the median and at the best step; step-paired time ratio against HF."""
+
+    median_tps: dict[str, float]
+    best_tps: dict[str, float]
+    speedup: dict[str, float]
+
+
+def run_precision(args: argparse.Namespace, precision: str) -> Result:
+    """Warmup, then steps alternating between the runners so that machine noise hits them alike."""
     g = torch.Generator().manual_seed(args.seed)
-    n = args.warmup + args.steps
-    tokens = torch.randint(0, args.vocab, (n, args.batch, args.ctx + 1), generator=g)
+    tokens = torch.randint(0, args.vocab, (args.warmup + args.steps, args.batch, args.ctx + 1), generator=g)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
     runners = build_runners(args, precision)
     for runner in runners:
-        time_steps(runner, batches[: args.warmup], record=False)
+        for batch in batches[: args.warmup]:
+            time_step(runner, batch)
     for _ in range(args.rounds):
-        for runner in runners:
-            time_steps(runner, batches[args.warmup :], record=True)
+        for batch in batches[args.warmup :]:
+            for runner in runners:
+                runner.times.append(time_step(runner, batch))
     tokens_per_step = args.batch * args.ctx
-    return {r.name: tokens_per_step / statistics.median(r.times) for r in runners}
-
-
-def report(results: dict[str, dict[str, float]]) -> None:
-    """Prints one line per precision, then the ratio in the precision where ours is fastest (last line)."""
-    for precision, tps in results.items():
-        line = ", ".join(f"{name} {value:,.0f} tok/s" for name, value in tps.items())
-        print(f"{precision}: {line}; ours/hf {tps['ours'] / tps['hf']:.2f}x (both eager)")
-        if "ours+compile" in tps:
-            ratio = tps["ours+compile"] / tps["hf"]
-            print(f"{precision}: torch.compile on ours only (HF eager): ours+compile/hf {ratio:.2f}x")
-    best = max(results, key=lambda p: results[p]["ours"])
-    fastest_hf = max(results, key=lambda p: results[p]["hf"])
-    print(
-        f"best precision for ours: {best} ({results[best]['ours']:,.0f} tok/s, eager); "
-        f"HF's fastest: {fastest_hf} ({results[fastest_hf]['hf']:,.0f} tok/s)"
+    hf_times = runners[1].times
+    return Result(
+        median_tps={r.name: tokens_per_step / statistics.median(r.times) for r in runners},
+        best_tps={r.name: tokens_per_step / min(r.times) for r in runners},
+        # Median over steps of t_hf / t_runner, each pair timed back to back: robust to slow drifts in load.
+        speedup={
+            r.name: statistics.median(h / t for h, t in zip(hf_times, r.times, strict=True)) for r in runners
+        },
     )
-    print(f"ratio ours/hf (best precision): {results[best]['ours'] / results[best]['hf']:.2f}x")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+def report(results: dict[str, Result]) -> None:
+    """Prints one line per precision, then the ratio in the precision where ours is fastest (last line)."""
+    for precision, res in results.items():
+        line = ", ".join(
+            f"{n} {v:,.0f} tok/s (best step {res.best_tps[n]:,.0f})" for n, v in res.median_tps.items()
+        )
+        print(f"{precision}: {line}; ours/hf {res.speedup['ours']:.2f}x (both eager)")
+        if "ours+compile" in res.speedup:
+            print(f"{precision}: torch.compile on ours only, HF eager: {res.speedup['ours+compile']:.2f}x")
+    best = max(results, key=lambda p: results[p].median_tps["ours"])
+    hf_best = max(results, key=lambda p: results[p].median_tps["hf"])
+    print(
+        f"fastest precision for ours: {best} ({results[best].median_tps['ours']:,.0f} tok/s, eager); "
+        f"for HF: {hf_best} ({results[hf_best].median_tps['hf']:,.0f} tok/s)"
+    )
+    print(f"ratio ours/hf (best precision): {results[best].speedup['ours']:.2f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Result]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
