@@ -111,7 +111,9 @@ def build_engine(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     groups = param_groups(model, o.weight_decay)
-    if offload == "cpu" and device == "cuda":
+    # With the optimizer offloaded DeepSpeed wants its own CPU Adam (a C++ op, JIT-built once per extension
+    # cache), unless the JSON sets zero_force_ds_cpu_optimizer false (the _cpu variant: torch AdamW).
+    if offload == "cpu" and ds_config.get("zero_force_ds_cpu_optimizer", True):
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(

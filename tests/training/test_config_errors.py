@@ -1,0 +1,86 @@
+"""Every configuration problem is reported before an engine is built, all at once, as the user sees it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pretrain_gpt
+from training.config import ConfigError, from_dict, lr_at, OptimSection
+
+from .conftest import ROOT
+
+
+def errors(capsys, tmp_path, cfg: dict, ds: dict | str, world: int = 2, monkeypatch=None) -> str:
+    (tmp_path / "run.json").write_text(json.dumps(cfg))
+    if isinstance(ds, dict):
+        (tmp_path / "ds.json").write_text(json.dumps(ds))
+        ds_path = str(tmp_path / "ds.json")
+    else:
+        ds_path = str(ROOT / "ds_configs" / ds)
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("RANK", "0")
+    code = pretrain_gpt.main(["--config", str(tmp_path / "run.json"), "--ds_config", ds_path])
+    assert code == 2
+    return capsys.readouterr().err
+
+
+def test_every_problem_at_once(tiny_data, tmp_path, capsys, monkeypatch):
+    cfg = {
+        "model": {"preset": "tiny", "overrides": {"vocab_size": 100, "n_layer": 2, "n_positions": 64}},
+        "data": {"paths": [str(tiny_data), str(tmp_path / "nowhere")], "seq_len": 128},
+        "train": {"micro_batch": 4, "global_batch": 10, "grad_accum": 1, "pipeline_stages": 4, "precision": "fp16"},
+    }
+    ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True},
+          "optimizer": {"type": "Adam"}}
+    err = errors(capsys, tmp_path, cfg, ds, world=4, monkeypatch=monkeypatch)
+    assert "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only: train.pipeline_stages is 4" in err
+    assert f"data path '{tmp_path / 'nowhere'}' does not exist" in err
+    assert "the data's tokenizer has 600 ids but model.vocab_size is 100" in err
+    assert "data.seq_len (128) exceeds the model context n_positions (64)" in err
+    assert "train.pipeline_stages (4) exceeds the model's n_layer (2)" in err
+    assert "train.global_batch (10) must equal micro_batch (4) x grad_accum (1) x data-parallel size (1) = 4" in err
+    assert "train.precision fp16 is not supported on CPU" in err
+    assert "sets train_micro_batch_size_per_gpu=8 but the run config gives 4" in err
+    assert "sets bf16.enabled=True but train.precision is 'fp16'" in err
+    assert "has an 'optimizer' section, but the run config owns the optimizer" in err
+    assert "Traceback" not in err
+
+
+def test_shipped_pipeline_config_refuses_zero2(tiny_data, tmp_path, capsys, monkeypatch):
+    cfg = {"data": {"paths": [str(tiny_data)], "seq_len": 32}, "train": {"pipeline_stages": 2, "precision": "fp32"}}
+    err = errors(capsys, tmp_path, cfg, "zero2_cpu.json", world=2, monkeypatch=monkeypatch)
+    assert "supports ZeRO stage 0 or 1 only" in err and "ds_configs/pipeline_zero1.json" in err
+
+
+def test_unknown_keys_list_the_valid_ones(tmp_path, capsys, monkeypatch):
+    (tmp_path / "run.json").write_text(json.dumps({"train": {"max_step": 3}, "optimizer": {}}))
+    monkeypatch.setenv("RANK", "0")
+    assert pretrain_gpt.main(["--config", str(tmp_path / "run.json")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) ['max_step'] in 'train'; valid keys:" in err and "'max_steps'" in err
+    assert "unknown section 'optimizer'; valid sections: ['data', 'model', 'optim', 'train']" in err
+    assert pretrain_gpt.main(["--set", "lr=3"]) == 2
+    assert "must look like section.key=value" in capsys.readouterr().err
+
+
+def test_contradiction_in_precision_and_clipping(tiny_data, tmp_path, capsys, monkeypatch):
+    cfg = {"data": {"paths": [str(tiny_data)], "seq_len": 32}, "train": {"precision": "fp32"}}
+    err = errors(capsys, tmp_path, cfg, {"bf16": {"enabled": True}, "gradient_clipping": 0.5}, 1, monkeypatch)
+    assert "bf16.enabled=True but train.precision is 'fp32'" in err
+    assert "gradient_clipping=0.5 but the run config gives 1.0 (optim.grad_clip)" in err
+
+
+def test_learning_rate_schedule():
+    o = OptimSection(lr=1.0, min_lr=0.1, warmup_steps=10)
+    assert lr_at(0, o, 110) == pytest.approx(0.1) and lr_at(9, o, 110) == pytest.approx(1.0)
+    assert lr_at(60, o, 110) == pytest.approx(0.55)  # half-way through the cosine
+    assert lr_at(110, o, 110) == pytest.approx(0.1) and lr_at(500, o, 110) == pytest.approx(0.1)
+
+
+def test_from_dict_round_trip():
+    cfg = from_dict({"optim": {"lr": 3e-4}, "train": {"max_steps": 7}})
+    assert from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="must be an object"):
+        from_dict({"train": 3})

@@ -1,0 +1,60 @@
+"""Training behaviour: the loss falls on standard-library shards, NaN steps are skipped then abort, every
+shipped DeepSpeed config runs, a config with logging writes its metrics and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import ROOT, check, deepspeed_cmd, losses, run, run_config, single_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def test_loss_falls_on_stdlib_shards(tiny_data, tmp_path):
+    cfg = run_config(tmp_path, tiny_data, max_steps=60, micro_batch=8, log_interval=5, eval_interval=30)
+    result = check(run(deepspeed_cmd(cfg, "zero2_cpu.json", "--set", "optim.lr=3e-3"), tmp_path))
+    by_step = losses(tmp_path / "ckpt")
+    assert by_step[60] < by_step[5] - 1.0, by_step
+    lines = [json.loads(x) for x in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    valid = [x["valid_loss"] for x in lines if "valid_loss" in x]
+    assert len(valid) == 2 and valid[1] < valid[0]
+    assert {"lr", "grad_norm", "tokens_per_s", "tflops_per_device", "memory_gib"} <= set(lines[-1])
+    assert "step 60/60 | loss" in result.stdout and "tok/s" in result.stdout
+    assert list((tmp_path / "ckpt" / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((tmp_path / "ckpt" / "ds_config.json").read_text())
+    assert saved["train_batch_size"] == 16 and saved["zero_optimization"]["stage"] == 2
+    assert json.loads((tmp_path / "ckpt" / "run_config.json").read_text())["resolved_model"]["vocab_size"] == 600
+
+
+def test_nan_loss_is_skipped_then_repeated_nans_abort(tiny_data, tmp_path):
+    cfg = run_config(tmp_path, tiny_data, max_steps=6, nan_loss_at_steps=[3])
+    check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    lines = [json.loads(x) for x in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    assert 3 not in {x["step"] for x in lines} and lines[-1]["skipped_steps"] == 1
+    assert all(x["loss"] == x["loss"] for x in lines)  # no NaN reached the weights
+
+    (tmp_path / "b").mkdir()
+    cfg = run_config(tmp_path / "b", tiny_data, max_steps=10, nan_loss_at_steps=[2, 3, 4], max_bad_steps=3)
+    result = run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)
+    assert result.returncode == 3
+    assert "3 steps in a row had a non-finite loss (train.max_bad_steps = 3); stopping at step 4" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("ds_config", "train"),
+    [
+        ("zero2.json", {"precision": "bf16"}),
+        ("zero3.json", {"precision": "bf16"}),
+        ("pipeline_zero1.json", {"precision": "bf16", "pipeline_stages": 2}),
+        ("zero3_offload.json", {"precision": "bf16"}),  # builds DeepSpeedCPUAdam once (about 1.5 min)
+        ("zero3_offload_cpu.json", {}),
+    ],
+)
+def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config, train):
+    cfg = run_config(tmp_path, tiny_data, max_steps=4, eval_interval=2, save_interval=4, **train)
+    check(run(deepspeed_cmd(cfg, ds_config), tmp_path))
+    by_step = losses(tmp_path / "ckpt")
+    assert sorted(by_step) == [1, 2, 3, 4] and all(v == v for v in by_step.values())
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "global_step4"
