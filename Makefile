@@ -9,6 +9,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 OUT     ?= runs/demo
+RANKS   ?= 2
+PORT    ?= 29517
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup lint clean-demo
@@ -23,8 +25,13 @@ $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# 1. standard library -> cleaned, deduplicated corpus -> 32,768-id tokenizer -> shards ($(OUT)/data)
+# 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks (about 3 minutes)
 demo: $(STAMP)
 	$(BIN)/python -m data_tools.preprocess --output $(OUT)/data
+	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_gpus $(RANKS) \
+		--master_addr 127.0.0.1 --master_port $(PORT) pretrain_gpt.py --config configs/demo.json \
+		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
