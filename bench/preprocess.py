@@ -26,22 +26,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_tools.indexed_dataset import IndexedDataset
-from data_tools.pipeline import CleanConfig, Cleaner, clean_batch
+from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, make_executor
 from data_tools.preprocess import PreprocessConfig, preprocess
-from data_tools.sources import Problems, SourceConfig, default_workers, iter_documents
+from data_tools.sources import (
+    Problems,
+    SourceConfig,
+    default_workers,
+    iter_batches,
+    iter_documents,
+    iter_records,
+)
 from data_tools.train_tokenizer import load_tokenizer, train
 
 
 def kept_texts(sources: SourceConfig, clean: CleanConfig) -> list[str]:
     """The texts that the job keeps (same cleaning, in-process): the limit's input."""
-    cleaner, out = Cleaner(clean), []
-    docs = list(iter_documents(sources, Problems()))
-    for doc, (h, failing, sig) in zip(
-        docs, clean_batch([d.text for d in docs], clean.filters, False), strict=True
-    ):
-        if cleaner.decide(doc, h, failing, sig):
-            out.append(doc.text)
-    return out
+    cleaner, problems = Cleaner(clean), Problems(log=False)
+    batches = iter_batches(iter_records(sources, problems))
+    cleaned = cleaned_batches(make_executor(1), batches, cleaner, sources, problems, window=1)
+    return [doc.text for _, kept, _ in cleaned for doc in kept]
 
 
 def limit_tokens_per_s(tok_dir: Path, texts: list[str], repeats: int = 3) -> tuple[float, int]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from data_tools import cli
 from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, make_executor
-from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_documents
+from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
 
 
 def _open_output(path: Path):
@@ -54,8 +54,10 @@ def clean(
     executor = make_executor(workers)
     try:
         with _open_output(tmp) as f, tqdm(desc="clean", unit=" docs", disable=not show_progress) as bar:
-            batches = iter_batches(iter_documents(sources, problems))
-            for n_in, kept, _ in cleaned_batches(executor, batches, cleaner, window=2 * max(workers, 1)):
+            batches = iter_batches(iter_records(sources, problems), 64, 1_000_000)
+            for n_in, kept, _ in cleaned_batches(
+                executor, batches, cleaner, sources, problems, 2 * max(workers, 1)
+            ):
                 for doc in kept:
                     f.write(
                         json.dumps({"content": doc.text, "source": doc.location}, ensure_ascii=False) + "\n"

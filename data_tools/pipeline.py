@@ -12,9 +12,12 @@ same for any number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +28,7 @@ import numpy as np
 
 from data_tools.dedup import ExactDeduplicator, NearDeduplicator, content_hash, minhash_signature
 from data_tools.filters import FilterConfig, first_failing_filter
-from data_tools.sources import Document, Problems
+from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,7 +55,17 @@ def is_valid_split(h: int, valid_ratio: float) -> bool:
 _WORKER: dict[str, Any] = {}  # per-process worker state, set once by the pool initializer
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the job's process dies (even by SIGKILL); otherwise
+    pool workers of a killed job linger forever, waiting for work."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _init_worker(tokenizer_json: str | None) -> None:
+    _die_with_parent()
     # Each worker is one core: tokenizers' own thread pool would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if tokenizer_json is not None:
@@ -61,42 +74,79 @@ def _init_worker(tokenizer_json: str | None) -> None:
         _WORKER["tokenizer"] = Tokenizer.from_str(tokenizer_json)
 
 
-def clean_batch(texts: list[str], filters: FilterConfig, near: bool) -> list[tuple[int, str | None, Any]]:
-    """(content hash, first failing filter or None, MinHash signature or None) for each text."""
-    out = []
-    for text in texts:
+Verdict = tuple[str | None, int, int, int, str | None, Any, Problem | None]
+
+
+def clean_batch(
+    records: list[Record], sources: SourceConfig, filters: FilterConfig, near: bool, want_text: bool
+) -> list[Verdict]:
+    """Decode, filter and hash each record: (text if wanted and it passed the filters, else None;
+    characters; UTF-8 bytes; content hash; first failing filter; MinHash signature or None; bad-input
+    problem or None)."""
+    out: list[Verdict] = []
+    for rec in records:
+        text, problem = decode_record(rec, sources)
+        if text is None:
+            out.append((None, 0, 0, 0, None, None, problem))
+            continue
+        nbytes = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         failing = first_failing_filter(text, filters)
         sig = minhash_signature(text) if near and failing is None else None
-        out.append((content_hash(text), failing, sig))
+        keep_text = want_text and failing is None
+        out.append((text if keep_text else None, len(text), nbytes, content_hash(text), failing, sig, None))
     return out
 
 
-def tokenize_batch(texts: list[str], eod_id: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of all texts, each followed by `eod_id`, flat; and the per-text lengths (EOD included)."""
+def tokenize_records(
+    records: list[Record], sources: SourceConfig, eod_id: int, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and tokenise records (already known good): token ids of all, each followed by `eod_id`,
+    flat; and the per-record lengths (EOD included). Decoding again here, rather than shipping the text
+    through the main process, keeps the main process's share of the work small."""
+    texts = [decode_record(rec, sources)[0] for rec in records]
     encodings = _WORKER["tokenizer"].encode_batch_fast(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e.ids) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
-    flat = np.empty(int(lengths.sum()), dtype=dtype)
-    ends = np.cumsum(lengths)
-    pos = 0
-    for enc, end in zip(encodings, ends, strict=True):
-        flat[pos : end - 1] = enc.ids
-        pos = int(end)
-    flat[ends - 1] = eod_id
-    return flat, lengths
+    lengths = np.fromiter((len(e) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
+    with_eod = itertools.chain.from_iterable(itertools.chain(e.ids, (eod_id,)) for e in encodings)
+    return np.fromiter(with_eod, dtype=dtype, count=int(lengths.sum())), lengths
 
 
 # ---- the pool ---------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
+
+
 class _InlineExecutor(Executor):
-    """Runs submissions in this process: the 1-worker case, and easy to debug."""
+    """Runs submissions in this process, one core: the 1-worker case, and easy to debug. The worker state
+    (tokenizer, single-threaded tokenizers) holds only during a call, so the caller's process is left as
+    it was."""
+
+    def __init__(self, tokenizer_json: str | None) -> None:
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_str(tokenizer_json) if tokenizer_json is not None else None
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
+        saved = _WORKER.get("tokenizer")
+        _WORKER["tokenizer"] = self._tokenizer
         try:
-            future.set_result(fn(*args, **kwargs))
+            with _env("TOKENIZERS_PARALLELISM", "false"):
+                future.set_result(fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(e)
+        finally:
+            _WORKER["tokenizer"] = saved
         return future
 
 
@@ -108,8 +158,7 @@ def make_executor(workers: int, tokenizer_json: str | None = None) -> Executor:
     (training in the same process); the variable set around the fork marks parallelism as configured, and
     each worker is single-threaded anyway. Elsewhere: spawn."""
     if workers <= 1:
-        _init_worker(tokenizer_json)
-        return _InlineExecutor()
+        return _InlineExecutor(tokenizer_json)
     method = "fork" if sys.platform == "linux" else "spawn"
     executor = ProcessPoolExecutor(
         workers,
@@ -117,15 +166,8 @@ def make_executor(workers: int, tokenizer_json: str | None = None) -> Executor:
         initializer=_init_worker,
         initargs=(tokenizer_json,),
     )
-    previous = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    try:
+    with _env("TOKENIZERS_PARALLELISM", "false"):
         executor.submit(int).result()  # with fork, the first submit starts every worker
-    finally:
-        if previous is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = previous
     return executor
 
 
@@ -187,18 +229,17 @@ class Cleaner:
         self.exact = ExactDeduplicator() if cfg.exact_dedup else None
         self.near = NearDeduplicator(cfg.near_dedup_threshold) if cfg.near_dedup else None
 
-    def decide(self, doc: Document, h: int, failing: str | None, sig: Any) -> bool:
-        nbytes = len(doc.text.encode("utf-8", "surrogatepass")) if not doc.text.isascii() else len(doc.text)
+    def decide(self, path: str, line: int, nbytes: int, h: int, failing: str | None, sig: Any) -> bool:
         self.report.input_docs += 1
         self.report.input_bytes += nbytes
         self.report.kept_docs += 1
         self.report.kept_bytes += nbytes
         reason = None
-        if self.exact is not None and self.exact.is_duplicate(h, doc.path, doc.line):
+        if self.exact is not None and self.exact.is_duplicate(h, path, line):
             reason = "exact_duplicate"
         elif failing is not None:
             reason = failing
-        elif self.near is not None and self.near.is_duplicate(sig, doc.location):
+        elif self.near is not None and self.near.is_duplicate(sig, f"{path}:{line}" if line else path):
             reason = "near_duplicate"
         if reason is not None:
             self.report.remove(reason, nbytes)
@@ -216,19 +257,41 @@ class Cleaner:
         return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Kept:
+    """A document that survived cleaning: its record, its text (when asked for), its size."""
+
+    record: Record
+    text: str | None
+    nchars: int
+    nbytes: int
+
+    @property
+    def location(self) -> str:
+        return f"{self.record.path}:{self.record.line}" if self.record.line else self.record.path
+
+
 def cleaned_batches(
     executor: Executor,
-    batches: Iterable[list[Document]],
+    batches: Iterable[list[Record]],
     cleaner: Cleaner,
+    sources: SourceConfig,
+    problems: Problems,
     window: int,
-) -> Iterator[tuple[int, list[Document], list[int]]]:
-    """For each input batch: its size, the kept documents and their content hashes, in order."""
+    want_text: bool = True,
+) -> Iterator[tuple[int, list[Kept], list[int]]]:
+    """For each batch of records: its size, the kept documents and their content hashes, in order. Bad
+    records are added to `problems` in input order."""
     cfg = cleaner.cfg
-    submit = lambda batch: executor.submit(clean_batch, [d.text for d in batch], cfg.filters, cfg.near_dedup)
+    submit = lambda batch: executor.submit(
+        clean_batch, batch, sources, cfg.filters, cfg.near_dedup, want_text
+    )
     for batch, verdicts in ordered_map(submit, batches, window):
         kept, hashes = [], []
-        for doc, (h, failing, sig) in zip(batch, verdicts, strict=True):
-            if cleaner.decide(doc, h, failing, sig):
-                kept.append(doc)
+        for rec, (text, nchars, nbytes, h, failing, sig, problem) in zip(batch, verdicts, strict=True):
+            if problem is not None:
+                problems.add(*problem)
+            elif cleaner.decide(rec.path, rec.line, nbytes, h, failing, sig):
+                kept.append(Kept(rec, text, nchars, nbytes))
                 hashes.append(h)
         yield len(batch), kept, hashes

@@ -40,20 +40,21 @@ from data_tools.manifest import MANIFEST
 from data_tools.pipeline import (
     CleanConfig,
     Cleaner,
+    Kept,
     cleaned_batches,
     is_valid_split,
     make_executor,
     ordered_map,
-    tokenize_batch,
+    tokenize_records,
 )
-from data_tools.sources import DataError, Document, Problems, SourceConfig, iter_batches, iter_documents
+from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
 from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
 DEFAULT_SHARD_TOKENS = 256 * 2**20  # 512 MiB of uint16 per training shard
-BATCH_DOCS, BATCH_CHARS = 64, 1_000_000
+BATCH_DOCS, BATCH_CHARS = 64, 250_000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -183,7 +184,7 @@ def _tokenize_and_write(
     cfg: PreprocessConfig,
     executor: Executor,
     cleaner: Cleaner,
-    cleaned: Iterator[tuple[int, list[Document], list[int]]],
+    cleaned: Iterator[tuple[int, list[Kept], list[int]]],
     skip: int,
     dtype: np.dtype,
     eod: int,
@@ -197,14 +198,16 @@ def _tokenize_and_write(
     progress = _Progress(cfg.show_progress)
     report = cleaner.report
 
-    def fresh() -> Iterator[tuple[int, list[Document], list[int]]]:
+    def fresh() -> Iterator[tuple[int, list[Kept], list[int]]]:
         consumed = 0
         for n_in, kept, hashes in cleaned:
             consumed += n_in
             if consumed > skip:  # batches are deterministic: a finished unit ends on a batch boundary
                 yield consumed, kept, hashes
 
-    submit = lambda item: executor.submit(tokenize_batch, [d.text for d in item[1]], eod, dtype.str)
+    submit = lambda item: executor.submit(
+        tokenize_records, [k.record for k in item[1]], cfg.sources, eod, dtype.str
+    )
     last_end = skip
     try:
         for (end, kept, hashes), (flat, lengths) in ordered_map(
@@ -213,10 +216,10 @@ def _tokenize_and_write(
             keep = np.ones(len(kept), dtype=bool)
             if min_cpt is not None:
                 for i, doc in enumerate(kept):
-                    if len(doc.text) / max(int(lengths[i]) - 1, 1) < min_cpt:
+                    if doc.nchars / max(int(lengths[i]) - 1, 1) < min_cpt:
                         keep[i] = False
                         unit.cpt_removed["docs"] += 1
-                        unit.cpt_removed["bytes"] += len(doc.text.encode("utf-8", "surrogatepass"))
+                        unit.cpt_removed["bytes"] += doc.nbytes
             valid = np.fromiter((is_valid_split(h, cfg.clean.valid_ratio) for h in hashes), bool, len(hashes))
             for split, mask in (("train", keep & ~valid), ("valid", keep & valid)):
                 if mask.any():
@@ -270,8 +273,10 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
     executor = make_executor(cfg.workers, tokenizer.to_str())
     try:
-        batches = iter_batches(iter_documents(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
-        cleaned = cleaned_batches(executor, batches, cleaner, window=2 * max(cfg.workers, 1))
+        batches = iter_batches(iter_records(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
+        cleaned = cleaned_batches(
+            executor, batches, cleaner, cfg.sources, problems, 2 * max(cfg.workers, 1), want_text=False
+        )
         records = done + _tokenize_and_write(
             cfg, executor, cleaner, cleaned, skip, dtype, eod, fingerprint, len(done)
         )

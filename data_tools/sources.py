@@ -18,7 +18,7 @@ import logging
 import os
 import sysconfig
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,41 +106,83 @@ def _open_text_lines(path: Path) -> io.BufferedReader | Any:
     return open(path, "rb")  # noqa: SIM115
 
 
-def _check_text(text: Any, where: str, cfg: SourceConfig, problems: Problems) -> str | None:
+Problem = tuple[str, str, str]  # (kind, location, detail)
+
+
+def _check_text(text: Any, where: str, cfg: SourceConfig) -> Problem | None:
+    """Why `text` cannot be a document (as a problem), or None if it can."""
     if not isinstance(text, str):
-        problems.add("missing_text_field", where, f"no string field {cfg.text_field!r}")
-        return None
+        return ("missing_text_field", where, f"no string field {cfg.text_field!r}")
     if not text.strip():
-        problems.add("empty_document", where)
-        return None
+        return ("empty_document", where, "")
     if len(text) > cfg.max_doc_chars:
-        problems.add("too_large", where, f"{len(text):,} chars > max_doc_chars {cfg.max_doc_chars:,}")
+        return ("too_large", where, f"{len(text):,} chars > max_doc_chars {cfg.max_doc_chars:,}")
+    return None
+
+
+def _checked(text: Any, where: str, cfg: SourceConfig, problems: Problems) -> str | None:
+    problem = _check_text(text, where, cfg)
+    if problem is not None:
+        problems.add(*problem)
         return None
     return text
 
 
-def read_jsonl(path: Path, cfg: SourceConfig, problems: Problems) -> Iterator[Document]:
-    """One JSON object per line; the text is `cfg.text_field`. Handles .jsonl, .jsonl.gz, .jsonl.zst."""
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """A document not yet decoded: what the main process reads cheaply and hands to a worker.
+
+    `payload` is the raw bytes of a JSON line, the text itself (Parquet, HF datasets: already decoded by
+    their readers), or None for a source file the worker reads itself."""
+
+    path: str
+    line: int
+    payload: bytes | str | None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) if self.payload is not None else 0
+
+
+def decode_record(rec: Record, cfg: SourceConfig) -> tuple[str | None, Problem | None]:
+    """(text, None) for a good record, (None, problem) for a bad one. Pure: runs in worker processes."""
+    where = f"{rec.path}:{rec.line}" if rec.line else rec.path
+    if isinstance(rec.payload, str):
+        return rec.payload, None
+    if rec.payload is None:
+        try:
+            path = Path(rec.path)
+            size = path.stat().st_size
+            if size > cfg.max_doc_chars * 4:  # more bytes than any accepted text could need
+                return None, ("too_large", where, f"{size:,} bytes > max_doc_chars {cfg.max_doc_chars:,}")
+            data = path.read_bytes()
+        except OSError as e:
+            return None, ("unreadable_file", where, str(e))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, ("non_utf8", where, str(e))
+    else:
+        try:
+            line = rec.payload.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, ("non_utf8", where, str(e))
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            return None, ("malformed_json", where, str(e))
+        text = obj.get(cfg.text_field) if isinstance(obj, dict) else None
+    problem = _check_text(text, where, cfg)
+    return (None, problem) if problem else (text, None)
+
+
+def jsonl_records(path: Path, problems: Problems) -> Iterator[Record]:
+    """The non-blank lines of a .jsonl, .jsonl.gz or .jsonl.zst file, undecoded."""
     try:
-        stream = _open_text_lines(path)
-        with stream:
+        with _open_text_lines(path) as stream:
             for lineno, raw in enumerate(stream, start=1):
-                where = f"{path}:{lineno}"
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    problems.add("non_utf8", where, str(e))
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    problems.add("malformed_json", where, str(e))
-                    continue
-                text = record.get(cfg.text_field) if isinstance(record, dict) else None
-                if (text := _check_text(text, where, cfg, problems)) is not None:
-                    yield Document(text, str(path), lineno)
+                if raw.strip():
+                    yield Record(str(path), lineno, raw)
     except (OSError, EOFError, ValueError) as e:
         # A truncated .gz/.zst or an I/O error: keep what was read, report where it stopped.
         problems.add("unreadable_file", str(path), f"{type(e).__name__}: {e}")
@@ -164,7 +206,7 @@ def read_parquet(path: Path, cfg: SourceConfig, problems: Problems) -> Iterator[
     for batch in pf.iter_batches(batch_size=1024, columns=[cfg.text_field]):
         for text in batch.column(0).to_pylist():
             row += 1
-            if (text := _check_text(text, f"{path}:{row}", cfg, problems)) is not None:
+            if (text := _checked(text, f"{path}:{row}", cfg, problems)) is not None:
                 yield Document(text, str(path), row)
 
 
@@ -189,28 +231,8 @@ def read_hf_dataset(path: Path, cfg: SourceConfig, problems: Problems) -> Iterat
         column = ds.select_columns([cfg.text_field])
         for start in range(0, len(column), 1024):
             for i, text in enumerate(column[start : start + 1024][cfg.text_field], start=start + 1):
-                if (text := _check_text(text, f"{label}:{i}", cfg, problems)) is not None:
+                if (text := _checked(text, f"{label}:{i}", cfg, problems)) is not None:
                     yield Document(text, label, i)
-
-
-def read_source_file(path: Path, cfg: SourceConfig, problems: Problems) -> Iterator[Document]:
-    """A single source file as one document. The size is checked before reading."""
-    try:
-        size = path.stat().st_size
-        if size > cfg.max_doc_chars * 4:  # more bytes than any accepted text could need
-            problems.add("too_large", str(path), f"{size:,} bytes > max_doc_chars {cfg.max_doc_chars:,}")
-            return
-        data = path.read_bytes()
-    except OSError as e:
-        problems.add("unreadable_file", str(path), str(e))
-        return
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        problems.add("non_utf8", str(path), str(e))
-        return
-    if (text := _check_text(text, str(path), cfg, problems)) is not None:
-        yield Document(text, str(path), 0)
 
 
 # Directories never read from a source tree: installed third-party packages (the interpreter's stdlib
@@ -278,30 +300,40 @@ def expand_inputs(cfg: SourceConfig) -> list[tuple[str, Path]]:
     return out
 
 
-_READERS = {
-    "jsonl": read_jsonl,
-    "parquet": read_parquet,
-    "hf_dataset": read_hf_dataset,
-    "source": read_source_file,
-}
+def iter_records(cfg: SourceConfig, problems: Problems) -> Iterator[Record]:
+    """Every record of every input, in a deterministic order, undecoded where decoding is costly (JSON
+    lines, source files): the cheap, serial part of reading."""
+    for kind, path in expand_inputs(cfg):
+        if kind == "jsonl":
+            yield from jsonl_records(path, problems)
+        elif kind == "source":
+            yield Record(str(path), 0, None)
+        else:
+            reader = read_parquet if kind == "parquet" else read_hf_dataset
+            for doc in reader(path, cfg, problems):
+                yield Record(doc.path, doc.line, doc.text)
 
 
-def iter_documents(cfg: SourceConfig, problems: Problems, files: Sequence[tuple[str, Path]] | None = None):
-    """All documents of all inputs, in a deterministic order."""
-    for kind, path in files if files is not None else expand_inputs(cfg):
-        yield from _READERS[kind](path, cfg, problems)
+def iter_documents(cfg: SourceConfig, problems: Problems) -> Iterator[Document]:
+    """All good documents of all inputs, in order, decoded in this process (bad ones go to `problems`)."""
+    for rec in iter_records(cfg, problems):
+        text, problem = decode_record(rec, cfg)
+        if problem is not None:
+            problems.add(*problem)
+        else:
+            yield Document(text, rec.path, rec.line)
 
 
-def iter_batches(docs: Iterator[Document], max_docs: int = 256, max_chars: int = 4_000_000):
-    """Group documents into lists bounded in count and characters (a unit of parallel work)."""
-    batch: list[Document] = []
-    chars = 0
-    for doc in docs:
-        batch.append(doc)
-        chars += len(doc.text)
-        if len(batch) >= max_docs or chars >= max_chars:
+def iter_batches(records: Iterable[Record], max_records: int = 256, max_bytes: int = 4_000_000):
+    """Group records into lists bounded in count and payload bytes (a unit of parallel work)."""
+    batch: list[Record] = []
+    size = 0
+    for rec in records:
+        batch.append(rec)
+        size += rec.size
+        if len(batch) >= max_records or size >= max_bytes:
             yield batch
-            batch, chars = [], 0
+            batch, size = [], 0
     if batch:
         yield batch
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from data_tools import cli
 from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
-from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_documents
+from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +152,10 @@ def train_on_corpus(
 
     def train_texts(executor) -> Iterator[str]:
         nonlocal held_chars
-        batches = iter_batches(iter_documents(sources, problems))
-        for _, kept, hashes in cleaned_batches(executor, batches, cleaner, window=2 * max(workers, 1)):
+        batches = iter_batches(iter_records(sources, problems), 64, 1_000_000)
+        for _, kept, hashes in cleaned_batches(
+            executor, batches, cleaner, sources, problems, 2 * max(workers, 1)
+        ):
             for doc, h in zip(kept, hashes, strict=True):
                 if not is_valid_split(h, clean.valid_ratio):
                     yield doc.text
