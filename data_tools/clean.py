@@ -10,7 +10,6 @@ and removed per filter, duplicate clusters, and every skipped bad record with it
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import json
@@ -76,11 +75,7 @@ def clean(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="codeparrot-clean", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    cli.add_source_args(parser)
-    cli.add_clean_args(parser)
+    parser = cli.tool_parser("codeparrot-clean", __doc__)
     parser.add_argument(
         "--output", required=True, type=Path, help="cleaned JSONL (.jsonl, .jsonl.gz, .jsonl.zst)"
     )

@@ -17,7 +17,6 @@ with the next unit. The output is identical to an uninterrupted run's.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -349,13 +348,7 @@ def _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="codeparrot-preprocess",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cli.add_source_args(parser)
-    cli.add_clean_args(parser)
+    parser = cli.tool_parser("codeparrot-preprocess", __doc__)
     g = parser.add_argument_group("output")
     g.add_argument("--output", required=True, type=Path, help="dataset directory (shards, manifest, report)")
     g.add_argument("--tokenizer", type=Path, help="an existing tokenizer directory (default: train one)")

@@ -10,7 +10,6 @@ hash, as in preprocess) are held out: the report gives characters per token on t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -174,13 +173,7 @@ def train_on_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="codeparrot-train-tokenizer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    cli.add_source_args(parser)
-    cli.add_clean_args(parser)
+    parser = cli.tool_parser("codeparrot-train-tokenizer", __doc__)
     parser.add_argument("--output", required=True, type=Path, help="directory for the tokenizer")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     cli.add_common_args(parser)
