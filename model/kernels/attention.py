@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.kernels.availability import log_choice
+from model.kernels.availability import kernel_choice
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +46,17 @@ def sdpa_available() -> bool:
     return hasattr(F, "scaled_dot_product_attention")
 
 
-@functools.cache
+@kernel_choice
 def resolve_attention(requested: str, device_type: str) -> str:
     """Map a config choice ("auto", "sdpa", "torch") to the implementation that will run; logs once."""
     if requested == "torch":
-        log_choice(
-            logger, logging.INFO, "attention: explicit-softmax reference on %s (requested)", device_type
-        )
+        logger.info("attention: explicit-softmax reference on %s (requested)", device_type)
         return "torch"
     if sdpa_available():
-        log_choice(logger, logging.INFO, "attention: torch scaled_dot_product_attention on %s", device_type)
+        logger.info("attention: torch scaled_dot_product_attention on %s", device_type)
         return "sdpa"
     level = logging.WARNING if requested == "sdpa" else logging.INFO
-    log_choice(
-        logger, level, "attention: SDPA unavailable in torch %s; using the reference", torch.__version__
-    )
+    logger.log(level, "attention: SDPA unavailable in torch %s; using the reference", torch.__version__)
     return "torch"
 
 

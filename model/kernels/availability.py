@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -36,8 +36,19 @@ def triton_usable(device_type: str) -> tuple[bool, str]:
     )
 
 
-def log_choice(logger: logging.Logger, level: int, msg: str, *args: object) -> None:
-    """Log a kernel choice, except while torch.compile traces: dynamo cannot trace logging calls and would
-    break the graph at every op. The eager call that fills each choice's cache logs it."""
-    if not torch.compiler.is_compiling():
-        logger.log(level, msg, *args)
+def kernel_choice(fn: Callable[[str, str], str]) -> Callable[[str, str], str]:
+    """Decorator for the choice resolvers ``(requested, device_type) -> implementation``.
+
+    Caches the resolver (so it logs once per choice) and marks the cached call as a constant for
+    torch.compile, which then evaluates it once while tracing instead of tracing through the cache wrapper
+    into the availability checks and logging calls (graph breaks). ``cache_clear`` is kept for tests.
+    """
+    cached = functools.cache(fn)
+
+    @torch.compiler.assume_constant_result
+    @functools.wraps(fn)
+    def resolve(requested: str, device_type: str) -> str:
+        return cached(requested, device_type)
+
+    resolve.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return resolve

@@ -6,13 +6,12 @@ The MLP computes ``x @ W^T`` without its bias and hands the bias to ``bias_gelu`
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 import torch.nn.functional as F
 
-from model.kernels.availability import log_choice, triton_usable
+from model.kernels.availability import kernel_choice, triton_usable
 
 logger = logging.getLogger(__name__)
 
@@ -22,23 +21,21 @@ def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.gelu(x + bias.to(x.dtype), approximate="tanh")
 
 
-@functools.cache
+@kernel_choice
 def resolve_bias_gelu(requested: str, device_type: str) -> str:
     """Map a config choice ("auto", "triton", "torch") to what runs on ``device_type``; logs once.
 
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
     if requested == "torch":
-        log_choice(logger, logging.INFO, "bias_gelu: torch reference on %s (requested)", device_type)
+        logger.info("bias_gelu: torch reference on %s (requested)", device_type)
         return "torch"
     ok, reason = triton_usable(device_type)
     if ok and (requested == "triton" or device_type == "cuda"):
-        log_choice(logger, logging.INFO, "bias_gelu: fused Triton kernel (%s)", reason)
+        logger.info("bias_gelu: fused Triton kernel (%s)", reason)
         return "triton"
     level = logging.WARNING if requested == "triton" else logging.INFO
-    log_choice(
-        logger, level, "bias_gelu: Triton not used on %s (%s); falling back to torch", device_type, reason
-    )
+    logger.log(level, "bias_gelu: Triton not used on %s (%s); falling back to torch", device_type, reason)
     return "torch"
 
 

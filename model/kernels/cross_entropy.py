@@ -13,13 +13,12 @@ weight take part, so padded vocabulary rows get exactly zero gradient.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 import torch.nn.functional as F
 
-from model.kernels.availability import log_choice
+from model.kernels.availability import kernel_choice
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +39,16 @@ def cross_entropy_reference(
     return cross_entropy_from_logits(logits, targets)
 
 
-@functools.cache
+@kernel_choice
 def resolve_cross_entropy(requested: str, device_type: str) -> str:
     """Map a config choice ("auto", "chunked", "torch") to what runs; logs once. Chunked is pure torch."""
     if requested == "torch":
-        log_choice(
-            logger,
-            logging.INFO,
+        logger.info(
             "cross_entropy: materialised logits + F.cross_entropy on %s (requested)",
             device_type,
         )
         return "torch"
-    log_choice(logger, logging.INFO, "cross_entropy: chunked head + loss on %s (no full logits)", device_type)
+    logger.info("cross_entropy: chunked head + loss on %s (no full logits)", device_type)
     return "chunked"
 
 
@@ -105,7 +102,7 @@ class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
                 if compute_dtype == torch.float32:
                     grad_w[:vocab_size].addmm_(g.t(), h_valid[rows])  # [V, d]
                 else:
-                    grad_w[:vocab_size] += (g.t() @ h_valid[rows]).float()
+                    grad_w[:vocab_size].add_(g.t() @ h_valid[rows])  # fp32 += bf16 partial, one pass
         if want_dh:
             grad_h = (grad_h * (valid[:, None] / n_valid).to(grad_h.dtype)).to(hidden.dtype)
         if want_dw:

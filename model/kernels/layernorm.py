@@ -6,14 +6,13 @@ checkpoints do not depend on the kernel that ran.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.kernels.availability import log_choice, triton_usable
+from model.kernels.availability import kernel_choice, triton_usable
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +24,21 @@ def layer_norm_reference(
     return F.layer_norm(x, (x.size(-1),), weight, bias, eps)
 
 
-@functools.cache
+@kernel_choice
 def resolve_layernorm(requested: str, device_type: str) -> str:
     """Map a config choice ("auto", "triton", "torch") to what runs on ``device_type``; logs once.
 
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
     if requested == "torch":
-        log_choice(logger, logging.INFO, "layernorm: torch F.layer_norm on %s (requested)", device_type)
+        logger.info("layernorm: torch F.layer_norm on %s (requested)", device_type)
         return "torch"
     ok, reason = triton_usable(device_type)
     if ok and (requested == "triton" or device_type == "cuda"):
-        log_choice(logger, logging.INFO, "layernorm: fused Triton kernel (%s)", reason)
+        logger.info("layernorm: fused Triton kernel (%s)", reason)
         return "triton"
     level = logging.WARNING if requested == "triton" else logging.INFO
-    log_choice(
-        logger,
+    logger.log(
         level,
         "layernorm: Triton not used on %s (%s); falling back to F.layer_norm",
         device_type,

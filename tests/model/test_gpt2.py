@@ -174,3 +174,12 @@ def test_tiny_model_learns_synthetic_sequences() -> None:
         losses.append(loss.item())
     assert losses[0] == pytest.approx(math.log(vocab), rel=0.1)  # chance level at init
     assert sum(losses[-10:]) / 10 < 0.3 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_model_traces_for_torch_compile_without_graph_breaks(checkpointing: bool) -> None:
+    model = make(vocab_size=509, activation_checkpointing=checkpointing)
+    idx, targets = batch(509)
+    explained = torch._dynamo.explain(model)(idx, targets)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
