@@ -13,12 +13,14 @@ pipeline materialises the last micro-batch's logits: labels reach only ``loss_fn
 Parameter names differ from the plain model only by prefix, which ``pipeline_state_from_gpt`` and
 ``gpt_state_from_pipeline`` rewrite (``blocks.{i}.`` <-> ``{i+1}.``, ``ln_f.`` <-> ``{L+1}.``,
 ``embed.`` <-> ``tied_modules.embed.``, ``lm_head.`` <-> ``{L+2}.``). DeepSpeed's per-layer checkpoint files
-``layer_{idx:02d}-model_states.pt`` use the same indices, with keys relative to the layer.
+``layer_{idx:02d}-model_states.pt`` use the same indices with keys relative to the layer:
+``layer_states_from_gpt`` / ``gpt_state_from_layer_states`` / ``read_pipeline_checkpoint`` handle those.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,14 +95,22 @@ def build_pipeline(
     )
 
 
-def _prefix_map(config: GPTConfig) -> list[tuple[str, str]]:
-    """(plain-model prefix, pipeline prefix) pairs; every parameter name starts with exactly one of each."""
+def _layer_prefixes(config: GPTConfig) -> list[tuple[str, int]]:
+    """(plain-model prefix, pipeline layer index) of every layer that owns parameters."""
     L = config.n_layer
-    embed = f"tied_modules.{TIED_KEY}." if config.tie_word_embeddings else "0."
-    pairs = [("embed.", embed)] + [(f"blocks.{i}.", f"{i + 1}.") for i in range(L)] + [("ln_f.", f"{L + 1}.")]
+    pairs = [("embed.", 0)] + [(f"blocks.{i}.", i + 1) for i in range(L)] + [("ln_f.", L + 1)]
     if not config.tie_word_embeddings:
-        pairs.append(("lm_head.", f"{L + 2}."))
+        pairs.append(("lm_head.", L + 2))
     return pairs
+
+
+def _prefix_map(config: GPTConfig) -> list[tuple[str, str]]:
+    """(plain-model prefix, PipelineModule prefix) pairs: the tied embedding lives under ``tied_modules``."""
+    tied = config.tie_word_embeddings
+    return [
+        (src, f"tied_modules.{TIED_KEY}." if tied and idx == 0 else f"{idx}.")
+        for src, idx in _layer_prefixes(config)
+    ]
 
 
 def _rename(state: dict[str, torch.Tensor], pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
@@ -124,6 +134,54 @@ def gpt_state_from_pipeline(state: dict[str, torch.Tensor], config: GPTConfig) -
     return _rename(state, [(dst, src) for src, dst in _prefix_map(config)])
 
 
+def layer_states_from_gpt(
+    state: dict[str, torch.Tensor], config: GPTConfig
+) -> dict[int, dict[str, torch.Tensor]]:
+    """Plain ``GPT`` state dict -> per pipeline layer index, that layer's own state dict.
+
+    The form of DeepSpeed's pipeline checkpoint files ``layer_{idx:02d}-model_states.pt``; the tied head
+    (layer L+2 when tied) has no file of its own, the embedding at layer 0 holds the shared weight.
+    """
+    named = _rename(state, [(src, f"{idx}.") for src, idx in _layer_prefixes(config)])
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in named.items():
+        idx, name = key.split(".", 1)
+        layers.setdefault(int(idx), {})[name] = value
+    return layers
+
+
+def gpt_state_from_layer_states(
+    layers: dict[int, dict[str, torch.Tensor]], config: GPTConfig
+) -> dict[str, torch.Tensor]:
+    """Inverse of ``layer_states_from_gpt``; raises KeyError for a layer index this config lacks."""
+    prefix = {idx: src for src, idx in _layer_prefixes(config)}
+    unknown = sorted(set(layers) - set(prefix))
+    if unknown:
+        raise KeyError(
+            f"layer indices {unknown} hold no parameters in this config (expected {sorted(prefix)})"
+        )
+    return {prefix[idx] + name: value for idx, layer in layers.items() for name, value in layer.items()}
+
+
+def read_pipeline_checkpoint(ckpt_dir: str | Path, config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Plain ``GPT`` state dict from a DeepSpeed pipeline checkpoint tag directory (CPU tensors).
+
+    Reads ``layer_{idx:02d}-*model_states.pt`` for every parameter-holding layer (the first match, as
+    DeepSpeed's own loader does without tensor parallelism). ``zero_to_fp32`` does not apply to pipeline
+    checkpoints: their weights live in these per-layer files.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    layers = {}
+    for _, idx in _layer_prefixes(config):
+        files = sorted(ckpt_dir.glob(f"layer_{idx:02d}-*model_states.pt"))
+        if not files:
+            raise FileNotFoundError(
+                f"no layer_{idx:02d}-*model_states.pt in {ckpt_dir}: not a checkpoint of {config}"
+            )
+        layers[idx] = torch.load(files[0], map_location="cpu", weights_only=True)
+    return gpt_state_from_layer_states(layers, config)
+
+
 def load_gpt_state(pipe: PipelineModule, state: dict[str, torch.Tensor], config: GPTConfig) -> None:
     """Copy a plain ``GPT`` state dict into this stage's layers (each rank takes the keys it holds).
 
@@ -140,6 +198,9 @@ def load_gpt_state(pipe: PipelineModule, state: dict[str, torch.Tensor], config:
 
 def gather_gpt_state(pipe: PipelineModule, config: GPTConfig) -> dict[str, torch.Tensor]:
     """Collective over all ranks: the full plain ``GPT`` state dict (CPU tensors), on every rank.
+
+    Every rank receives every stage's weights through ``all_gather_object``: meant for tests and small
+    models; large ones should go through ``save_checkpoint`` and ``read_pipeline_checkpoint``.
 
     The tied "embed" module is taken from the stage that runs the embedding (layer 0): the last stage holds
     a replica for the head, whose ``wte`` DeepSpeed keeps in sync but whose ``wpe`` it never uses, so that

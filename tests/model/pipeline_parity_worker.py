@@ -3,20 +3,22 @@
 2 stages, ZeRO-1, fp32, plain SGD, gradient clipping, activation checkpointing of the blocks. Every rank
 builds the same plain GPT (same seed), loads it into its pipeline stage and then compares, on the same
 batches: eval_batch loss, train_batch loss, the loss after one optimizer step, and the gathered weights after
-that step, against the plain model trained by a torch loop. Rank 0 writes the numbers as JSON to ``out_path``.
+that step (gathered from the stages, and read back from a saved checkpoint), against the plain model trained
+by a torch loop. Rank 0 writes the numbers as JSON to ``out_path``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import deepspeed
 import deepspeed.ops
 import torch
 
 from model.gpt2 import GPT
-from model.pipeline import build_pipeline, gather_gpt_state, load_gpt_state
+from model.pipeline import build_pipeline, gather_gpt_state, load_gpt_state, read_pipeline_checkpoint
 from model.presets import get_preset
 
 MICRO_BATCH, ACCUM, SEQ = 2, 2, 32
@@ -113,7 +115,13 @@ def main(out_path: str) -> None:
     )
     result["max_weight_change"] = max((reference[k] - v).abs().max().item() for k, v in initial.items())
     result["stages"] = len(pipe.parts) - 1
+    ckpt_dir = Path(out_path).parent / "ckpt"
+    engine.save_checkpoint(str(ckpt_dir), tag="step1")
     if rank == 0:
+        from_files = read_pipeline_checkpoint(ckpt_dir / "step1", config)
+        result["max_weight_diff_checkpoint"] = max(
+            (from_files[k] - reference[k]).abs().max().item() for k in reference
+        )
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)
 

@@ -15,7 +15,13 @@ import torch
 from deepspeed.pipe import TiedLayerSpec
 
 from model.gpt2 import GPT
-from model.pipeline import gpt_state_from_pipeline, pipeline_layers, pipeline_state_from_gpt
+from model.pipeline import (
+    gpt_state_from_layer_states,
+    gpt_state_from_pipeline,
+    layer_states_from_gpt,
+    pipeline_layers,
+    pipeline_state_from_gpt,
+)
 from model.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +47,22 @@ def test_state_mapping_covers_every_layer_and_round_trips(tied: bool) -> None:
     assert "2.attn.c_attn.weight" in pipe_state and "4.weight" in pipe_state  # block 1, final LayerNorm
     back = gpt_state_from_pipeline(pipe_state, config)
     assert back.keys() == state.keys() and all(back[k] is state[k] for k in state)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_per_layer_states_match_each_layer_module(tied: bool) -> None:
+    config = get_preset("tiny", n_layer=3, tie_word_embeddings=tied)
+    state = GPT(config).state_dict()
+    layers = layer_states_from_gpt(state, config)
+    specs = pipeline_layers(config)
+    expected = [0, 1, 2, 3, 4] if tied else [0, 1, 2, 3, 4, 5]  # the tied head (5) has no file of its own
+    assert sorted(layers) == expected
+    for idx, layer in layers.items():
+        assert layer.keys() == specs[idx].build().state_dict().keys(), idx
+    back = gpt_state_from_layer_states(layers, config)
+    assert back.keys() == state.keys() and all(back[k] is state[k] for k in state)
+    with pytest.raises(KeyError, match=r"layer indices \[9\]"):
+        gpt_state_from_layer_states({9: {}}, config)
 
 
 def test_layer_layout() -> None:
@@ -94,3 +116,4 @@ def test_two_stage_pipeline_matches_plain_model(tmp_path: Path) -> None:
     assert r["plain_eval_after_step"] < r["plain_eval"] - 0.05  # the step did something
     assert r["n_params_gathered"] == r["n_params_plain"]
     assert r["max_weight_change"] > 0.01 and r["max_weight_diff_after_step"] < TOL
+    assert r["max_weight_diff_checkpoint"] < TOL
