@@ -157,8 +157,8 @@ class GPT(nn.Module):
 
     State dict: ``embed.wte.weight`` ``[Vp, d]``, ``embed.wpe.weight`` ``[n_positions, d]``,
     ``blocks.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}.{weight,bias}``,
-    ``ln_f.{weight,bias}``
-    and, only when untied, ``lm_head.weight`` ``[Vp, d]``. Linear weights are ``[out, in]`` (nn.Linear).
+    ``ln_f.{weight,bias}`` and, only when untied, ``lm_head.weight`` ``[Vp, d]``. Linear weights are
+    ``[out, in]`` (nn.Linear). The kernel choices of the config never change this layout.
     """
 
     def __init__(self, config: GPTConfig) -> None:

@@ -76,6 +76,9 @@ def build_pipeline(
     with numpy ints from its partition bounds and crashes on Python 3.11 (pass ``seed_layers`` and an
     int-casting ``seed_fn`` through ``kwargs`` if per-layer seeding is wanted).
 
+    The engine's data iterator yields ``(idx, targets)`` pairs of ``[micro_batch, T]`` int64 tensors, targets
+    already shifted as for ``GPT.forward`` (-100 ignored); ``engine.train_batch(it)`` returns the mean loss.
+
     Args:
         activation_checkpoint_func: replaces DeepSpeed's checkpoint function (e.g. its
             ``non_reentrant_checkpoint``); kwargs go to ``PipelineModule``.
