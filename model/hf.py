@@ -13,12 +13,15 @@ the same tanh approximation as ours.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from model.config import GPTConfig
 from model.gpt2 import GPT
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config, GPT2LMHeadModel
 
 # Per-block parameters stored by HF as Conv1D (transposed relative to nn.Linear).
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
@@ -26,7 +29,7 @@ _BLOCK_VECTORS = ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias", *(f"{m
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 
 
-def gpt2_config(config: GPTConfig, **hf_kwargs: Any):
+def gpt2_config(config: GPTConfig, **hf_kwargs: Any) -> GPT2Config:
     """A transformers ``GPT2Config`` with our shape and dropouts (``hf_kwargs`` override, e.g. token ids)."""
     from transformers import GPT2Config
 
@@ -51,7 +54,7 @@ def gpt2_config(config: GPTConfig, **hf_kwargs: Any):
     return GPT2Config(**kwargs)
 
 
-def config_from_hf(hf_config: Any, **overrides: Any) -> GPTConfig:
+def config_from_hf(hf_config: GPT2Config, **overrides: Any) -> GPTConfig:
     """Our ``GPTConfig`` for a transformers ``GPT2Config``; ``overrides`` set our own fields (e.g. kernels).
 
     Raises:
@@ -134,7 +137,7 @@ def from_hf_state_dict(state: dict[str, torch.Tensor], config: GPTConfig) -> dic
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
-def to_hf(model: GPT, **hf_kwargs: Any):
+def to_hf(model: GPT, **hf_kwargs: Any) -> GPT2LMHeadModel:
     """A ``GPT2LMHeadModel`` holding a copy of ``model``'s weights (float32 unless the weights are not).
 
     ``hf_kwargs`` go to ``GPT2Config`` (e.g. ``bos_token_id``, ``eos_token_id``, ``attn_implementation``).
@@ -147,7 +150,7 @@ def to_hf(model: GPT, **hf_kwargs: Any):
     return hf_model.to(model.embed.wte.weight.dtype)
 
 
-def from_hf(hf_model: Any, **overrides: Any) -> GPT:
+def from_hf(hf_model: GPT2LMHeadModel, **overrides: Any) -> GPT:
     """Our ``GPT`` with a copy of a ``GPT2LMHeadModel``'s weights; ``overrides`` go to ``GPTConfig``."""
     config = config_from_hf(hf_model.config, **overrides)
     model = GPT(config)

@@ -14,6 +14,7 @@ weight take part, so padded vocabulary rows get exactly zero gradient.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,15 @@ class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
     """Mean CE of ``hidden @ weight[:V]^T`` without materialising all logits (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_rows: int, compute_dtype: torch.dtype):
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        vocab_size: int,
+        chunk_rows: int,
+        compute_dtype: torch.dtype,
+    ) -> torch.Tensor:
         N = hidden.size(0)
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         valid = targets != IGNORE_INDEX  # [N]
@@ -111,7 +120,7 @@ class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
         return loss_sum / n_valid
 
     @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad_loss.to(grad_h.dtype) if grad_h is not None else None
         dw = grad_w * grad_loss.to(grad_w.dtype) if grad_w is not None else None

@@ -47,7 +47,9 @@ def resolve_layernorm(requested: str, device_type: str) -> str:
     return "torch"
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str = "auto"):
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, impl: str = "auto"
+) -> torch.Tensor:
     """LayerNorm of ``x`` ``[..., d]`` -> ``[..., d]`` by the implementation ``impl`` resolves to."""
     if resolve_layernorm(impl, x.device.type) == "triton":
         from model.kernels.layernorm_triton import triton_layer_norm
