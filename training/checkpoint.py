@@ -11,6 +11,7 @@ manifest; a resume with other data or another tokenizer is refused unless forced
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ from training.config import ConfigError
 logger = logging.getLogger(__name__)
 
 LATEST = "latest"
+CLIENT_STATE = "client_state.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +66,8 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
     (save_dir / tag).mkdir(parents=True, exist_ok=True)
     torch.save(rng_state(), save_dir / tag / f"rng_rank{rank:05d}.pt")
+    if rank == 0:  # readable before any weights are loaded (a resume checks it first)
+        (save_dir / tag / CLIENT_STATE).write_text(json.dumps(client_state, indent=2) + "\n")
     dist.barrier()  # every rank's files are complete
     if rank == 0:
         tmp = save_dir / f".{LATEST}.tmp"
@@ -81,20 +85,20 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
 
 
 def load(engine: Any, save_dir: Path, expected: dict[str, str], force: bool) -> dict[str, Any] | None:
-    """Resume from `latest` if there is one: the client state, after checking `expected` hashes."""
+    """Resume from `latest` if there is one: the client state, after checking `expected` hashes (before
+    any weights are read, so a model of another shape gets this message, not a shape error)."""
     tag = latest_tag(save_dir)
     if tag is None:
         return None
-    _, client = engine.load_checkpoint(
-        str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if client is None:
+    state_file = save_dir / tag / CLIENT_STATE
+    if not state_file.exists():
         raise ConfigError(
             [
-                f"{save_dir / tag}: checkpoint could not be loaded (incomplete?). Delete "
-                f"{save_dir / LATEST} to start over, or point train.save_dir elsewhere"
+                f"{state_file}: missing, so {save_dir / tag} is not a complete checkpoint of this "
+                f"tool. Delete {save_dir / LATEST} to start over, or point train.save_dir elsewhere"
             ]
         )
+    client = json.loads(state_file.read_text())
     changed = [
         f"{key} ({client.get(key)} in the checkpoint, {value} now)"
         for key, value in expected.items()
@@ -111,6 +115,16 @@ def load(engine: Any, save_dir: Path, expected: dict[str, str], force: bool) -> 
         )
     if changed:
         logger.warning("resuming despite a different %s (--force-resume)", ", ".join(changed))
+    path, _ = engine.load_checkpoint(
+        str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise ConfigError(
+            [
+                f"{save_dir / tag}: DeepSpeed could not load this checkpoint. Delete "
+                f"{save_dir / LATEST} to start over, or point train.save_dir elsewhere"
+            ]
+        )
     rng_file = save_dir / tag / f"rng_rank{dist.get_rank():05d}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))

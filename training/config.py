@@ -84,21 +84,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """What makes two runs the same training (intervals and paths for logs excluded)."""
+        """What makes two runs the same training: model, optimizer, batch and data settings. Intervals,
+        paths and limits are left out (the data's content is compared by its manifest hash instead)."""
         d = self.to_dict()
-        for key in (
-            "eval_interval",
-            "eval_iters",
-            "log_interval",
-            "save_interval",
-            "keep_last",
-            "save_dir",
-            "max_steps",
-            "max_tokens",
-            "max_bad_steps",
-            "peak_tflops",
-            "nan_loss_at_steps",
-        ):
+        d["data"].pop("paths")
+        for key in ("eval_interval", "eval_iters", "log_interval", "save_interval", "keep_last", "save_dir",
+                    "max_steps", "max_tokens", "max_bad_steps", "peak_tflops", "nan_loss_at_steps"):
             d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -94,6 +94,9 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = GPT(cfg)
         init_gpt_weights(model, cfg, run.train.seed)
+        local = sum(p.ds_tensor.numel() for p in model.parameters())
+        total = sum(p.ds_numel for p in model.parameters())
+        logger.info("ZeRO-3: model built under zero.Init, %d of %d parameters on this rank", local, total)
         return model
     model = GPT(cfg)
     init_gpt_weights(model, cfg, run.train.seed)
@@ -125,6 +128,7 @@ def build_engine(
         )
     else:
         optimizer = build_optimizer(groups, o.lr, betas=(o.beta1, o.beta2), eps=o.eps, device_type=device)
+
     # A factory, not a scheduler: DeepSpeed calls it with the optimizer it ends up stepping (ZeRO-3
     # regroups the client optimizer's parameter groups, which a scheduler built beforehand would miss).
     def scheduler(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

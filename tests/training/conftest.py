@@ -30,8 +30,13 @@ def tiny_data(tmp_path_factory) -> Path:
     with open(root / "corpus.jsonl", "w") as f:
         for d in docs:
             f.write(json.dumps({"content": d}) + "\n")
-    cfg = PreprocessConfig(sources=SourceConfig(inputs=(str(root / "corpus.jsonl"),)), output=root / "data",
-                           tokenizer=root / "tok", clean=CleanConfig(valid_ratio=0.1), show_progress=False)
+    cfg = PreprocessConfig(
+        sources=SourceConfig(inputs=(str(root / "corpus.jsonl"),)),
+        output=root / "data",
+        tokenizer=root / "tok",
+        clean=CleanConfig(valid_ratio=0.1),
+        show_progress=False,
+    )
     preprocess(cfg)
     return root / "data"
 
@@ -42,8 +47,17 @@ def run_config(tmp_path: Path, data: Path, **train) -> Path:
         "model": {"preset": "tiny", "overrides": {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}},
         "data": {"paths": [str(data)], "seq_len": 32},
         "optim": {"lr": 1e-3, "warmup_steps": 2},
-        "train": {"micro_batch": 2, "max_steps": 10, "precision": "fp32", "log_interval": 1, "eval_interval": 5,
-                  "eval_iters": 2, "save_interval": 5, "save_dir": str(tmp_path / "ckpt"), **train},
+        "train": {
+            "micro_batch": 2,
+            "max_steps": 10,
+            "precision": "fp32",
+            "log_interval": 1,
+            "eval_interval": 5,
+            "eval_iters": 2,
+            "save_interval": 5,
+            "save_dir": str(tmp_path / "ckpt"),
+            **train,
+        },
     }
     path = tmp_path / "run.json"
     path.write_text(json.dumps(cfg))
@@ -59,25 +73,50 @@ def free_port() -> int:
 def env(tmp_path: Path) -> dict[str, str]:
     """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and a private extension
     cache, so nothing is shared with other processes on the machine."""
-    return dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
-                PYTHONPATH=str(ROOT))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
+        PYTHONPATH=str(ROOT),
+    )
 
 
 def deepspeed_cmd(config: Path, ds_config: str, *extra: str, ranks: int = 2) -> list[str]:
-    return [str(BIN / "deepspeed"), "--num_gpus", str(ranks), "--master_addr", "127.0.0.1", "--master_port",
-            str(free_port()), str(ROOT / "pretrain_gpt.py"), "--config", str(config), "--ds_config",
-            str(ROOT / "ds_configs" / ds_config), *extra]
+    return [
+        str(BIN / "deepspeed"),
+        "--num_gpus",
+        str(ranks),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "pretrain_gpt.py"),
+        "--config",
+        str(config),
+        "--ds_config",
+        str(ROOT / "ds_configs" / ds_config),
+        *extra,
+    ]
 
 
 def single_cmd(config: Path, ds_config: str, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "pretrain_gpt.py"), "--config", str(config), "--ds_config",
-            str(ROOT / "ds_configs" / ds_config), *extra]
+    return [
+        sys.executable,
+        str(ROOT / "pretrain_gpt.py"),
+        "--config",
+        str(config),
+        "--ds_config",
+        str(ROOT / "ds_configs" / ds_config),
+        *extra,
+    ]
 
 
 def run(cmd: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     shm_before = set(glob.glob("/dev/shm/deepspeed_*"))
     try:
-        return subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=timeout
+        )
     finally:
         for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - shm_before:
             os.unlink(leftover)
@@ -93,5 +132,7 @@ def losses(save_dir: Path) -> dict[int, float]:
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     return result

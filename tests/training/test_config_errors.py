@@ -7,7 +7,7 @@ import json
 import pytest
 
 import pretrain_gpt
-from training.config import ConfigError, from_dict, lr_at, OptimSection
+from training.config import ConfigError, OptimSection, from_dict, lr_at
 
 from .conftest import ROOT
 
@@ -30,17 +30,30 @@ def test_every_problem_at_once(tiny_data, tmp_path, capsys, monkeypatch):
     cfg = {
         "model": {"preset": "tiny", "overrides": {"vocab_size": 100, "n_layer": 2, "n_positions": 64}},
         "data": {"paths": [str(tiny_data), str(tmp_path / "nowhere")], "seq_len": 128},
-        "train": {"micro_batch": 4, "global_batch": 10, "grad_accum": 1, "pipeline_stages": 4, "precision": "fp16"},
+        "train": {
+            "micro_batch": 4,
+            "global_batch": 10,
+            "grad_accum": 1,
+            "pipeline_stages": 4,
+            "precision": "fp16",
+        },
     }
-    ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": 8, "bf16": {"enabled": True},
-          "optimizer": {"type": "Adam"}}
+    ds = {
+        "zero_optimization": {"stage": 2},
+        "train_micro_batch_size_per_gpu": 8,
+        "bf16": {"enabled": True},
+        "optimizer": {"type": "Adam"},
+    }
     err = errors(capsys, tmp_path, cfg, ds, world=4, monkeypatch=monkeypatch)
     assert "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only: train.pipeline_stages is 4" in err
     assert f"data path '{tmp_path / 'nowhere'}' does not exist" in err
     assert "the data's tokenizer has 600 ids but model.vocab_size is 100" in err
     assert "data.seq_len (128) exceeds the model context n_positions (64)" in err
     assert "train.pipeline_stages (4) exceeds the model's n_layer (2)" in err
-    assert "train.global_batch (10) must equal micro_batch (4) x grad_accum (1) x data-parallel size (1) = 4" in err
+    assert (
+        "train.global_batch (10) must equal micro_batch (4) x grad_accum (1) x data-parallel size (1) = 4"
+        in err
+    )
     assert "train.precision fp16 is not supported on CPU" in err
     assert "sets train_micro_batch_size_per_gpu=8 but the run config gives 4" in err
     assert "sets bf16.enabled=True but train.precision is 'fp16'" in err
@@ -49,7 +62,10 @@ def test_every_problem_at_once(tiny_data, tmp_path, capsys, monkeypatch):
 
 
 def test_shipped_pipeline_config_refuses_zero2(tiny_data, tmp_path, capsys, monkeypatch):
-    cfg = {"data": {"paths": [str(tiny_data)], "seq_len": 32}, "train": {"pipeline_stages": 2, "precision": "fp32"}}
+    cfg = {
+        "data": {"paths": [str(tiny_data)], "seq_len": 32},
+        "train": {"pipeline_stages": 2, "precision": "fp32"},
+    }
     err = errors(capsys, tmp_path, cfg, "zero2_cpu.json", world=2, monkeypatch=monkeypatch)
     assert "supports ZeRO stage 0 or 1 only" in err and "ds_configs/pipeline_zero1.json" in err
 

@@ -24,7 +24,11 @@ MODES = {
 
 def rank_processes(launcher: subprocess.Popen) -> list[psutil.Process]:
     procs = psutil.Process(launcher.pid).children(recursive=True)
-    return [p for p in procs if "pretrain_gpt.py" in " ".join(p.cmdline()) and "--local_rank" in " ".join(p.cmdline())]
+    return [
+        p
+        for p in procs
+        if "pretrain_gpt.py" in " ".join(p.cmdline()) and "--local_rank" in " ".join(p.cmdline())
+    ]
 
 
 def config_with_dropout(tmp_path, data, **train):
@@ -44,8 +48,14 @@ def test_sigkill_then_resume_is_bit_exact(tiny_data, tmp_path, mode):
     reference = losses(ref_dir / "ckpt")
 
     cmd = deepspeed_cmd(config_with_dropout(cut_dir, tiny_data, **train), ds_config)
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=env(cut_dir), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    launcher = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env(cut_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     latest = cut_dir / "ckpt" / "latest"
     deadline = time.time() + 240
     while time.time() < deadline and launcher.poll() is None:

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.slow
 def test_signal_saves_and_exits_zero(tiny_data, tmp_path, sig):
     cfg = run_config(tmp_path, tiny_data, max_steps=100000, save_interval=100000, eval_interval=0)
     log = open(tmp_path / "launcher.log", "w")  # a file, not a pipe: a full pipe would stall the ranks
-    launcher = subprocess.Popen(deepspeed_cmd(cfg, "zero2_cpu.json"), cwd=ROOT, env=env(tmp_path),
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        deepspeed_cmd(cfg, "zero2_cpu.json"),
+        cwd=ROOT,
+        env=env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     metrics = tmp_path / "ckpt" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):

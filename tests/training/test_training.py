@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import ROOT, check, deepspeed_cmd, losses, run, run_config, single_cmd
+from .conftest import check, deepspeed_cmd, losses, run, run_config, single_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,9 @@ def test_loss_falls_on_stdlib_shards(tiny_data, tmp_path):
     assert list((tmp_path / "ckpt" / "tensorboard").glob("events.out.tfevents.*"))
     saved = json.loads((tmp_path / "ckpt" / "ds_config.json").read_text())
     assert saved["train_batch_size"] == 16 and saved["zero_optimization"]["stage"] == 2
-    assert json.loads((tmp_path / "ckpt" / "run_config.json").read_text())["resolved_model"]["vocab_size"] == 600
+    assert (
+        json.loads((tmp_path / "ckpt" / "run_config.json").read_text())["resolved_model"]["vocab_size"] == 600
+    )
 
 
 def test_nan_loss_is_skipped_then_repeated_nans_abort(tiny_data, tmp_path):
@@ -39,7 +41,10 @@ def test_nan_loss_is_skipped_then_repeated_nans_abort(tiny_data, tmp_path):
     cfg = run_config(tmp_path / "b", tiny_data, max_steps=10, nan_loss_at_steps=[2, 3, 4], max_bad_steps=3)
     result = run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)
     assert result.returncode == 3
-    assert "3 steps in a row had a non-finite loss (train.max_bad_steps = 3); stopping at step 4" in result.stderr
+    assert (
+        "3 steps in a row had a non-finite loss (train.max_bad_steps = 3); stopping at step 4"
+        in result.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,3 +63,46 @@ def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config, train):
     by_step = losses(tmp_path / "ckpt")
     assert sorted(by_step) == [1, 2, 3, 4] and all(v == v for v in by_step.values())
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "global_step4"
+
+
+def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp_path, tmp_path_factory):
+    cfg = run_config(tmp_path, tiny_data, max_steps=4, save_interval=1, keep_last=2)
+    check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("global_step*")) == [
+        "global_step3",
+        "global_step4",
+    ]
+
+    from data_tools.preprocess import PreprocessConfig, preprocess
+    from data_tools.sources import SourceConfig
+
+    corpus = tiny_data.parent / "corpus.jsonl"
+    other = tmp_path_factory.mktemp("other")
+    # Another tokenizer for the same corpus: refused, naming the tokenizer.
+    preprocess(
+        PreprocessConfig(
+            sources=SourceConfig(inputs=(str(corpus),)),
+            output=other / "tok500",
+            vocab_size=500,
+            show_progress=False,
+        )
+    )
+    result = run(single_cmd(run_config(tmp_path, other / "tok500", max_steps=6), "zero2_cpu.json"), tmp_path)
+    assert result.returncode == 2 and "was written with a different tokenizer" in result.stderr
+    # Other shards with the same tokenizer (half the corpus): refused, then resumed with --force-resume.
+    (other / "half.jsonl").write_text("".join(corpus.read_text().splitlines(keepends=True)[::2]))
+    preprocess(
+        PreprocessConfig(
+            sources=SourceConfig(inputs=(str(other / "half.jsonl"),)),
+            output=other / "half",
+            tokenizer=tiny_data.parent / "tok",
+            show_progress=False,
+        )
+    )
+    cfg = run_config(tmp_path, other / "half", max_steps=6, save_interval=1, keep_last=2)
+    result = run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)
+    assert result.returncode == 2
+    assert "was written with a different data_manifest" in result.stderr and "--force-resume" in result.stderr
+    assert "tokenizer (" not in result.stderr
+    result = check(run(single_cmd(cfg, "zero2_cpu.json", "--force-resume"), tmp_path))
+    assert "resumed from" in result.stdout and "step 6/6" in result.stdout
