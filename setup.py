@@ -5,14 +5,18 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "(.+)"', Path(__file__).with_name("data_tools").joinpath("__init__.py").read_text())[1]
+VERSION = re.search(
+    r'__version__ = "(.+)"', Path(__file__).with_name("data_tools").joinpath("__init__.py").read_text()
+)[1]
 
 setup(
     name="codeparrot-ds",
     version=VERSION,
     description="Pretrain GPT-2 code models from scratch with DeepSpeed: data tools, model, training.",
     python_requires=">=3.10",
-    packages=find_packages(include=["data_tools", "data_tools.*", "model", "model.*", "training", "training.*"]),
+    packages=find_packages(
+        include=["data_tools", "data_tools.*", "model", "model.*", "training", "training.*"]
+    ),
     py_modules=["pretrain_gpt"],
     install_requires=[
         # torch is deliberately not re-resolved here beyond a floor: install your torch build first

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from data_tools.dataset import open_split
+from data_tools.dedup import content_hash
 from data_tools.filters import FilterConfig
 from data_tools.indexed_dataset import IndexedDataset
 from data_tools.manifest import load_manifest, manifest_hash, verify_shards
 from data_tools.pipeline import CleanConfig, is_valid_split
 from data_tools.preprocess import PreprocessConfig, main, preprocess
 from data_tools.sources import DataError, SourceConfig
-from data_tools.dedup import content_hash
 from data_tools.train_tokenizer import EOD_TOKEN, load_tokenizer, train_on_corpus
 
 from .conftest import code_doc, write_jsonl
@@ -31,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_job(inputs, out, tokenizer, workers=1, **kw):
     cfg = PreprocessConfig(
-        sources=SourceConfig(inputs=tuple(map(str, inputs))), output=out, tokenizer=tokenizer,
-        workers=workers, show_progress=False, **kw,
+        sources=SourceConfig(inputs=tuple(map(str, inputs))),
+        output=out,
+        tokenizer=tokenizer,
+        workers=workers,
+        show_progress=False,
+        **kw,
     )
     return preprocess(cfg)
 
@@ -48,8 +52,13 @@ def all_docs(out: Path, split: str) -> list[np.ndarray]:
 def test_round_trip_documents_in_tokens_out(tmp_path, small_tokenizer, workers):
     texts = [code_doc(i) for i in range(40)]
     write_jsonl(tmp_path / "in.jsonl", [{"content": t} for t in texts])
-    manifest = run_job([tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer, workers,
-                       clean=CleanConfig(valid_ratio=0.2))
+    manifest = run_job(
+        [tmp_path / "in.jsonl"],
+        tmp_path / "out",
+        small_tokenizer,
+        workers,
+        clean=CleanConfig(valid_ratio=0.2),
+    )
     tokenizer, eod = load_tokenizer(small_tokenizer)
     decoded = {}
     for split in ("train", "valid"):
@@ -82,7 +91,11 @@ def test_dedup_across_input_files_and_report(tmp_path, small_tokenizer):
     a = [code_doc(i) for i in range(10)]
     write_jsonl(tmp_path / "a.jsonl", [{"content": t} for t in a])
     # b repeats a[0..3] with other indentation, and adds two new documents and a file to filter.
-    b = [t.replace("    ", "\t") for t in a[:4]] + [code_doc(100), code_doc(101), "# auto-generated\n" + code_doc(7)]
+    b = [t.replace("    ", "\t") for t in a[:4]] + [
+        code_doc(100),
+        code_doc(101),
+        "# auto-generated\n" + code_doc(7),
+    ]
     write_jsonl(tmp_path / "b.jsonl", [{"content": t} for t in b])
     m = run_job([tmp_path / "a.jsonl", tmp_path / "b.jsonl"], tmp_path / "out", small_tokenizer)
     report = m["report"]
@@ -100,10 +113,16 @@ def test_near_dedup_option(tmp_path, small_tokenizer):
     near = base.replace("value_3 =", "value_three =")
     write_jsonl(tmp_path / "in.jsonl", [{"content": base}, {"content": near}, {"content": code_doc(6)}])
     filters = FilterConfig(chars_per_token=None)  # the 600-id test tokenizer splits identifiers finely
-    m = run_job([tmp_path / "in.jsonl"], tmp_path / "exact", small_tokenizer, clean=CleanConfig(filters=filters))
+    m = run_job(
+        [tmp_path / "in.jsonl"], tmp_path / "exact", small_tokenizer, clean=CleanConfig(filters=filters)
+    )
     assert m["report"]["kept_docs"] == 3
-    m = run_job([tmp_path / "in.jsonl"], tmp_path / "near", small_tokenizer,
-                clean=CleanConfig(filters=filters, near_dedup=True))
+    m = run_job(
+        [tmp_path / "in.jsonl"],
+        tmp_path / "near",
+        small_tokenizer,
+        clean=CleanConfig(filters=filters, near_dedup=True),
+    )
     assert m["report"]["kept_docs"] == 2 and m["report"]["removed"]["near_duplicate"]["docs"] == 1
 
 
@@ -111,7 +130,9 @@ def test_chars_per_token_filter_applied_after_tokenising(tmp_path, small_tokeniz
     odd = "def f():\n    return 0\n" + "".join(f"ǆ{chr(0x4E00 + i)}ʬ{i % 10}\n" for i in range(300))
     write_jsonl(tmp_path / "in.jsonl", [{"content": odd}, {"content": code_doc(1)}])
     filters = FilterConfig(alphanumeric_fraction=None)
-    m = run_job([tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer, clean=CleanConfig(filters=filters))
+    m = run_job(
+        [tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer, clean=CleanConfig(filters=filters)
+    )
     assert m["report"]["removed"]["chars_per_token"]["docs"] == 1 and m["report"]["kept_docs"] == 1
 
 
@@ -130,13 +151,26 @@ def test_bad_input_end_to_end_counts_and_keeps_good(tmp_path, small_tokenizer):
 
 def test_empty_corpus_is_a_clear_error_not_a_traceback(tmp_path, small_tokenizer, capsys):
     write_jsonl(tmp_path / "in.jsonl", [{"content": "x = 1\n"}, "not json"])
-    code = main(["--input", str(tmp_path / "in.jsonl"), "--tokenizer", str(small_tokenizer),
-                 "--output", str(tmp_path / "out"), "--quiet", "--workers", "1"])
+    code = main(
+        [
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--tokenizer",
+            str(small_tokenizer),
+            "--output",
+            str(tmp_path / "out"),
+            "--quiet",
+            "--workers",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "no documents left: 1 read" in err and str(tmp_path / "out" / "report.json") in err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert report["removed"]["no_keywords"]["docs"] == 1 and report["bad_input"]["counts"]["malformed_json"] == 1
+    assert (
+        report["removed"]["no_keywords"]["docs"] == 1 and report["bad_input"]["counts"]["malformed_json"] == 1
+    )
     code = main(["--input", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path / "o2"), "--quiet"])
     assert code == 2 and "missing.jsonl" in capsys.readouterr().err
 
@@ -145,12 +179,28 @@ def test_resume_refuses_a_directory_written_differently(tmp_path, small_tokenize
     write_jsonl(tmp_path / "in.jsonl", [{"content": code_doc(i)} for i in range(5)])
     run_job([tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer)
     with pytest.raises(DataError, match="other inputs, cleaning settings or tokenizer.*--overwrite"):
-        run_job([tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer, clean=CleanConfig(exact_dedup=False))
+        run_job(
+            [tmp_path / "in.jsonl"], tmp_path / "out", small_tokenizer, clean=CleanConfig(exact_dedup=False)
+        )
 
 
 def _job_cmd(inp, out, tok):
-    return [sys.executable, "-m", "data_tools.preprocess", "--input", str(inp), "--output", str(out),
-            "--tokenizer", str(tok), "--shard-tokens", "3000", "--workers", "2", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "data_tools.preprocess",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--tokenizer",
+        str(tok),
+        "--shard-tokens",
+        "3000",
+        "--workers",
+        "2",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -190,8 +240,13 @@ def test_tokenizer_trained_on_corpus_loads_with_auto_tokenizer_offline(tmp_path,
 
     texts = [code_doc(i) for i in range(60)]
     write_jsonl(tmp_path / "in.jsonl", [{"content": t} for t in texts])
-    report = train_on_corpus(SourceConfig(inputs=(str(tmp_path / "in.jsonl"),)), CleanConfig(valid_ratio=0.1),
-                             tmp_path / "tok", vocab_size=400, show_progress=False)
+    report = train_on_corpus(
+        SourceConfig(inputs=(str(tmp_path / "in.jsonl"),)),
+        CleanConfig(valid_ratio=0.1),
+        tmp_path / "tok",
+        vocab_size=400,
+        show_progress=False,
+    )
     assert report["vocab_size"] == 400 and report["eod_id"] == 0
     assert report["held_out_docs"] > 0 and report["held_out_chars_per_token"] > 1.5
     assert report["train_docs"] + report["held_out_docs"] == 60
@@ -207,9 +262,23 @@ def test_cli_trains_tokenizer_then_writes_shards(tmp_path):
     for i in range(40):
         (tmp_path / "src" / f"m{i}.py").write_text(code_doc(i))
     result = subprocess.run(
-        [sys.executable, "-m", "data_tools.preprocess", "--input", str(tmp_path / "src"), "--output",
-         str(tmp_path / "out"), "--vocab-size", "300", "--workers", "2"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "data_tools.preprocess",
+            "--input",
+            str(tmp_path / "src"),
+            "--output",
+            str(tmp_path / "out"),
+            "--vocab-size",
+            "300",
+            "--workers",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "preprocess" in result.stderr  # the progress bar
     m = load_manifest(tmp_path / "out")

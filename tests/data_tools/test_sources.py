@@ -87,7 +87,11 @@ def test_bad_jsonl_records_are_counted_with_file_and_line_and_good_ones_kept(tmp
     assert [d.text for d in docs] == [good[0], good[2]]
     assert [d.line for d in docs] == [1, 9]
     assert dict(problems.counts) == {
-        "malformed_json": 1, "non_utf8": 1, "empty_document": 1, "missing_text_field": 2, "too_large": 1
+        "malformed_json": 1,
+        "non_utf8": 1,
+        "empty_document": 1,
+        "missing_text_field": 2,
+        "too_large": 1,
     }
     assert problems.examples["malformed_json"][0].startswith(f"{path}:2")
     assert problems.examples["non_utf8"][0].startswith(f"{path}:3")
