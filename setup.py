@@ -42,6 +42,8 @@ setup(
             "mpi4py>=3.1",
             # Megatron-LM's own MMIDIDX reader and writer, for the interchange tests.
             "megatron-core==0.16.1",
+            # The Triton kernels are tested on CPU in its interpreter (TRITON_INTERPRET=1).
+            "triton==3.8.0; sys_platform == 'linux'",
         ],
     },
     entry_points={
