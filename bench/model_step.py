@@ -52,7 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.0, help="all three dropouts, both models")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
     p.add_argument("--steps", type=int, default=4, help="distinct batches timed per round")
-    p.add_argument("--rounds", type=int, default=3, help="passes over the timed batches")
+    p.add_argument("--rounds", type=int, default=5, help="passes over the timed batches")
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (HF stays eager)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")

@@ -64,6 +64,58 @@ def default_chunk_rows(vocab_size: int, device_type: str = "cpu") -> int:
     return max(16, chunk_bytes // (4 * vocab_size))
 
 
+def _chunked_loss_and_grads(
+    h: torch.Tensor,
+    w: torch.Tensor,
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    chunk_rows: int,
+    want_dh: bool,
+    want_dw: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Sum of the CE over rows of ``h @ w^T`` and, if asked, its unscaled gradients, chunk by chunk.
+
+    Args:
+        h: ``[N, d]`` and w: ``[V, d]`` in the matmul dtype; targets ``[N]`` (ignored rows set to 0) and
+            valid ``[N]`` bool.
+    Returns:
+        loss sum (fp32 scalar), grad wrt h ``[N, d]`` (h's dtype) and wrt w ``[V, d]`` (fp32); None if not
+        wanted. Ignored rows count neither in the loss nor in either gradient.
+    """
+    (N, d), V, dev = h.shape, w.size(0), h.device
+    c_max = min(chunk_rows, N)
+    # Buffers reused by every chunk: fresh multi-MiB allocations per chunk cost page faults on CPU.
+    logits_buf = torch.empty(c_max, V, dtype=h.dtype, device=dev)
+    logp_buf = torch.empty(c_max, V, dtype=torch.float32, device=dev)
+    row_ids = torch.arange(c_max, device=dev)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=dev)
+    grad_h = torch.empty(N, d, dtype=h.dtype, device=dev) if want_dh else None
+    grad_w = torch.zeros(V, d, dtype=torch.float32, device=dev) if want_dw else None
+    partial_w = torch.empty(V, d, dtype=h.dtype, device=dev) if want_dw and h.dtype != torch.float32 else None
+    # Ignored rows must not reach the weight gradient: zero their hidden state in the g^T h product
+    # (an [N, d] pass) rather than their gradient rows (an [N, V] pass).
+    h_valid = h * valid[:, None].to(h.dtype) if want_dw else None  # [N, d]
+    for start in range(0, N, chunk_rows):
+        rows = slice(start, min(start + chunk_rows, N))
+        c, t_c, v_c = rows.stop - start, targets[rows], valid[rows]
+        logits = torch.mm(h[rows], w.t(), out=logits_buf[:c])  # [c, V]
+        logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=logp_buf[:c])  # [c, V], fused
+        loss_sum -= (logp.gather(1, t_c[:, None]).squeeze(1) * v_c).sum()
+        if not (want_dh or want_dw):
+            continue
+        # dL/dlogits before the mean: softmax - onehot. exp and the cast to the matmul dtype in one pass,
+        # into the logits buffer (no longer needed) unless the matmul dtype is fp32.
+        g = logp.exp_() if h.dtype == torch.float32 else torch.exp(logp, out=logits)
+        g.index_put_((row_ids[:c], t_c), -v_c.to(g.dtype), accumulate=True)  # scatter_add_ is slow in bf16
+        if want_dh:
+            torch.mm(g, w, out=grad_h[rows])  # [c, d]
+        if want_dw and partial_w is None:
+            grad_w.addmm_(g.t(), h_valid[rows])  # [V, d]
+        elif want_dw:
+            grad_w.add_(torch.mm(g.t(), h_valid[rows], out=partial_w))  # fp32 += low-precision partial
+    return loss_sum, grad_h, grad_w
+
+
 class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
     """Mean CE of ``hidden @ weight[:V]^T`` without materialising all logits (see the module docstring)."""
 
@@ -77,45 +129,24 @@ class ChunkedLinearCrossEntropyFn(torch.autograd.Function):
         chunk_rows: int,
         compute_dtype: torch.dtype,
     ) -> torch.Tensor:
-        N = hidden.size(0)
         want_dh, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         valid = targets != IGNORE_INDEX  # [N]
-        safe_targets = torch.where(valid, targets, 0)
         n_valid = valid.sum().to(torch.float32)
         h = hidden.to(compute_dtype)  # [N, d]
         w = weight[:vocab_size].to(compute_dtype)  # [V, d]
-        # Ignored rows must not reach the weight gradient: zero their hidden state in the g^T h product
-        # (an [N, d] pass) instead of their gradient rows (an [N, V] pass).
-        h_valid = h * valid[:, None].to(h.dtype) if want_dw else None  # [N, d]
-        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_h = torch.empty(N, w.size(1), dtype=compute_dtype, device=hidden.device) if want_dh else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_dw else None
-        for start in range(0, N, chunk_rows):
-            rows = slice(start, min(start + chunk_rows, N))
-            t_c, v_c = safe_targets[rows], valid[rows]
-            logits = h[rows] @ w.t()  # [c, V] in compute dtype
-            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # [c, V], one fused pass
-            loss_sum -= (logp.gather(1, t_c[:, None]).squeeze(1) * v_c).sum()
-            if not (want_dh or want_dw):
-                continue
-            # dL/dlogits before the 1/n_valid mean: softmax - onehot (ignored rows handled via h_valid).
-            # exp and the cast to the matmul dtype in one pass (in place when that is fp32).
-            if compute_dtype == torch.float32:
-                g = logp.exp_()
-            else:
-                g = torch.exp(logp, out=torch.empty_like(logits))
-            g.scatter_add_(1, t_c[:, None], -v_c[:, None].to(g.dtype))  # [c, V]
-            if want_dh:
-                torch.mm(g, w, out=grad_h[rows])  # [c, d]
-            if want_dw:
-                if compute_dtype == torch.float32:
-                    grad_w[:vocab_size].addmm_(g.t(), h_valid[rows])  # [V, d]
-                else:
-                    grad_w[:vocab_size].add_(g.t() @ h_valid[rows])  # fp32 += bf16 partial, one pass
+        safe_targets = torch.where(valid, targets, 0)
+        loss_sum, grad_h, grad_w_real = _chunked_loss_and_grads(
+            h, w, safe_targets, valid, chunk_rows, want_dh, want_dw
+        )
+        grad_w = None
         if want_dh:
             grad_h = (grad_h * (valid[:, None] / n_valid).to(grad_h.dtype)).to(hidden.dtype)
         if want_dw:
-            grad_w = grad_w.div_(n_valid).to(weight.dtype)
+            grad_w = grad_w_real.div_(n_valid)  # [V, d] fp32
+            pad = weight.size(0) - vocab_size
+            if pad:  # padded vocabulary rows: exactly zero gradient
+                grad_w = torch.cat([grad_w, grad_w.new_zeros(pad, grad_w.size(1))])
+            grad_w = grad_w.to(weight.dtype)
         ctx.save_for_backward(grad_h, grad_w)
         return loss_sum / n_valid
 
