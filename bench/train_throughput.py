@@ -53,6 +53,7 @@ def run_config(args: argparse.Namespace, data: Path, save_dir: Path, precision: 
             "eval_interval": 0,
             "save_interval": 10**9,
             "save_dir": str(save_dir),
+            "compile": args.compile,
         },
     }
 
@@ -132,7 +133,13 @@ def hf_worker(args: argparse.Namespace) -> None:
 
 
 def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(tmp / "ext"), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        TORCH_EXTENSIONS_DIR=str(tmp / "ext"),
+        PYTHONPATH=str(ROOT),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),
+    )
     port = 29700 + os.getpid() % 200
     cmd = [
         str(Path(sys.executable).parent / "deepspeed"),
@@ -207,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--ds", default="ds_configs/zero2_cpu.json")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours with train.compile (torch.compile; the first step compiles, outside the timing)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run-json", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -222,10 +234,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {}
         for precision in args.precision:
             r = results[precision] = measure(args, data, tmp, precision)
+            tag = " (compiled)" if args.compile else ""
             mfu = {k: r[k] * r["flops_per_token"] / r["peak"] for k in ("ours", "hf")}
             print(
-                f"{precision}: ours {r['ours']:.0f} tok/s (MFU {mfu['ours']:.1%}) | hf {r['hf']:.0f} tok/s "
-                f"(MFU {mfu['hf']:.1%}) | matmul peak {r['peak'] / 1e9:.1f} GFLOP/s ({args.ranks} ranks, "
+                f"{precision}: ours{tag} {r['ours']:.0f} tok/s (MFU {mfu['ours']:.1%}) | "
+                f"hf {r['hf']:.0f} tok/s (MFU {mfu['hf']:.1%}) | "
+                f"matmul peak {r['peak'] / 1e9:.1f} GFLOP/s ({args.ranks} ranks, "
                 f"{args.ds}, {args.layers} layers x {args.width}, seq {args.seq}, micro {args.micro})",
                 flush=True,
             )

@@ -67,6 +67,7 @@ class TrainSection:
     seed: int = 1234
     precision: Precision = "bf16"
     activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile the model (ZeRO 0-2 without pipeline)
     pipeline_stages: int = 1
     max_bad_steps: int = 5  # consecutive non-finite losses before aborting
     peak_tflops: float | None = None  # per device, for MFU; None: looked up for known GPUs
@@ -88,8 +89,19 @@ class RunConfig:
         paths and limits are left out (the data's content is compared by its manifest hash instead)."""
         d = self.to_dict()
         d["data"].pop("paths")
-        for key in ("eval_interval", "eval_iters", "log_interval", "save_interval", "keep_last", "save_dir",
-                    "max_steps", "max_tokens", "max_bad_steps", "peak_tflops", "nan_loss_at_steps"):
+        for key in (
+            "eval_interval",
+            "eval_iters",
+            "log_interval",
+            "save_interval",
+            "keep_last",
+            "save_dir",
+            "max_steps",
+            "max_tokens",
+            "max_bad_steps",
+            "peak_tflops",
+            "nan_loss_at_steps",
+        ):
             d["train"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -100,6 +100,11 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
         return model
     model = GPT(cfg)
     init_gpt_weights(model, cfg, run.train.seed)
+    if run.train.compile:
+        # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager model.
+        # The first step pays the compilation (tens of seconds on a CPU; cached in TORCHINDUCTOR_CACHE_DIR).
+        model.compile()
+        logger.info("model compiled with torch.compile (inductor)")
     return model
 
 

@@ -110,6 +110,11 @@ def validate(
     if stages < 1:
         problems.append(f"train.pipeline_stages ({stages}) must be >= 1")
         stages = 1
+    if t.compile and (stages > 1 or stage == 3):
+        problems.append(
+            f"train.compile is supported with ZeRO stage 0-2 without pipeline stages, not with "
+            f"train.pipeline_stages {stages} and {ds_path} (ZeRO stage {stage}); set train.compile=false"
+        )
     if stages > 1 and stage >= 2:
         problems.append(PIPELINE_ZERO_MSG.format(stages=stages, path=ds_path, stage=stage))
     if world_size % stages:

@@ -71,12 +71,13 @@ def free_port() -> int:
 
 
 def env(tmp_path: Path) -> dict[str, str]:
-    """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and a private extension
-    cache, so nothing is shared with other processes on the machine."""
+    """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and private extension and
+    compile caches, so nothing is shared with other processes on the machine."""
     return dict(
         os.environ,
         OMP_NUM_THREADS="1",
         TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
         PYTHONPATH=str(ROOT),
     )
 

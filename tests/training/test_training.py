@@ -106,3 +106,15 @@ def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp
     assert "tokenizer (" not in result.stderr
     result = check(run(single_cmd(cfg, "zero2_cpu.json", "--force-resume"), tmp_path))
     assert "resumed from" in result.stdout and "step 6/6" in result.stdout
+
+
+def test_compiled_model_gives_the_eager_losses(tiny_data, tmp_path):
+    (tmp_path / "eager").mkdir()
+    (tmp_path / "compiled").mkdir()
+    check(run(single_cmd(run_config(tmp_path / "eager", tiny_data, max_steps=4), "zero2_cpu.json"), tmp_path))
+    cfg = run_config(tmp_path / "compiled", tiny_data, max_steps=4, compile=True)
+    result = check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path, timeout=600))
+    assert "model compiled with torch.compile" in result.stdout
+    eager, compiled = losses(tmp_path / "eager" / "ckpt"), losses(tmp_path / "compiled" / "ckpt")
+    for step in range(1, 5):
+        assert abs(eager[step] - compiled[step]) <= 1e-5 * abs(eager[step]), (step, eager, compiled)
