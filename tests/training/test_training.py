@@ -118,3 +118,18 @@ def test_compiled_model_gives_the_eager_losses(tiny_data, tmp_path):
     eager, compiled = losses(tmp_path / "eager" / "ckpt"), losses(tmp_path / "compiled" / "ckpt")
     for step in range(1, 5):
         assert abs(eager[step] - compiled[step]) <= 1e-5 * abs(eager[step]), (step, eager, compiled)
+
+
+def test_a_save_interrupted_before_latest_moved_is_ignored(tiny_data, tmp_path):
+    cfg = run_config(tmp_path, tiny_data, max_steps=4, save_interval=2)
+    check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    ckpt = tmp_path / "ckpt"
+    # A crash while writing step 6: its directory exists, half written; `latest` still names step 4.
+    (ckpt / "global_step6").mkdir()
+    (ckpt / "global_step6" / "mp_rank_00_model_states.pt").write_bytes(b"\x00" * 100)
+    assert (ckpt / "latest").read_text().strip() == "global_step4"
+    cfg = run_config(tmp_path, tiny_data, max_steps=6, save_interval=2)
+    result = check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    assert f"resumed from {ckpt / 'global_step4'} at step 4" in result.stdout
+    assert (ckpt / "latest").read_text().strip() == "global_step6"
+    assert (ckpt / "global_step6" / "client_state.json").exists()
