@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 from collections.abc import Callable
 
@@ -34,6 +35,21 @@ def triton_usable(device_type: str) -> tuple[bool, str]:
         False,
         f"Triton does not compile for device type {device_type!r} (set TRITON_INTERPRET=1 to interpret)",
     )
+
+
+def choose_triton_or_torch(op: str, requested: str, device_type: str, logger: logging.Logger) -> str:
+    """The choice rule of the Triton-backed ops: "torch" when asked; Triton when usable and either asked
+    for or on CUDA ("auto"); else torch, logged (a warning when Triton was asked for explicitly)."""
+    if requested == "torch":
+        logger.info("%s: torch reference on %s (requested)", op, device_type)
+        return "torch"
+    ok, reason = triton_usable(device_type)
+    if ok and (requested == "triton" or device_type == "cuda"):
+        logger.info("%s: fused Triton kernel (%s)", op, reason)
+        return "triton"
+    level = logging.WARNING if requested == "triton" else logging.INFO
+    logger.log(level, "%s: Triton not used on %s (%s); falling back to torch", op, device_type, reason)
+    return "torch"
 
 
 def kernel_choice(fn: Callable[[str, str], str]) -> Callable[[str, str], str]:

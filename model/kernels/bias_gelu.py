@@ -11,7 +11,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from model.kernels.availability import kernel_choice, triton_usable
+from model.kernels.availability import choose_triton_or_torch, kernel_choice
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +27,7 @@ def resolve_bias_gelu(requested: str, device_type: str) -> str:
 
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
-    if requested == "torch":
-        logger.info("bias_gelu: torch reference on %s (requested)", device_type)
-        return "torch"
-    ok, reason = triton_usable(device_type)
-    if ok and (requested == "triton" or device_type == "cuda"):
-        logger.info("bias_gelu: fused Triton kernel (%s)", reason)
-        return "triton"
-    level = logging.WARNING if requested == "triton" else logging.INFO
-    logger.log(level, "bias_gelu: Triton not used on %s (%s); falling back to torch", device_type, reason)
-    return "torch"
+    return choose_triton_or_torch("bias_gelu", requested, device_type, logger)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, impl: str = "auto") -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.kernels.availability import kernel_choice, triton_usable
+from model.kernels.availability import choose_triton_or_torch, kernel_choice
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +30,7 @@ def resolve_layernorm(requested: str, device_type: str) -> str:
 
     "auto" takes Triton only on CUDA; an explicit "triton" also runs in the CPU interpreter when enabled.
     """
-    if requested == "torch":
-        logger.info("layernorm: torch F.layer_norm on %s (requested)", device_type)
-        return "torch"
-    ok, reason = triton_usable(device_type)
-    if ok and (requested == "triton" or device_type == "cuda"):
-        logger.info("layernorm: fused Triton kernel (%s)", reason)
-        return "triton"
-    level = logging.WARNING if requested == "triton" else logging.INFO
-    logger.log(
-        level,
-        "layernorm: Triton not used on %s (%s); falling back to F.layer_norm",
-        device_type,
-        reason,
-    )
-    return "torch"
+    return choose_triton_or_torch("layernorm", requested, device_type, logger)
 
 
 def layer_norm(
