@@ -8,13 +8,17 @@ run given its consumed-sample count sees exactly the batches an uninterrupted on
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from data_tools.dataset import BlendedDataset, PackedDataset, SampleOrder, open_split
+from data_tools.sources import DataError
 from training.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,7 +45,8 @@ class RankData:
         self.order = SampleOrder(len(self.train), seed=run.train.seed, shuffle=run.data.shuffle)
         try:
             self.valid: PackedDataset | BlendedDataset | None = _dataset(run, "valid", 0)
-        except Exception:  # a tiny corpus may have no validation sample; training goes on without eval
+        except DataError as e:  # a tiny corpus may have no validation sample: train without evaluation
+            logger.warning("no validation: %s", e)
             self.valid = None
 
     def train_batches(self, consumed_samples: int) -> Iterator[Batch]:
