@@ -200,10 +200,11 @@ class CleanReport:
     removed_docs: Counter = dataclasses.field(default_factory=Counter)
     removed_bytes: Counter = dataclasses.field(default_factory=Counter)
 
-    def remove(self, reason: str, nbytes: int) -> None:
-        self.removed_docs[reason] += 1
+    def remove(self, reason: str, nbytes: int, docs: int = 1) -> None:
+        """Move `docs` kept documents of `nbytes` in all to the removed count of `reason`."""
+        self.removed_docs[reason] += docs
         self.removed_bytes[reason] += nbytes
-        self.kept_docs -= 1
+        self.kept_docs -= docs
         self.kept_bytes -= nbytes
 
     def to_dict(self) -> dict[str, Any]:

@@ -285,10 +285,7 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     for record in records:  # chars/token removals happen after tokenisation: added to the report here
         removed = record["chars_per_token_removed"]
         if removed["docs"]:
-            cleaner.report.removed_docs["chars_per_token"] += removed["docs"]
-            cleaner.report.removed_bytes["chars_per_token"] += removed["bytes"]
-            cleaner.report.kept_docs -= removed["docs"]
-            cleaner.report.kept_bytes -= removed["bytes"]
+            cleaner.report.remove("chars_per_token", removed["bytes"], removed["docs"])
     report = cleaner.to_dict(problems)
     _write_json_atomic(out / "report.json", report)
     manifest = _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint)
