@@ -100,3 +100,14 @@ def test_from_dict_round_trip():
     assert from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="must be an object"):
         from_dict({"train": 3})
+
+
+def test_run_length_from_max_steps_or_max_tokens():
+    from training.loop import total_steps
+
+    run = from_dict({"data": {"seq_len": 128}, "train": {"max_steps": 100, "max_tokens": 128 * 16 * 10}})
+    assert total_steps(run, global_batch=16) == 10  # whichever comes first
+    run = from_dict({"data": {"seq_len": 128}, "train": {"max_steps": None, "max_tokens": 128 * 16 * 10 + 1}})
+    assert total_steps(run, global_batch=16) == 11
+    run = from_dict({"train": {"max_steps": 7}})
+    assert total_steps(run, global_batch=16) == 7
