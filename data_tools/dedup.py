@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.sources import location
+
 NUM_PERM = 128
 BANDS, ROWS = 16, 8
 _MERSENNE = np.uint64((1 << 31) - 1)
@@ -99,7 +101,7 @@ class _Locations:
 
     def unpack(self, packed: int) -> str:
         path, line = self.paths[packed >> 32], packed & 0xFFFFFFFF
-        return f"{path}:{line}" if line else path
+        return location(path, line)
 
 
 class ExactDeduplicator:
@@ -115,7 +117,7 @@ class ExactDeduplicator:
         if first is None:
             self._seen[h] = self._locations.pack(path, line)
             return False
-        self.clusters.add(h, self._locations.unpack(first), f"{path}:{line}" if line else path)
+        self.clusters.add(h, self._locations.unpack(first), location(path, line))
         return True
 
     def __len__(self) -> int:

@@ -1,10 +1,11 @@
 """The parallel core shared by the data tools: clean (filters + hashes) and tokenise in worker processes,
 decide duplicates and splits in corpus order in the main process.
 
-    reader (main) --batches--> clean_batch (workers) --> Cleaner.decide (main, in order)
-                                                    --kept--> tokenize_batch (workers) --> writer (main)
+    records (main) --batches--> clean_batch (workers) --> Cleaner.decide (main, in order)
+                                                     --kept--> tokenize_records (workers) --> writer (main)
 
-Workers get the texts of a batch and return small results (hashes, filter names, token arrays); at most
+The main process reads records undecoded (raw JSON lines, file paths); workers decode, filter, hash and
+tokenise them and return small results (hashes, filter names, token arrays); at most
 `window` batches are in flight per stage, so memory stays bounded whatever the corpus size. All decisions
 that depend on earlier documents (duplicates) are taken in one place, in input order: the output is the
 same for any number of workers.
@@ -28,7 +29,7 @@ import numpy as np
 
 from data_tools.dedup import ExactDeduplicator, NearDeduplicator, content_hash, minhash_signature
 from data_tools.filters import FilterConfig, first_failing_filter
-from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record
+from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record, location
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -240,7 +241,7 @@ class Cleaner:
             reason = "exact_duplicate"
         elif failing is not None:
             reason = failing
-        elif self.near is not None and self.near.is_duplicate(sig, f"{path}:{line}" if line else path):
+        elif self.near is not None and self.near.is_duplicate(sig, location(path, line)):
             reason = "near_duplicate"
         if reason is not None:
             self.report.remove(reason, nbytes)
@@ -269,7 +270,7 @@ class Kept:
 
     @property
     def location(self) -> str:
-        return f"{self.record.path}:{self.record.line}" if self.record.line else self.record.path
+        return self.record.location
 
 
 def cleaned_batches(

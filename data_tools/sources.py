@@ -1,7 +1,9 @@
 """Corpus readers: stream documents from JSONL (.gz/.zst), Parquet, a source tree or a saved HF dataset.
 
-Every reader is a generator of `Document`s in a deterministic order (files sorted by path) and never holds
-more than one record (or one Parquet batch) in memory, so a 10 GB corpus streams in bounded memory.
+`iter_records` yields every input's records in a deterministic order (files sorted by path), undecoded
+where decoding is costly, so that workers decode them (`decode_record`); `iter_documents` decodes in this
+process. Neither holds more than one record (or one Parquet batch) in memory, so a 10 GB corpus streams in
+bounded memory.
 
 Bad input never raises half-way: each problem is counted in a `Problems` tally with its file and line, the
 record is skipped, and reading goes on. Only conditions that make the whole input unusable (a path that
@@ -36,6 +38,11 @@ class DataError(Exception):
     """An input or output problem the user must fix; the message names the file, the value and the fix."""
 
 
+def location(path: str, line: int) -> str:
+    """How reports name a record: `path:line` (1-based line or row), or `path` for a whole file (line 0)."""
+    return f"{path}:{line}" if line else path
+
+
 @dataclasses.dataclass(frozen=True)
 class Document:
     """One document: its text and where it came from (`path`, 1-based `line` or row; 0 for a whole file)."""
@@ -46,7 +53,7 @@ class Document:
 
     @property
     def location(self) -> str:
-        return f"{self.path}:{self.line}" if self.line else self.path
+        return location(self.path, self.line)
 
 
 @dataclasses.dataclass
@@ -67,12 +74,6 @@ class Problems:
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": dict(sorted(self.counts.items())), "examples": self.examples}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Problems:
-        return cls(
-            counts=Counter(d.get("counts", {})), examples={k: list(v) for k, v in d["examples"].items()}
-        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,13 +141,17 @@ class Record:
     payload: bytes | str | None
 
     @property
+    def location(self) -> str:
+        return location(self.path, self.line)
+
+    @property
     def size(self) -> int:
         return len(self.payload) if self.payload is not None else 0
 
 
 def decode_record(rec: Record, cfg: SourceConfig) -> tuple[str | None, Problem | None]:
     """(text, None) for a good record, (None, problem) for a bad one. Pure: runs in worker processes."""
-    where = f"{rec.path}:{rec.line}" if rec.line else rec.path
+    where = rec.location
     if isinstance(rec.payload, str):
         return rec.payload, None
     if rec.payload is None:

@@ -59,6 +59,12 @@ def total_steps(run: RunConfig, global_batch: int) -> int:
     return min(steps) if steps else 1
 
 
+def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """Collective: the mean of a scalar over all ranks (data-parallel ranks, without pipeline stages)."""
+    dist.all_reduce(value)
+    return value / dist.get_world_size()
+
+
 class Trainer:
     def __init__(
         self,
@@ -104,9 +110,7 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
-        mean = torch.stack(losses).mean()
-        dist.all_reduce(mean)
-        return mean / dist.get_world_size()
+        return _mean_over_ranks(torch.stack(losses).mean())
 
     def train_step(self, it: Iterator[Batch]) -> tuple[float, bool]:
         """Run one optimizer step; (mean loss over the global batch, whether the update was applied)."""
@@ -138,9 +142,7 @@ class Trainer:
             self.engine.eval()
             losses = [self.engine(x, y)[1].float() for x, y in batches]
             self.engine.train()
-            loss = torch.stack(losses).mean()
-            dist.all_reduce(loss)
-            loss = loss / dist.get_world_size()
+            loss = _mean_over_ranks(torch.stack(losses).mean())
         return loss.item()
 
     def _log(self, losses: list[float], seconds: float, eval_loss: float | None) -> None:
