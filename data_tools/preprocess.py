@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -146,14 +147,14 @@ def _finished_units(out: Path, fingerprint: str) -> list[dict[str, Any]]:
     return records
 
 
+_SHARD_FILE = re.compile(r"^(?:train|valid)_(\d+)\.(?:bin|idx)(?:\.tmp)?$")
+
+
 def _clear_unfinished(out: Path, first_unfinished: int) -> None:
-    for path in out.glob("*_*.*"):
-        stem = path.name.split(".")[0]
-        if path.name.endswith(".tmp") or (
-            stem.split("_")[0] in SPLITS
-            and stem.split("_")[-1].isdigit()
-            and int(stem.split("_")[-1]) >= first_unfinished
-        ):
+    """Delete shard files (and half-written ones) of units from `first_unfinished` on."""
+    for path in out.iterdir():
+        match = _SHARD_FILE.match(path.name)
+        if match and (path.name.endswith(".tmp") or int(match[1]) >= first_unfinished):
             path.unlink()
 
 
