@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from data_tools import cli
+from data_tools.errors import DataError
 from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, make_executor
-from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
 
 
 def _open_output(path: Path):

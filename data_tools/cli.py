@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
 from data_tools.pipeline import CleanConfig
 from data_tools.sources import (
     DEFAULT_EXTENSIONS,
     DEFAULT_MAX_DOC_CHARS,
-    DataError,
     SourceConfig,
     default_workers,
 )

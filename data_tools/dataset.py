@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDataset
-from data_tools.sources import DataError
 
 
 class PackedDataset:

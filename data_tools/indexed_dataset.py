@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.sources import DataError
+from data_tools.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_tools.sources import DataError
+from data_tools.errors import DataError
 
 MANIFEST = "manifest.json"
 

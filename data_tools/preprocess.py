@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from data_tools import __version__, cli
+from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDatasetWriter, token_dtype
 from data_tools.manifest import MANIFEST
 from data_tools.pipeline import (
@@ -47,7 +48,7 @@ from data_tools.pipeline import (
     ordered_map,
     tokenize_records,
 )
-from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
 from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
 
 logger = logging.getLogger(__name__)

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_tools.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 # A record larger than this (in characters) is skipped and reported: minified bundles and data dumps,
@@ -32,10 +34,6 @@ DEFAULT_MAX_DOC_CHARS = 1_000_000
 DEFAULT_EXTENSIONS = (".py",)
 # How many example locations each problem kind keeps for the report.
 MAX_EXAMPLES = 20
-
-
-class DataError(Exception):
-    """An input or output problem the user must fix; the message names the file, the value and the fix."""
 
 
 def location(path: str, line: int) -> str:

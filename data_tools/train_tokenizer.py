@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from data_tools import cli
+from data_tools.errors import DataError
 from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
-from data_tools.sources import DataError, Problems, SourceConfig, iter_batches, iter_records
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
 
 logger = logging.getLogger(__name__)
 

@@ -48,8 +48,8 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
 
 def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
     """The largest tokenizer vocabulary among the data paths (from their manifests)."""
+    from data_tools.errors import DataError
     from data_tools.manifest import load_manifest
-    from data_tools.sources import DataError
 
     vocabs = []
     for path in run.data.paths:

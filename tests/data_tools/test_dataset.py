@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data_tools.dataset import BlendedDataset, PackedDataset, SampleOrder
+from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDataset, write_dataset
-from data_tools.sources import DataError
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from data_tools.errors import DataError
 from data_tools.indexed_dataset import (
     MAGIC,
     IndexedDataset,
@@ -15,7 +16,6 @@ from data_tools.indexed_dataset import (
     token_dtype,
     write_dataset,
 )
-from data_tools.sources import DataError
 
 
 def test_header_bytes_of_a_tiny_known_dataset(tmp_path):

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from data_tools.errors import DataError
 from data_tools.sources import (
-    DataError,
     Problems,
     SourceConfig,
     expand_inputs,
