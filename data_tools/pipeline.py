@@ -23,7 +23,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -75,26 +75,41 @@ def _init_worker(tokenizer_json: str | None) -> None:
         _WORKER["tokenizer"] = Tokenizer.from_str(tokenizer_json)
 
 
-Verdict = tuple[str | None, int, int, int, str | None, Any, Problem | None]
+class Verdict(NamedTuple):
+    """A worker's findings on one record, for `Cleaner.decide`. A bad record sets only `problem`; a good
+    one leaves it None."""
+
+    text: str | None = None  # the text, if wanted and it passed the filters
+    nchars: int = 0  # characters
+    nbytes: int = 0  # UTF-8 bytes
+    content_hash: int = 0  # dedup.content_hash of the text
+    failing: str | None = None  # the first failing filter, or None
+    signature: np.ndarray | None = None  # MinHash signature (near dedup on and the filters passed), or None
+    problem: Problem | None = None  # why the record is bad input, or None
 
 
 def clean_batch(
     records: list[Record], sources: SourceConfig, filters: FilterConfig, near: bool, want_text: bool
 ) -> list[Verdict]:
-    """Decode, filter and hash each record: (text if wanted and it passed the filters, else None;
-    characters; UTF-8 bytes; content hash; first failing filter; MinHash signature or None; bad-input
-    problem or None)."""
+    """Decode, filter and hash each record: one `Verdict` per record, in order."""
     out: list[Verdict] = []
     for rec in records:
         text, problem = decode_record(rec, sources)
         if text is None:
-            out.append((None, 0, 0, 0, None, None, problem))
+            out.append(Verdict(problem=problem))
             continue
         nbytes = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
         failing = first_failing_filter(text, filters)
-        sig = minhash_signature(text) if near and failing is None else None
-        keep_text = want_text and failing is None
-        out.append((text if keep_text else None, len(text), nbytes, content_hash(text), failing, sig, None))
+        out.append(
+            Verdict(
+                text=text if want_text and failing is None else None,
+                nchars=len(text),
+                nbytes=nbytes,
+                content_hash=content_hash(text),
+                failing=failing,
+                signature=minhash_signature(text) if near and failing is None else None,
+            )
+        )
     return out
 
 
@@ -290,10 +305,10 @@ def cleaned_batches(
     )
     for batch, verdicts in ordered_map(submit, batches, window):
         kept, hashes = [], []
-        for rec, (text, nchars, nbytes, h, failing, sig, problem) in zip(batch, verdicts, strict=True):
-            if problem is not None:
-                problems.add(*problem)
-            elif cleaner.decide(rec.path, rec.line, nbytes, h, failing, sig):
-                kept.append(Kept(rec, text, nchars, nbytes))
-                hashes.append(h)
+        for rec, v in zip(batch, verdicts, strict=True):
+            if v.problem is not None:
+                problems.add(*v.problem)
+            elif cleaner.decide(rec.path, rec.line, v.nbytes, v.content_hash, v.failing, v.signature):
+                kept.append(Kept(rec, v.text, v.nchars, v.nbytes))
+                hashes.append(v.content_hash)
         yield len(batch), kept, hashes
