@@ -124,7 +124,9 @@ def clean_config(args: argparse.Namespace) -> CleanConfig:
     )
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_tool_logging(verbose: bool = False) -> None:
+    """Logging for a single-process data tool: INFO, or DEBUG when `verbose` (training has its own,
+    per rank: training.metrics.setup_logging)."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -134,7 +136,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
     """Run a tool's job: user errors become one clear line on stderr and exit status 2, not a traceback."""
-    setup_logging(getattr(args, "verbose", False))
+    setup_tool_logging(getattr(args, "verbose", False))
     try:
         job()
     except DataError as e:
