@@ -120,9 +120,6 @@ class ExactDeduplicator:
         self.clusters.add(h, self._locations.unpack(first), location(path, line))
         return True
 
-    def __len__(self) -> int:
-        return len(self._seen)
-
 
 class NearDeduplicator:
     """MinHash LSH index of the documents kept so far."""

@@ -86,10 +86,6 @@ def alphanumeric_fraction(text: str) -> float:
     return sum(map(str.isalnum, text)) / len(text)
 
 
-def chars_per_token(n_chars: int, n_tokens: int) -> float:
-    return n_chars / max(n_tokens, 1)
-
-
 def first_failing_filter(text: str, cfg: FilterConfig) -> str | None:
     """The name of the first enabled text filter that removes `text`, or None to keep it.
     (chars_per_token needs the tokens and is applied where the document is tokenised.)"""

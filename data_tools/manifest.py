@@ -29,13 +29,6 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def tokenizer_dir(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Path:
-    """The tokenizer the shards were written with (relative paths are relative to the data directory)."""
-    manifest = manifest or load_manifest(data_dir)
-    path = Path(manifest["tokenizer"]["path"])
-    return path if path.is_absolute() else Path(data_dir) / path
-
-
 def manifest_hash(data_dir: str | Path) -> str:
     """A hash of what the data is (tokenizer and every shard's sha256), for checkpoints to compare."""
     manifest = load_manifest(data_dir)
