@@ -1,4 +1,4 @@
-"""Parameter counts, training FLOPs per token and model FLOPs utilisation (MFU).
+"""Parameter counts and training FLOPs per token.
 
 FLOPs convention (Megatron-LM / PaLM appendix B, as nanoGPT's ``estimate_mfu``): a weight used in a matmul
 costs 2 FLOPs per token forward and 4 backward, so training costs ``6 N`` per token, plus causal-blind
@@ -61,14 +61,3 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     """
     T = config.n_positions if seq_len is None else seq_len
     return 6 * matmul_params(config) + 12 * config.n_layer * config.n_embd * T
-
-
-def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
-    """Model FLOPs utilisation: achieved ``tokens_per_s * flops_per_token`` over the hardware peak (FLOP/s).
-
-    Peak is for the whole set of devices that produced ``tokens_per_s`` (e.g. 8 x 989e12 for 8 H100 bf16
-    dense). Returns a fraction in [0, 1] for a sane input.
-    """
-    if peak_flops <= 0:
-        raise ValueError(f"peak_flops ({peak_flops}) must be > 0")
-    return tokens_per_s * flops_per_token / peak_flops

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from model.flops import count_parameters, flops_per_token, matmul_params, mfu, param_count
+from model.flops import count_parameters, flops_per_token, matmul_params, param_count
 from model.gpt2 import GPT
 from model.presets import get_preset
 
@@ -40,10 +39,3 @@ def test_trainable_only_counts_skip_frozen_parameters() -> None:
         model = GPT(get_preset("tiny"))
     model.embed.wpe.weight.requires_grad_(False)
     assert count_parameters(model, trainable_only=True) == count_parameters(model) - 128 * 64
-
-
-def test_mfu() -> None:
-    assert mfu(1000.0, 774_577_152, 1e12) == pytest.approx(0.774577152)
-    assert mfu(8 * 3000.0, 6e9, 8 * 989e12) == pytest.approx(3000 * 6e9 / 989e12)
-    with pytest.raises(ValueError, match=r"peak_flops \(0\)"):
-        mfu(1.0, 1.0, 0)
