@@ -57,8 +57,11 @@ def test_dtype_choice():
 
 
 def test_megatron_reads_ours_and_we_read_megatrons(tmp_path):
-    torch = pytest.importorskip("torch")
-    mg = pytest.importorskip("megatron.core.datasets.indexed_dataset")
+    # Imported here, not at the top: only this test needs megatron-core (the dev extra installs it, so a
+    # failed import fails the test).
+    import torch
+    from megatron.core.datasets import indexed_dataset as mg
+
     seqs = [np.array([1, 2, 3]), np.array([40000, 5]), np.array([7])]
     write_dataset(tmp_path / "ours", seqs, np.uint16)
     theirs = mg.IndexedDataset(str(tmp_path / "ours"))
