@@ -21,7 +21,7 @@ from typing import Any
 
 from data_tools import cli
 from data_tools.errors import DataError
-from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, make_executor
+from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
-from data_tools.pipeline import CleanConfig
+from data_tools.parallel import CleanConfig
 from data_tools.sources import (
     DEFAULT_EXTENSIONS,
     DEFAULT_MAX_DOC_CHARS,

@@ -38,7 +38,7 @@ from data_tools import __version__, cli
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDatasetWriter, token_dtype
 from data_tools.manifest import MANIFEST
-from data_tools.pipeline import (
+from data_tools.parallel import (
     CleanConfig,
     Cleaner,
     Kept,

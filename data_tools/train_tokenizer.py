@@ -20,7 +20,7 @@ from typing import Any
 
 from data_tools import cli
 from data_tools.errors import DataError
-from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
+from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from data_tools.errors import DataError
 from data_tools.filters import FilterConfig
 from data_tools.indexed_dataset import IndexedDataset
 from data_tools.manifest import load_manifest, manifest_hash, verify_shards
-from data_tools.pipeline import CleanConfig, is_valid_split
+from data_tools.parallel import CleanConfig, is_valid_split
 from data_tools.preprocess import PreprocessConfig, main, preprocess
 from data_tools.sources import SourceConfig
 from data_tools.train_tokenizer import EOD_TOKEN, load_tokenizer, train_on_corpus
