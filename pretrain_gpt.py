@@ -105,6 +105,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return train(run, resolved, args)
 
 
+def agree_on_precision(run, resolved, args: argparse.Namespace):
+    """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
+    differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
+    logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
+    import dataclasses
+
+    import torch
+    import torch.distributed as dist
+
+    from training.validate import load_ds_config, validate
+
+    choice = resolved.precision
+    ranks_bf16 = torch.tensor([1.0 if choice.precision == "bf16" else 0.0])
+    low, high = ranks_bf16.clone(), ranks_bf16.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        logger.warning(
+            "train.precision auto resolved to bf16 on some ranks and fp32 on others (this rank: %s); "
+            "training in fp32 on every rank. Set train.precision explicitly to choose",
+            choice.reason,
+        )
+        fp32 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp32"))
+        world = dist.get_world_size()
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        again = validate(fp32, load_ds_config(args.ds_config), args.ds_config, world, device_type)
+        reason = "ranks disagreed on auto; fp32 everywhere"
+        return dataclasses.replace(again, precision=dataclasses.replace(again.precision, reason=reason))
+    logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
+    if choice.warning and dist.get_rank() == 0:
+        logger.warning("%s", choice.warning)
+    return resolved
+
+
 def train(run, resolved, args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
@@ -116,22 +150,25 @@ def train(run, resolved, args: argparse.Namespace) -> int:
     stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM is not lost
     init_distributed(args.cpu_shm_allreduce)
     rank = dist.get_rank()
+    resolved = agree_on_precision(run, resolved, args)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
-    hashes = {
-        "config_hash": run.hash(),
+    expected = {
+        "resume_config": run.resume_values(resolved.precision.precision),
         "tokenizer": ",".join(load_manifest(p)["tokenizer"]["sha256"][:16] for p in run.data.paths),
         "data_manifest": ",".join(manifest_hash(p)[:16] for p in run.data.paths),
+        "data_paths": list(run.data.paths),
     }
     if rank == 0:
         os.makedirs(run.train.save_dir, exist_ok=True)
         with open(os.path.join(run.train.save_dir, "run_config.json"), "w") as f:
-            json.dump({**run.to_dict(), "resolved_model": resolved.model.to_dict()}, f, indent=2)
+            resolved_fields = {"model": resolved.model.to_dict(), "precision": resolved.precision.precision}
+            json.dump({**run.to_dict(), "resolved": resolved_fields}, f, indent=2)
         with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
             json.dump(resolved.ds_config, f, indent=2)
     steps = total_steps(run, resolved.ds_config["train_batch_size"])
     engine = build_engine(run, resolved.model, resolved.ds_config, resolved.zero_stage, steps)
     try:
-        trainer = Trainer(run, resolved, engine, hashes, args.force_resume)
+        trainer = Trainer(run, resolved, engine, expected, args.force_resume)
         result = trainer.fit(stop)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,9 @@ Shapes: B batch, T sequence length, d = n_embd, H = n_head, hd = d / H, V = voca
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 import torch.nn as nn
@@ -27,10 +30,19 @@ from model.kernels.layernorm import LayerNorm
 INIT_STD = 0.02
 
 
-def _init_linear(linear: nn.Linear, std: float = INIT_STD) -> None:
-    nn.init.normal_(linear.weight, mean=0.0, std=std)
+@torch.no_grad()
+def _normal_(p: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
+    """Fill ``p`` with N(0, std^2) drawn in fp32 on the CPU, so the values do not depend on p's dtype,
+    device or partitioning. ``generator`` None draws from torch's global generator."""
+    values = torch.randn(p.shape, generator=generator, dtype=torch.float32)
+    p.copy_(values.mul_(std).to(device=p.device, dtype=p.dtype))
+
+
+@torch.no_grad()
+def _init_linear(linear: nn.Linear, std: float, generator: torch.Generator | None) -> None:
+    _normal_(linear.weight, std, generator)
     if linear.bias is not None:
-        nn.init.zeros_(linear.bias)
+        linear.bias.zero_()
 
 
 def _residual_std(config: GPTConfig) -> float:
@@ -60,10 +72,14 @@ class Embedding(nn.Module):
         self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.drop = nn.Dropout(config.embd_pdrop)
-        nn.init.normal_(self.wte.weight, mean=0.0, std=INIT_STD)
-        nn.init.normal_(self.wpe.weight, mean=0.0, std=INIT_STD)
-        with torch.no_grad():
-            self.wte.weight[config.vocab_size :].zero_()
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2 init: both tables N(0, 0.02^2); the padded vocabulary rows zero."""
+        _normal_(self.wte.weight, INIT_STD, generator)
+        _normal_(self.wpe.weight, INIT_STD, generator)
+        self.wte.weight[self.vocab_size :].zero_()
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.size(1)
@@ -87,8 +103,14 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(d, 3 * d)  # q, k, v projections in one matmul
         self.c_proj = nn.Linear(d, d)  # residual projection
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
-        _init_linear(self.c_attn)
-        _init_linear(self.c_proj, _residual_std(config))
+        self.residual_std = _residual_std(config)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2 init: weights N(0, 0.02^2), the residual projection's scaled by 1/sqrt(2 n_layer); zero
+        biases."""
+        _init_linear(self.c_attn, INIT_STD, generator)
+        _init_linear(self.c_proj, self.residual_std, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
@@ -112,8 +134,13 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(d, 4 * d)
         self.c_proj = nn.Linear(4 * d, d)  # residual projection
         self.dropout = nn.Dropout(config.resid_pdrop)
-        _init_linear(self.c_fc)
-        _init_linear(self.c_proj, _residual_std(config))
+        self.residual_std = _residual_std(config)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """As the attention's: N(0, 0.02^2), the residual projection scaled; zero biases."""
+        _init_linear(self.c_fc, INIT_STD, generator)
+        _init_linear(self.c_proj, self.residual_std, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = linear_bias_gelu(x, self.c_fc.weight, self.c_fc.bias, self.impl)  # [B, T, 4d]
@@ -144,12 +171,49 @@ class LMHead(nn.Module):
         super().__init__()
         self.vocab_size = config.vocab_size
         self.weight = nn.Parameter(torch.empty(config.padded_vocab_size, config.n_embd))
-        nn.init.normal_(self.weight, mean=0.0, std=INIT_STD)
-        with torch.no_grad():
-            self.weight[config.vocab_size :].zero_()
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """N(0, 0.02^2); the padded vocabulary rows zero."""
+        _normal_(self.weight, INIT_STD, generator)
+        self.weight[self.vocab_size :].zero_()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return lm_logits(hidden, self.weight, self.vocab_size)
+
+
+# The modules that own the initialisation of their parameters (``reset_parameters(generator)``); every
+# parameter of the GPT belongs to exactly one of them.
+INIT_OWNERS = (Embedding, CausalSelfAttention, MLP, LayerNorm, LMHead)
+
+
+@contextmanager
+def _whole(module: nn.Module) -> Iterator[bool]:
+    yield True
+
+
+def init_weights(
+    model: nn.Module,
+    seed: int,
+    *,
+    gpt_name: Callable[[str], str] = lambda name: name,
+    gathered: Callable[[nn.Module], AbstractContextManager[bool]] = _whole,
+) -> None:
+    """GPT-2 initialisation of ``model``, a ``GPT`` or a pipeline stage cut from its pieces.
+
+    Each module of ``INIT_OWNERS`` re-initialises its own parameters from a generator seeded by ``seed``
+    and the module's name in the plain GPT (``gpt_name`` maps a stage's module names to those), so a
+    pipeline stage, a ZeRO-3 partition and the whole model all get the same values for a seed.
+    ``gathered(module)`` makes the module's parameters whole for the duration and says whether this process
+    writes them (ZeRO-3: gather, rank 0 writes, re-partition on exit); by default they are whole already.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, INIT_OWNERS):
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(gpt_name(name).encode()))
+            with gathered(module) as write:
+                if write:
+                    module.reset_parameters(generator)
 
 
 class GPT(nn.Module):

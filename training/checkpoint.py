@@ -5,8 +5,9 @@ Layout under `save_dir`: one DeepSpeed tag directory per save (`global_stepN/`, 
 only after a barrier that every rank reaches once its files are written, then renamed into place: a crash
 mid-save leaves the previous checkpoint intact and chosen. The last `keep_last` tags are kept.
 
-Client state: step, consumed samples and tokens, and the hashes of the run config, tokenizer and data
-manifest; a resume with other data or another tokenizer is refused unless forced.
+Client state: step, consumed samples and tokens, the run's resume settings (`RunConfig.resume_values`:
+model, optimizer, batch, seed, resolved precision), and the hashes of the tokenizer and data manifests. A
+resume that differs in any of them is refused, naming each difference, unless forced.
 """
 
 from __future__ import annotations
@@ -84,8 +85,30 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     return tag
 
 
-def load(engine: Any, save_dir: Path, expected: dict[str, str], force: bool) -> dict[str, Any] | None:
-    """Resume from `latest` if there is one: the client state, after checking `expected` hashes (before
+def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What a checkpoint's client state and the resuming run disagree on, one phrase each: every setting of
+    `RunConfig.resume_values` with its old and new value, the data (manifest hashes) and the tokenizer."""
+    out = []
+    old_cfg, new_cfg = saved.get("resume_config"), now["resume_config"]
+    if old_cfg is None:
+        out.append("settings (the checkpoint predates per-setting records, so they cannot be compared)")
+    else:
+        for key in sorted(set(old_cfg) | set(new_cfg)):
+            if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
+                old, new = json.dumps(old_cfg.get(key)), json.dumps(new_cfg.get(key))
+                out.append(f"{key}: {old} in the checkpoint, {new} now")
+    if saved.get("data_manifest") != now["data_manifest"]:
+        out.append(
+            f"the data: manifest hashes {saved.get('data_manifest')} of {saved.get('data_paths')} in the "
+            f"checkpoint, {now['data_manifest']} of {now['data_paths']} now"
+        )
+    if saved.get("tokenizer") != now["tokenizer"]:
+        out.append(f"the tokenizer: {saved.get('tokenizer')} in the checkpoint, {now['tokenizer']} now")
+    return out
+
+
+def load(engine: Any, save_dir: Path, expected: dict[str, Any], force: bool) -> dict[str, Any] | None:
+    """Resume from `latest` if there is one: the client state, after comparing it with `expected` (before
     any weights are read, so a model of another shape gets this message, not a shape error)."""
     tag = latest_tag(save_dir)
     if tag is None:
@@ -99,22 +122,18 @@ def load(engine: Any, save_dir: Path, expected: dict[str, str], force: bool) -> 
             ]
         )
     client = json.loads(state_file.read_text())
-    changed = [
-        f"{key} ({client.get(key)} in the checkpoint, {value} now)"
-        for key, value in expected.items()
-        if client.get(key) != value
-    ]
+    changed = resume_differences(client, expected)
     if changed and not force:
         raise ConfigError(
             [
-                f"{save_dir / tag} was written with a different "
-                + ", ".join(changed)
-                + ". Resuming would train on other data; pass --force-resume to resume anyway, "
-                "or use a new train.save_dir"
+                f"{save_dir / tag} was written by a run that differs from this one in:\n      "
+                + "\n      ".join(changed)
+                + "\n    Resume with the checkpoint's settings and data, pass --force-resume to resume with "
+                "the new ones, or use a new train.save_dir to start afresh"
             ]
         )
     if changed:
-        logger.warning("resuming despite a different %s (--force-resume)", ", ".join(changed))
+        logger.warning("resuming despite differences (--force-resume): %s", "; ".join(changed))
     path, _ = engine.load_checkpoint(
         str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )

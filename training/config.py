@@ -9,69 +9,86 @@ size before any engine is built, and reports every problem at once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def _f(
+    default: Any = dataclasses.MISSING, *, factory: Any = None, resume: bool = False, **bounds: float
+) -> Any:
+    """A config field: its default, whether it belongs to the resume check (see `RunConfig.resume_values`),
+    and numeric bounds checked per field (ge, gt, le, lt; for lists, each element)."""
+    kwargs: dict[str, Any] = {"metadata": {"resume": resume, **bounds}}
+    if factory is not None:
+        kwargs["default_factory"] = factory
+    else:
+        kwargs["default"] = default
+    return dataclasses.field(**kwargs)
 
 
 @dataclasses.dataclass(kw_only=True)
 class ModelSection:
-    """A preset of model/presets.py plus field overrides of GPTConfig (vocab_size defaults to the data's)."""
+    """A preset of model/presets.py plus field overrides of GPTConfig (vocab_size defaults to the data's).
+    The overrides are checked by GPTConfig itself."""
 
-    preset: str = "tiny"
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    preset: str = _f("tiny", resume=True)
+    overrides: dict[str, Any] = _f(factory=dict, resume=True)
 
 
 @dataclasses.dataclass(kw_only=True)
 class DataSection:
-    """Preprocessed dataset directories (each with manifest.json) and their blend weights."""
+    """Preprocessed dataset directories (each with manifest.json) and their blend weights. The data's
+    content belongs to the resume check through the manifests' hashes, not through the paths."""
 
-    paths: list[str] = dataclasses.field(default_factory=lambda: ["runs/demo/data"])
-    weights: list[float] | None = None  # None: proportional to nothing in particular, i.e. equal weights
-    seq_len: int = 128
-    shuffle: bool = True
+    paths: list[str] = _f(factory=lambda: ["runs/demo/data"])
+    weights: list[float] | None = _f(None, resume=True, gt=0)  # None: equal weights
+    seq_len: int = _f(128, resume=True, ge=1)
+    shuffle: bool = _f(True, resume=True)
 
 
 @dataclasses.dataclass(kw_only=True)
 class OptimSection:
     """AdamW, linear warmup then cosine decay to `min_lr`; no weight decay on biases and LayerNorm."""
 
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 10
-    decay_steps: int | None = None  # None: decay over the whole run (train.max_steps)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    lr: float = _f(6e-4, resume=True, gt=0)
+    min_lr: float = _f(6e-5, resume=True, ge=0)
+    warmup_steps: int = _f(10, resume=True, ge=0)
+    decay_steps: int | None = _f(None, resume=True, ge=1)  # None: decay over the whole run
+    weight_decay: float = _f(0.1, resume=True, ge=0)
+    beta1: float = _f(0.9, resume=True, ge=0, lt=1)
+    beta2: float = _f(0.95, resume=True, ge=0, lt=1)
+    eps: float = _f(1e-8, resume=True, gt=0)
+    grad_clip: float = _f(1.0, resume=True, ge=0)  # 0: no clipping
 
 
 @dataclasses.dataclass(kw_only=True)
 class TrainSection:
-    micro_batch: int = 8
-    global_batch: int | None = None  # None: micro_batch x grad_accum x data-parallel size
-    grad_accum: int | None = None  # None: derived from global_batch, else 1
-    max_steps: int | None = 100
-    max_tokens: int | None = None  # stop when this many tokens were trained on (whichever comes first)
-    eval_interval: int = 50
-    eval_iters: int = 10
-    log_interval: int = 10
-    save_interval: int = 100
-    keep_last: int = 3
-    save_dir: str = "runs/train"
-    seed: int = 1234
-    precision: Precision = "bf16"
-    activation_checkpointing: bool = False
-    compile: bool = False  # torch.compile the model (ZeRO 0-2 without pipeline)
-    pipeline_stages: int = 1
-    max_bad_steps: int = 5  # consecutive non-finite losses before aborting
-    peak_tflops: float | None = None  # per device, for MFU; None: looked up for known GPUs
-    nan_loss_at_steps: list[int] = dataclasses.field(default_factory=list)  # fault injection, for tests
+    micro_batch: int = _f(8, resume=True, ge=1)
+    global_batch: int | None = _f(None, resume=True, ge=1)  # None: micro_batch x grad_accum x dp size
+    grad_accum: int | None = _f(None, resume=True, ge=1)  # None: derived from global_batch, else 1
+    max_steps: int | None = _f(100, ge=1)
+    max_tokens: int | None = _f(None, ge=1)  # stop when this many tokens were trained on (first of the two)
+    eval_interval: int = _f(50, ge=0)  # 0: no evaluation
+    eval_iters: int = _f(10, ge=0)
+    log_interval: int = _f(10, ge=1)
+    save_interval: int = _f(100, ge=1)
+    keep_last: int = _f(3, ge=0)  # 0: keep every checkpoint
+    save_dir: str = _f("runs/train")
+    seed: int = _f(1234, resume=True, ge=0)
+    # "auto": bf16 where the device runs it natively and faster than fp32, else fp32 (training/precision.py).
+    # The resume check compares the precision the run resolved to.
+    precision: Precision = _f("auto", resume=True)
+    activation_checkpointing: bool = _f(False)
+    compile: bool = _f(False)  # torch.compile the model (ZeRO 0-2 without pipeline)
+    pipeline_stages: int = _f(1, resume=True, ge=1)
+    max_bad_steps: int = _f(5, ge=1)  # consecutive non-finite losses before aborting
+    peak_tflops: float | None = _f(None, gt=0)  # per device, for MFU; None: looked up for known GPUs
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -84,26 +101,115 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def hash(self) -> str:
-        """What makes two runs the same training: model, optimizer, batch and data settings. Intervals,
-        paths and limits are left out (the data's content is compared by its manifest hash instead)."""
-        d = self.to_dict()
-        d["data"].pop("paths")
-        for key in (
-            "eval_interval",
-            "eval_iters",
-            "log_interval",
-            "save_interval",
-            "keep_last",
-            "save_dir",
-            "max_steps",
-            "max_tokens",
-            "max_bad_steps",
-            "peak_tflops",
-            "nan_loss_at_steps",
-        ):
-            d["train"].pop(key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    def resume_values(self, precision: str) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it, as `{"section.key": value}`:
+        the fields declared with `resume=True` (what the model computes, the optimizer and schedule, the
+        batch and the order of the data), with train.precision replaced by the resolved `precision`.
+        Everything else (intervals, paths, run length, logging, activation checkpointing, compile) may
+        change between a run and its resume. The data and tokenizer are compared by their hashes."""
+        out: dict[str, Any] = {}
+        for section in dataclasses.fields(self):
+            obj = getattr(self, section.name)
+            for f in dataclasses.fields(obj):
+                if f.metadata.get("resume"):
+                    out[f"{section.name}.{f.name}"] = getattr(obj, f.name)
+        out["train.precision"] = precision
+        return json.loads(json.dumps(out))  # plain JSON values, as a checkpoint stores them
+
+    def problems(self) -> list[str]:
+        """Per-field checks of every section (type, range) and the few within-section ones."""
+        problems = [
+            p
+            for section in dataclasses.fields(self)
+            for p in _field_problems(section.name, getattr(self, section.name))
+        ]
+        o, t, d = self.optim, self.train, self.data
+        if not problems:
+            if o.min_lr > o.lr:
+                problems.append(f"optim.min_lr ({o.min_lr}) must not exceed optim.lr ({o.lr})")
+            if t.max_steps is None and t.max_tokens is None:
+                problems.append("set train.max_steps or train.max_tokens: the run needs a length")
+            if not d.paths:
+                problems.append("data.paths is empty: give at least one preprocessed dataset directory")
+        return problems
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """Whether `value` (parsed JSON) fits the annotation `tp` (int, float, bool, str, Literal, list[X],
+    dict[str, X], X | None)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is Literal:
+        return value in args
+    if origin is list:
+        return isinstance(value, list) and all(_type_ok(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin is list:
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "booleans"}
+        return "a list of " + plural.get(args[0], _describe(args[0]))
+    if origin is dict:
+        return "an object"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+    )
+
+
+_BOUNDS = {
+    "ge": (">=", lambda v, b: v >= b),
+    "gt": (">", lambda v, b: v > b),
+    "le": ("<=", lambda v, b: v <= b),
+    "lt": ("<", lambda v, b: v < b),
+}
+
+
+def _field_problems(section: str, obj: Any) -> list[str]:
+    """Type and range problems of each field of one section, quoting the value."""
+    hints = typing.get_type_hints(type(obj))
+    problems = []
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{section}.{f.name}"
+        if not _type_ok(value, hints[f.name]):
+            hint = (
+                f', e.g. ["{value}"]'
+                if isinstance(value, str) and typing.get_origin(hints[f.name]) is list
+                else ""
+            )
+            problems.append(f"{key} ({value!r}) must be {_describe(hints[f.name])}{hint}")
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            broken = [
+                f"{op} {f.metadata[b]}"
+                for b, (op, ok) in _BOUNDS.items()
+                if b in f.metadata and not ok(v, f.metadata[b])
+            ]
+            if broken:
+                every = ": every entry" if isinstance(value, list) else ""
+                problems.append(f"{key} ({value!r}){every} must be {' and '.join(broken)}")
+                break
+    return problems
 
 
 class ConfigError(ValueError):
@@ -122,7 +228,8 @@ def _section_cls(name: str) -> type:
 
 
 def from_dict(d: dict[str, Any]) -> RunConfig:
-    """Build from a nested mapping; unknown sections or keys raise ConfigError listing the valid ones."""
+    """Build from a nested mapping and check every field; unknown sections or keys, wrong types and
+    out-of-range values raise one ConfigError listing every problem (and the valid keys)."""
     problems, sections = [], {}
     for name in d:
         if name not in _SECTIONS:
@@ -141,7 +248,11 @@ def from_dict(d: dict[str, Any]) -> RunConfig:
         sections[name] = cls(**values)
     if problems:
         raise ConfigError(problems)
-    return RunConfig(**sections)
+    run = RunConfig(**sections)
+    problems = run.problems()
+    if problems:
+        raise ConfigError(problems)
+    return run
 
 
 def _parse_value(text: str) -> Any:

@@ -1,80 +1,53 @@
 """Build the DeepSpeed engine: the plain GPT for ZeRO, the PipelineModule for pipelines.
 
 With ZeRO-3 the model is constructed under `deepspeed.zero.Init`, so parameters are partitioned as each
-module is built and the 1.5B is never whole on one rank. zero.Init partitions a submodule's parameters as
-soon as its own constructor returns, so GPT-2's initialisation (normal 0.02, scaled residual projections,
-zero biases, zero padded vocabulary rows) is applied afterwards, one module at a time, by
-`init_gpt_weights` with the module's parameters gathered.
+module is built and the 1.5B is never whole on one rank. The model owns its initialisation
+(`model.gpt2.init_weights`, each module's `reset_parameters`); training calls it after the build with the
+run's seed, gathering one module at a time under ZeRO-3, so every layout starts from the same weights.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from model.config import GPTConfig
-from model.gpt2 import GPT, INIT_STD
+from model.gpt2 import GPT, init_weights
 from model.optim import build_optimizer, param_groups
 from training.config import RunConfig, lr_at
 
 logger = logging.getLogger(__name__)
 
 
-def _init_param_(name: str, p: torch.Tensor, cfg: GPTConfig, seed: int) -> None:
-    """GPT-2's initial value for the parameter called `name` in the plain GPT. Each parameter draws from
-    its own generator, seeded by the run seed and its name, so a pipeline stage or a ZeRO-3 partition
-    gets exactly the values the whole plain model would."""
-    leaf = name.rsplit(".", 1)[-1]
-    if "ln_" in name:
-        nn.init.ones_(p) if leaf == "weight" else nn.init.zeros_(p)
-    elif leaf == "bias":
-        nn.init.zeros_(p)
-    else:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        residual = name.endswith("c_proj.weight")
-        std = INIT_STD / math.sqrt(2 * cfg.n_layer) if residual else INIT_STD
-        p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
-        if name.endswith("wte.weight") or name == "lm_head.weight":
-            p[cfg.vocab_size :].zero_()
-
-
-@torch.no_grad()
-def init_gpt_weights(model: nn.Module, cfg: GPTConfig, seed: int) -> None:
-    """GPT-2 initialisation of every parameter of a plain GPT, a ZeRO-3-partitioned one (parameters
-    gathered a module at a time, rank 0 writes, then re-partitioned) or a pipeline stage."""
+@contextmanager
+def _zero3_gathered(module: nn.Module) -> Iterator[bool]:
+    """A module's parameters made whole for initialisation: under ZeRO-3 gathered, written by rank 0 and
+    re-partitioned (broadcast) on exit; otherwise already whole and written by every rank."""
     import deepspeed
     import torch.distributed as dist
 
-    from model.pipeline import gpt_state_from_pipeline
-
-    pipeline = not isinstance(model, GPT)
-    rank0 = not dist.is_initialized() or dist.get_rank() == 0
-    for module_name, module in model.named_modules():
-        params = list(module.named_parameters(recurse=False))
-        if not params:
-            continue
-        zero3 = hasattr(params[0][1], "ds_id")
-        ctx = deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=0) if zero3 else _Null()
-        with ctx:
-            for pname, p in params:
-                name = f"{module_name}.{pname}" if module_name else pname
-                if pipeline:
-                    (name,) = gpt_state_from_pipeline({name: p}, cfg)
-                if rank0 or not zero3:
-                    _init_param_(name, p.data, cfg, seed)
+    params = list(module.parameters())
+    if not params or not hasattr(params[0], "ds_id"):
+        yield True
+        return
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+        yield dist.get_rank() == 0
 
 
-class _Null:
-    def __enter__(self) -> None:
-        return None
+def initialise(model: nn.Module, cfg: GPTConfig, seed: int) -> None:
+    """The model's own GPT-2 initialisation (`model.gpt2.init_weights`) for a plain GPT, a ZeRO-3-partitioned
+    one or a pipeline stage: every layout gets the values the whole plain model gets for this seed."""
+    from model.pipeline import gpt_module_name
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    def name(module_name: str) -> str:
+        return module_name if isinstance(model, GPT) else gpt_module_name(module_name, cfg)
+
+    init_weights(model, seed, gpt_name=name, gathered=_zero3_gathered)
 
 
 def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_stage: int) -> nn.Module:
@@ -86,20 +59,20 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
         pipe = build_pipeline(
             cfg, run.train.pipeline_stages, activation_checkpoint_func=non_reentrant_checkpoint
         )
-        init_gpt_weights(pipe, cfg, run.train.seed)
+        initialise(pipe, cfg, run.train.seed)
         return pipe
     if zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = GPT(cfg)
-        init_gpt_weights(model, cfg, run.train.seed)
+        initialise(model, cfg, run.train.seed)
         local = sum(p.ds_tensor.numel() for p in model.parameters())
         total = sum(p.ds_numel for p in model.parameters())
         logger.info("ZeRO-3: model built under zero.Init, %d of %d parameters on this rank", local, total)
         return model
     model = GPT(cfg)
-    init_gpt_weights(model, cfg, run.train.seed)
+    initialise(model, cfg, run.train.seed)
     if run.train.compile:
         # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager model.
         # The first step pays the compilation (tens of seconds on a CPU; cached in TORCHINDUCTOR_CACHE_DIR).

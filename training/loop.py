@@ -71,7 +71,7 @@ class Trainer:
         run: RunConfig,
         resolved: Resolved,
         engine: Any,
-        expected_hashes: dict[str, str],
+        expected: dict[str, Any],
         force_resume: bool,
     ) -> None:
         self.run, self.resolved, self.engine = run, resolved, engine
@@ -87,13 +87,13 @@ class Trainer:
         self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
         self.save_dir = Path(run.train.save_dir)
         self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
-        self.hashes = expected_hashes
-        client = checkpoint.load(engine, self.save_dir, expected_hashes, force_resume)
+        self.expected = expected  # what a checkpoint must match to be resumed (see checkpoint.load)
+        client = checkpoint.load(engine, self.save_dir, expected, force_resume)
         self.step = client["step"] if client else 0
         self.consumed = client["consumed_samples"] if client else 0
         self.skipped = client.get("skipped_steps", 0) if client else 0
         self.flops_per_token = flops_per_token(resolved.model, run.data.seq_len)
-        self.peak = peak_flops(run.train.precision, run.train.peak_tflops)
+        self.peak = peak_flops(resolved.precision.precision, run.train.peak_tflops)
 
     # ---- one step ----------------------------------------------------------------------------------
 
@@ -105,8 +105,6 @@ class Trainer:
         for _ in range(self.resolved.grad_accum):
             x, y = self._to_device(next(it))
             _, loss = self.engine(x, y)
-            if self.step + 1 in self.run.train.nan_loss_at_steps:
-                loss = loss * float("nan")
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach().float())
@@ -190,7 +188,7 @@ class Trainer:
             "consumed_samples": self.consumed,
             "skipped_steps": self.skipped,
             "consumed_tokens": self.consumed * self.run.data.seq_len,
-            **self.hashes,
+            **self.expected,
         }
         checkpoint.save(self.engine, self.save_dir, self.step, client, self.run.train.keep_last)
 

@@ -8,14 +8,18 @@ overriding them. The ZeRO stage lives only in the JSON. Every problem is collect
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from model.config import GPTConfig
 from model.presets import get_preset
+from training import precision
 from training.config import ConfigError, RunConfig
+from training.precision import PrecisionChoice
 
 PIPELINE_ZERO_MSG = (
     "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only: train.pipeline_stages is {stages} but "
@@ -26,14 +30,18 @@ PIPELINE_ZERO_MSG = (
 
 @dataclass(frozen=True)
 class Resolved:
-    """What validation decided: the model config, the filled DeepSpeed config, the batch split."""
+    """What validation decided: the model config, the filled DeepSpeed config, the batch split, the
+    precision (and why)."""
 
     model: GPTConfig
     ds_config: dict[str, Any]
-    dp_size: int
     grad_accum: int
     zero_stage: int
-    vocab_from_data: int | None
+    precision: PrecisionChoice
+
+
+# (requested precision, device type, model width, rows of a micro-batch) -> the choice; measures the device.
+PrecisionChooser = Callable[[str, str, int, int], PrecisionChoice]
 
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
@@ -41,9 +49,14 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
     if not p.exists():
         raise ConfigError([f"--ds_config {p}: file not found (see ds_configs/ for ready ones)"])
     try:
-        return json.loads(p.read_text())
+        ds = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError([f"--ds_config {p}: not valid JSON ({e})"]) from e
+    if not isinstance(ds, dict):
+        raise ConfigError(
+            [f"--ds_config {p}: must hold a JSON object ({{...}}), got {type(ds).__name__} {ds!r:.60}"]
+        )
+    return ds
 
 
 def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
@@ -83,43 +96,21 @@ def _model_config(run: RunConfig, vocab: int | None, problems: list[str]) -> GPT
         return None
 
 
-def _fill(ds: dict[str, Any], key: str, value: Any, source: str, problems: list[str], path: str) -> None:
-    """Set `key` to `value` unless the JSON already says something else (then: a contradiction)."""
-    current = ds.get(key, "auto")
-    if current == "auto":
-        ds[key] = value
-    elif current != value:
-        problems.append(
-            f"{path} sets {key}={current!r} but the run config gives {value!r} ({source}); "
-            f"remove it from the JSON (the run fills it) or make them agree"
-        )
-
-
-def validate(
-    run: RunConfig, ds_json: dict[str, Any], ds_path: str, world_size: int, device_type: str
-) -> Resolved:
-    """Every check of the run against itself, the DeepSpeed JSON, the data and the world. Raises
-    ConfigError listing all problems."""
+def _parallel(
+    run: RunConfig, model: GPTConfig | None, vocab: int | None, stage: int, world: int, ds_path: str
+) -> tuple[int, list[str]]:
+    """The data-parallel size, and the problems of pipeline stages, ZeRO, compile, context and vocab."""
     problems: list[str] = []
-    t, ds = run.train, copy.deepcopy(ds_json)
-    vocab = _data_vocab(run, problems)
-    model = _model_config(run, vocab, problems)
-    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
-    stages = t.pipeline_stages
-
-    if stages < 1:
-        problems.append(f"train.pipeline_stages ({stages}) must be >= 1")
-        stages = 1
-    if t.compile and (stages > 1 or stage == 3):
+    stages = run.train.pipeline_stages
+    if run.train.compile and (stages > 1 or stage == 3):
         problems.append(
             f"train.compile is supported with ZeRO stage 0-2 without pipeline stages, not with "
             f"train.pipeline_stages {stages} and {ds_path} (ZeRO stage {stage}); set train.compile=false"
         )
     if stages > 1 and stage >= 2:
         problems.append(PIPELINE_ZERO_MSG.format(stages=stages, path=ds_path, stage=stage))
-    if world_size % stages:
-        problems.append(f"world size ({world_size}) must be a multiple of train.pipeline_stages ({stages})")
-    dp = max(world_size // stages, 1)
+    if world % stages:
+        problems.append(f"world size ({world}) must be a multiple of train.pipeline_stages ({stages})")
     if model is not None:
         if stages > model.n_layer:
             problems.append(
@@ -136,47 +127,109 @@ def validate(
                 f"the data's tokenizer has {vocab} ids but model.vocab_size is {model.vocab_size}: "
                 "token ids would index past the embedding; remove the vocab_size override"
             )
+    return max(world // stages, 1), problems
 
+
+def _batch(run: RunConfig, dp: int) -> tuple[int, int, list[str]]:
+    """(grad_accum, global batch, problems) from micro_batch, grad_accum / global_batch and dp."""
+    t = run.train
     accum = t.grad_accum
+    problems = []
     if t.global_batch is not None:
-        per_step = t.micro_batch * dp
         if accum is None:
-            accum = max(t.global_batch // per_step, 1)
+            accum = max(t.global_batch // (t.micro_batch * dp), 1)
         if t.global_batch != t.micro_batch * accum * dp:
             problems.append(
                 f"train.global_batch ({t.global_batch}) must equal micro_batch ({t.micro_batch}) x "
                 f"grad_accum ({accum}) x data-parallel size ({dp}) = {t.micro_batch * accum * dp}"
             )
     accum = accum or 1
-    global_batch = t.micro_batch * accum * dp
+    return accum, t.micro_batch * accum * dp, problems
 
-    if t.precision == "fp16" and device_type == "cpu":
+
+def _fill(ds: dict[str, Any], key: str, value: Any, source: str, problems: list[str], path: str) -> None:
+    """Set `key` to `value` unless the JSON already says something else (then: a contradiction)."""
+    current = ds.get(key, "auto")
+    if current == "auto":
+        ds[key] = value
+    elif current != value:
         problems.append(
-            "train.precision fp16 is not supported on CPU (DeepSpeed refuses it); use bf16 or fp32"
+            f"{path} sets {key}={current!r} but the run config gives {value!r} ({source}); "
+            f"remove it from the JSON (the run fills it) or make them agree"
         )
+
+
+def _precision(
+    run: RunConfig,
+    ds: dict[str, Any],
+    ds_path: str,
+    device_type: str,
+    model: GPTConfig | None,
+    choose: PrecisionChooser,
+    problems: list[str],
+) -> PrecisionChoice:
+    """Resolve train.precision ("auto" measures the device; an explicit bf16/fp16 in the DeepSpeed JSON
+    decides "auto"), and fill or check the JSON's bf16/fp16 sections."""
+    requested = run.train.precision
+    in_json = [n for n in ("bf16", "fp16") if ds.get(n, {}).get("enabled") is True]
+    if requested == "auto" and in_json:
+        requested = in_json[0]
+    if model is None:  # the model config has problems already reported: nothing to measure
+        choice = PrecisionChoice(precision=requested, requested=requested, reason="not resolved")
+    else:
+        choice = choose(requested, device_type, model.n_embd, run.train.micro_batch * run.data.seq_len)
+    if run.train.precision == "auto" and in_json:
+        choice = dataclasses.replace(
+            choice, requested="auto", reason=f"{ds_path} sets {in_json[0]}.enabled true"
+        )
+    if choice.precision == "fp16" and device_type == "cpu":
+        problems.append(
+            "train.precision fp16 is not supported on CPU (DeepSpeed refuses it); use auto, bf16 or fp32"
+        )
+    for name in ("bf16", "fp16"):
+        enabled = ds.get(name, {}).get("enabled", False)
+        want = choice.precision == name
+        if enabled == "auto" or name not in ds:
+            ds.setdefault(name, {})["enabled"] = want
+        elif bool(enabled) != want:
+            problems.append(
+                f"{ds_path} sets {name}.enabled={enabled} but train.precision is {run.train.precision!r}; "
+                "make them agree (or drop the section and let the run fill it)"
+            )
+    return choice
+
+
+def validate(
+    run: RunConfig,
+    ds_json: dict[str, Any],
+    ds_path: str,
+    world_size: int,
+    device_type: str,
+    choose_precision: PrecisionChooser = precision.choose,
+) -> Resolved:
+    """Every check of the run against the DeepSpeed JSON, the data and the world (the config's own fields
+    were checked when it was built). Raises ConfigError listing all problems."""
+    problems: list[str] = []
+    ds = copy.deepcopy(ds_json)
+    vocab = _data_vocab(run, problems)
+    model = _model_config(run, vocab, problems)
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    dp, parallel_problems = _parallel(run, model, vocab, stage, world_size, ds_path)
+    accum, global_batch, batch_problems = _batch(run, dp)
+    problems += parallel_problems + batch_problems
     for key in ("optimizer", "scheduler"):
         if key in ds:
             problems.append(
                 f"{ds_path} has an {key!r} section, but the run config owns the optimizer and the "
                 "learning-rate schedule (section 'optim'); remove it from the JSON"
             )
+    t = run.train
     _fill(ds, "train_micro_batch_size_per_gpu", t.micro_batch, "train.micro_batch", problems, ds_path)
     _fill(ds, "gradient_accumulation_steps", accum, "train.grad_accum", problems, ds_path)
     _fill(ds, "train_batch_size", global_batch, "train.global_batch", problems, ds_path)
     _fill(ds, "gradient_clipping", run.optim.grad_clip, "optim.grad_clip", problems, ds_path)
-    for name in ("bf16", "fp16"):
-        enabled = ds.get(name, {}).get("enabled", False)
-        want = t.precision == name
-        if enabled == "auto" or name not in ds:
-            ds.setdefault(name, {})["enabled"] = want
-        elif bool(enabled) != want:
-            problems.append(
-                f"{ds_path} sets {name}.enabled={enabled} but train.precision is {t.precision!r}; "
-                "make them agree (or drop the section and let the run fill it)"
-            )
+    choice = _precision(run, ds, ds_path, device_type, model, choose_precision, problems)
     if problems:
         raise ConfigError(problems)
     assert model is not None
-    return Resolved(
-        model=model, ds_config=ds, dp_size=dp, grad_accum=accum, zero_stage=stage, vocab_from_data=vocab
-    )
+    return Resolved(model=model, ds_config=ds, grad_accum=accum, zero_stage=stage, precision=choice)

@@ -54,6 +54,12 @@ class LayerNorm(nn.Module):
         self.eps = eps
         self.impl = impl
 
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Weight one, bias zero (``generator`` is accepted for a uniform init interface; unused)."""
+        self.weight.fill_(1.0)
+        self.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., d] -> [..., d]``."""
         return layer_norm(x, self.weight, self.bias, self.eps, self.impl)

@@ -183,3 +183,29 @@ def test_model_traces_for_torch_compile_without_graph_breaks(checkpointing: bool
     explained = torch._dynamo.explain(model)(idx, targets)
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_init_weights_is_gpt2s_and_owned_by_the_modules():
+    from model.gpt2 import INIT_OWNERS, init_weights
+
+    cfg = get_preset("tiny", vocab_size=500, n_layer=4, n_embd=128)
+    a, b = GPT(cfg), GPT(cfg)
+    init_weights(a, seed=3)
+    init_weights(b, seed=3)
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q), name  # the seed alone decides
+    # Every parameter is initialised by exactly one owning module.
+    owned = [p for m in a.modules() if isinstance(m, INIT_OWNERS) for p in m.parameters()]
+    assert sorted(map(id, owned)) == sorted(id(p) for p in a.parameters())
+    params = dict(a.named_parameters())
+    residual = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name, p in params.items():
+        if name.endswith("bias") or ".ln_" in name or name.startswith("ln_f"):
+            expected = 1.0 if name.endswith("weight") else 0.0
+            assert torch.all(p == expected), name
+        elif name.endswith("c_proj.weight"):
+            assert abs(p.std().item() - residual) < 0.1 * residual, name
+        else:
+            rows = p[: cfg.vocab_size] if name == "embed.wte.weight" else p
+            assert abs(rows.std().item() - 0.02) < 0.002, name
+    assert torch.all(params["embed.wte.weight"][cfg.vocab_size :] == 0)  # padded vocabulary rows

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from data_tools.pipeline import CleanConfig
+from data_tools.parallel import CleanConfig
 from data_tools.preprocess import PreprocessConfig, preprocess
 from data_tools.sources import Problems, SourceConfig, iter_documents
 from data_tools.train_tokenizer import train
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+ENTRY = ROOT / "pretrain_gpt.py"
+FAULT_WORKER = Path(__file__).with_name("fault_worker.py")  # pretrain_gpt.py with injected faults
 
 
 @pytest.fixture(scope="session")
@@ -70,19 +72,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def env(tmp_path: Path) -> dict[str, str]:
+def env(tmp_path: Path, faults: dict | None = None) -> dict[str, str]:
     """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and private extension and
-    compile caches, so nothing is shared with other processes on the machine."""
+    compile caches, so nothing is shared with other processes on the machine. `faults` go to
+    fault_worker.py."""
     return dict(
         os.environ,
         OMP_NUM_THREADS="1",
         TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
         TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
         PYTHONPATH=str(ROOT),
+        FAULTS=json.dumps(faults or {}),
     )
 
 
-def deepspeed_cmd(config: Path, ds_config: str, *extra: str, ranks: int = 2) -> list[str]:
+def deepspeed_cmd(
+    config: Path, ds_config: str, *extra: str, ranks: int = 2, script: Path = ENTRY
+) -> list[str]:
     return [
         str(BIN / "deepspeed"),
         "--num_gpus",
@@ -91,7 +97,7 @@ def deepspeed_cmd(config: Path, ds_config: str, *extra: str, ranks: int = 2) -> 
         "127.0.0.1",
         "--master_port",
         str(free_port()),
-        str(ROOT / "pretrain_gpt.py"),
+        str(script),
         "--config",
         str(config),
         "--ds_config",
@@ -100,10 +106,10 @@ def deepspeed_cmd(config: Path, ds_config: str, *extra: str, ranks: int = 2) -> 
     ]
 
 
-def single_cmd(config: Path, ds_config: str, *extra: str) -> list[str]:
+def single_cmd(config: Path, ds_config: str, *extra: str, script: Path = ENTRY) -> list[str]:
     return [
         sys.executable,
-        str(ROOT / "pretrain_gpt.py"),
+        str(script),
         "--config",
         str(config),
         "--ds_config",
@@ -112,11 +118,13 @@ def single_cmd(config: Path, ds_config: str, *extra: str) -> list[str]:
     ]
 
 
-def run(cmd: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], tmp_path: Path, timeout: int = 300, faults: dict | None = None
+) -> subprocess.CompletedProcess:
     shm_before = set(glob.glob("/dev/shm/deepspeed_*"))
     try:
         return subprocess.run(
-            cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=timeout
+            cmd, cwd=ROOT, env=env(tmp_path, faults), capture_output=True, text=True, timeout=timeout
         )
     finally:
         for leftover in set(glob.glob("/dev/shm/deepspeed_*")) - shm_before:

@@ -111,3 +111,61 @@ def test_run_length_from_max_steps_or_max_tokens():
     assert total_steps(run, global_batch=16) == 11
     run = from_dict({"train": {"max_steps": 7}})
     assert total_steps(run, global_batch=16) == 7
+
+
+def test_every_field_is_checked_for_type_and_range_at_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    overrides = [
+        "train.micro_batch=abc",
+        "train.log_interval=0",
+        "optim.lr=0",
+        "optim.beta2=1.5",
+        "data.paths=runs/demo/data",
+        "data.weights=[1, -2]",
+        "train.precision=bf15",
+        "train.max_steps=null",
+    ]
+    assert pretrain_gpt.main(["--set", *overrides]) == 2
+    err = capsys.readouterr().err
+    for expected in (
+        "train.micro_batch ('abc') must be an integer",
+        "train.log_interval (0) must be >= 1",
+        "optim.lr (0) must be > 0",
+        "optim.beta2 (1.5) must be < 1",
+        "data.paths ('runs/demo/data') must be a list of strings, e.g. [\"runs/demo/data\"]",
+        "data.weights ([1, -2]): every entry must be > 0",
+        "train.precision ('bf15') must be one of 'auto', 'fp32', 'bf16', 'fp16'",
+    ):
+        assert expected in err, (expected, err)
+    assert "Traceback" not in err
+    assert pretrain_gpt.main(["--set", "train.micro_batch=-2"]) == 2
+    assert "train.micro_batch (-2) must be >= 1" in capsys.readouterr().err
+    assert pretrain_gpt.main(["--set", "train.max_steps=null"]) == 2
+    assert "set train.max_steps or train.max_tokens" in capsys.readouterr().err
+
+
+def test_ds_config_that_is_not_an_object(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    (tmp_path / "ds.json").write_text("[1, 2]")
+    assert pretrain_gpt.main(["--ds_config", str(tmp_path / "ds.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"--ds_config {tmp_path / 'ds.json'}: must hold a JSON object" in err and "Traceback" not in err
+
+
+def test_resume_differences_name_each_setting():
+    from training.checkpoint import resume_differences
+
+    run = from_dict({"optim": {"lr": 1e-3}})
+    saved = {"resume_config": run.resume_values("bf16"), "tokenizer": "t1", "data_manifest": "d1"}
+    now = {
+        "resume_config": from_dict({"optim": {"lr": 2e-3}, "train": {"log_interval": 1}}).resume_values(
+            "fp32"
+        ),
+        "tokenizer": "t1",
+        "data_manifest": "d2",
+        "data_paths": ["new"],
+    }
+    diffs = resume_differences(saved, now)
+    assert diffs[0] == "optim.lr: 0.001 in the checkpoint, 0.002 now"
+    assert diffs[1] == 'train.precision: "bf16" in the checkpoint, "fp32" now'
+    assert diffs[2].startswith("the data: manifest hashes d1") and len(diffs) == 3  # log_interval may change

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 
 import psutil
 import pytest
 
-from .conftest import ROOT, check, deepspeed_cmd, env, losses, run, run_config
+from .conftest import FAULT_WORKER, check, deepspeed_cmd, losses, run, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -47,33 +45,23 @@ def test_sigkill_then_resume_is_bit_exact(tiny_data, tmp_path, mode):
     check(run(deepspeed_cmd(config_with_dropout(ref_dir, tiny_data, **train), ds_config), ref_dir))
     reference = losses(ref_dir / "ckpt")
 
-    cmd = deepspeed_cmd(config_with_dropout(cut_dir, tiny_data, **train), ds_config)
-    launcher = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env(cut_dir),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    # Rank 1 dies by SIGKILL as step 7 starts, right after the step-6 checkpoint.
+    config = config_with_dropout(cut_dir, tiny_data, **train)
+    cut = run(
+        deepspeed_cmd(config, ds_config, script=FAULT_WORKER),
+        cut_dir,
+        timeout=240,
+        faults={"sigkill_at_step": [1, 7]},
     )
+    ended = time.time()
+    assert cut.returncode != 0, "a dead rank must fail the job"
+    killed_at = float((cut_dir / "ckpt" / "sigkilled_at").read_text())
+    assert ended - killed_at < 60, "the job must end promptly, not hang"
     latest = cut_dir / "ckpt" / "latest"
-    deadline = time.time() + 240
-    while time.time() < deadline and launcher.poll() is None:
-        if latest.exists() and int(latest.read_text().strip().removeprefix("global_step")) >= 6:
-            break
-        time.sleep(0.01)
-    victims = rank_processes(launcher)
-    assert launcher.poll() is None and victims, "the run must still be going when a rank is killed"
-    os.kill(victims[-1].pid, signal.SIGKILL)
-    killed_at = time.time()
-    code = launcher.wait(timeout=120)
-    assert code != 0, "a dead rank must fail the job"
-    assert time.time() - killed_at < 60, "the job must end promptly, not hang"
-    resumed_from = int(latest.read_text().strip().removeprefix("global_step"))
-    assert 6 <= resumed_from < 16
+    assert latest.read_text().strip() == "global_step6"
 
-    result = check(run(cmd, cut_dir))
-    assert f"resumed from {cut_dir / 'ckpt' / f'global_step{resumed_from}'}" in result.stdout
+    result = check(run(deepspeed_cmd(config, ds_config), cut_dir))
+    assert f"resumed from {cut_dir / 'ckpt' / 'global_step6'}" in result.stdout
     after = losses(cut_dir / "ckpt")
-    for step in range(resumed_from + 1, 17):
+    for step in range(7, 17):
         assert after[step] == reference[step], (step, after[step], reference[step])

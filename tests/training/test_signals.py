@@ -8,15 +8,27 @@ import time
 
 import pytest
 
-from .conftest import ROOT, check, deepspeed_cmd, env, run, run_config
+from .conftest import ROOT, check, deepspeed_cmd, env, losses, run, run_config
 from .test_resume import rank_processes
 
 pytestmark = pytest.mark.slow
 
 
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory) -> dict[int, float]:
+    """The losses of an uninterrupted run of STEPS steps."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    cfg = run_config(tmp, tiny_data, max_steps=STEPS, save_interval=100000, eval_interval=0)
+    check(run(deepspeed_cmd(cfg, "zero2_cpu.json"), tmp))
+    return losses(tmp / "ckpt")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_signal_saves_and_exits_zero(tiny_data, tmp_path, sig):
-    cfg = run_config(tmp_path, tiny_data, max_steps=100000, save_interval=100000, eval_interval=0)
+def test_signal_saves_and_exits_zero(tiny_data, tmp_path, sig, reference):
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, save_interval=100000, eval_interval=0)
     log = open(tmp_path / "launcher.log", "w")  # a file, not a pipe: a full pipe would stall the ranks
     launcher = subprocess.Popen(
         deepspeed_cmd(cfg, "zero2_cpu.json"),
@@ -39,8 +51,11 @@ def test_signal_saves_and_exits_zero(tiny_data, tmp_path, sig):
     assert f"stop requested (signal {int(sig)})" in out
     tag = (tmp_path / "ckpt" / "latest").read_text().strip()
     step = int(tag.removeprefix("global_step"))
-    assert 3 <= step < 100000 and (tmp_path / "ckpt" / tag).is_dir()
-    # The saved step resumes.
-    cfg2 = run_config(tmp_path, tiny_data, max_steps=step + 2, save_interval=100000, eval_interval=0)
-    result = check(run(deepspeed_cmd(cfg2, "zero2_cpu.json"), tmp_path))
+    assert 3 <= step < STEPS, "the run must stop early, at the signal"
+    assert f"saved at step {step}, exiting" in out
+    # The saved step resumes, and the run continues exactly as the uninterrupted one.
+    result = check(run(deepspeed_cmd(cfg, "zero2_cpu.json"), tmp_path))
     assert f"resumed from {tmp_path / 'ckpt' / tag} at step {step}" in result.stdout
+    after = losses(tmp_path / "ckpt")
+    assert sorted(after) == list(range(1, STEPS + 1))
+    assert all(after[s] == reference[s] for s in after), (after, reference)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import check, deepspeed_cmd, losses, run, run_config, single_cmd
+from .conftest import FAULT_WORKER, ROOT, check, deepspeed_cmd, losses, run, run_config, single_cmd
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +25,27 @@ def test_loss_falls_on_stdlib_shards(tiny_data, tmp_path):
     assert list((tmp_path / "ckpt" / "tensorboard").glob("events.out.tfevents.*"))
     saved = json.loads((tmp_path / "ckpt" / "ds_config.json").read_text())
     assert saved["train_batch_size"] == 16 and saved["zero_optimization"]["stage"] == 2
-    assert (
-        json.loads((tmp_path / "ckpt" / "run_config.json").read_text())["resolved_model"]["vocab_size"] == 600
-    )
+    resolved = json.loads((tmp_path / "ckpt" / "run_config.json").read_text())["resolved"]
+    assert resolved["model"]["vocab_size"] == 600 and resolved["precision"] == "fp32"
 
 
 def test_nan_loss_is_skipped_then_repeated_nans_abort(tiny_data, tmp_path):
-    cfg = run_config(tmp_path, tiny_data, max_steps=6, nan_loss_at_steps=[3])
-    check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    cfg = run_config(tmp_path, tiny_data, max_steps=6)
+    check(
+        run(
+            single_cmd(cfg, "zero2_cpu.json", script=FAULT_WORKER),
+            tmp_path,
+            faults={"nan_loss_at_steps": [3]},
+        )
+    )
     lines = [json.loads(x) for x in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     assert 3 not in {x["step"] for x in lines} and lines[-1]["skipped_steps"] == 1
     assert all(x["loss"] == x["loss"] for x in lines)  # no NaN reached the weights
 
     (tmp_path / "b").mkdir()
-    cfg = run_config(tmp_path / "b", tiny_data, max_steps=10, nan_loss_at_steps=[2, 3, 4], max_bad_steps=3)
-    result = run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)
+    cfg = run_config(tmp_path / "b", tiny_data, max_steps=10, max_bad_steps=3)
+    faults = {"nan_loss_at_steps": [2, 3, 4]}
+    result = run(single_cmd(cfg, "zero2_cpu.json", script=FAULT_WORKER), tmp_path, faults=faults)
     assert result.returncode == 3
     assert (
         "3 steps in a row had a non-finite loss (train.max_bad_steps = 3); stopping at step 4"
@@ -47,22 +53,30 @@ def test_nan_loss_is_skipped_then_repeated_nans_abort(tiny_data, tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    ("ds_config", "train"),
-    [
-        ("zero2.json", {"precision": "bf16"}),
-        ("zero3.json", {"precision": "bf16"}),
-        ("pipeline_zero1.json", {"precision": "bf16", "pipeline_stages": 2}),
-        ("zero3_offload.json", {"precision": "bf16"}),  # builds DeepSpeedCPUAdam once (about 1.5 min)
-        ("zero3_offload_cpu.json", {}),
-    ],
-)
-def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config, train):
-    cfg = run_config(tmp_path, tiny_data, max_steps=4, eval_interval=2, save_interval=4, **train)
-    check(run(deepspeed_cmd(cfg, ds_config), tmp_path))
+SHIPPED_DS_CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("ds_config", SHIPPED_DS_CONFIGS)
+def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config):
+    """Each file of ds_configs/ trains and the loss falls. The GPU files enable bf16 and so run in bf16
+    here (precision auto defers to the JSON); zero3_offload.json builds DeepSpeedCPUAdam (about 1.5 min)."""
+    stages = 2 if ds_config.startswith("pipeline") else 1
+    cfg = run_config(
+        tmp_path,
+        tiny_data,
+        max_steps=8,
+        eval_interval=4,
+        save_interval=8,
+        precision="auto",
+        pipeline_stages=stages,
+    )
+    result = check(run(deepspeed_cmd(cfg, ds_config, "--set", "optim.lr=3e-3"), tmp_path, timeout=600))
     by_step = losses(tmp_path / "ckpt")
-    assert sorted(by_step) == [1, 2, 3, 4] and all(v == v for v in by_step.values())
-    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "global_step4"
+    assert sorted(by_step) == list(range(1, 9)), by_step
+    assert by_step[8] < by_step[1] - 0.3, by_step
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == "global_step8"
+    if "bf16" in (ROOT / "ds_configs" / ds_config).read_text():
+        assert "precision bf16 (train.precision auto): " in result.stdout
 
 
 def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp_path, tmp_path_factory):
@@ -72,6 +86,16 @@ def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp
         "global_step3",
         "global_step4",
     ]
+
+    # A changed hyperparameter: refused, naming the setting with both values and nothing else.
+    result = run(single_cmd(cfg, "zero2_cpu.json", "--set", "optim.lr=2e-3", "train.seed=7"), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "optim.lr: 0.001 in the checkpoint, 0.002 now" in result.stderr
+    assert "train.seed: 1234 in the checkpoint, 7 now" in result.stderr
+    assert "the data" not in result.stderr and "the tokenizer" not in result.stderr
+    # Settings outside the resume check (intervals, run length) may change.
+    cfg5 = run_config(tmp_path, tiny_data, max_steps=5, save_interval=1, keep_last=2, log_interval=2)
+    assert "resumed from" in check(run(single_cmd(cfg5, "zero2_cpu.json"), tmp_path)).stdout
 
     from data_tools.preprocess import PreprocessConfig, preprocess
     from data_tools.sources import SourceConfig
@@ -88,7 +112,8 @@ def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp
         )
     )
     result = run(single_cmd(run_config(tmp_path, other / "tok500", max_steps=6), "zero2_cpu.json"), tmp_path)
-    assert result.returncode == 2 and "was written with a different tokenizer" in result.stderr
+    assert result.returncode == 2 and "was written by a run that differs from this one in:" in result.stderr
+    assert "the tokenizer: " in result.stderr
     # Other shards with the same tokenizer (half the corpus): refused, then resumed with --force-resume.
     (other / "half.jsonl").write_text("".join(corpus.read_text().splitlines(keepends=True)[::2]))
     preprocess(
@@ -102,8 +127,8 @@ def test_resume_refuses_other_data_unless_forced_and_keeps_last_k(tiny_data, tmp
     cfg = run_config(tmp_path, other / "half", max_steps=6, save_interval=1, keep_last=2)
     result = run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)
     assert result.returncode == 2
-    assert "was written with a different data_manifest" in result.stderr and "--force-resume" in result.stderr
-    assert "tokenizer (" not in result.stderr
+    assert "the data: manifest hashes" in result.stderr and "--force-resume" in result.stderr
+    assert "the tokenizer" not in result.stderr and "optim." not in result.stderr
     result = check(run(single_cmd(cfg, "zero2_cpu.json", "--force-resume"), tmp_path))
     assert "resumed from" in result.stdout and "step 6/6" in result.stdout
 

@@ -1,0 +1,50 @@
+"""pretrain_gpt.py with faults injected, for tests only; run it in place of pretrain_gpt.py.
+
+The faults come from the environment variable FAULTS, a JSON object:
+  {"nan_loss_at_steps": [3, 4]}          the training loss of these optimizer steps (1-based) is NaN, so the
+                                         non-finite gradients reach DeepSpeed as a real divergence would
+  {"sigkill_at_step": [rank, step]}      that rank kills itself with SIGKILL when step `step` starts (after
+                                         writing the time to save_dir/sigkilled_at)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import pretrain_gpt  # noqa: E402
+from model.gpt2 import GPT  # noqa: E402
+from training.loop import Trainer  # noqa: E402
+
+
+def install(faults: dict) -> None:
+    current = {"step": 0}  # the step being trained, 1-based
+    nan_steps = set(faults.get("nan_loss_at_steps", []))
+    kill = faults.get("sigkill_at_step")
+    forward, train_step = GPT.forward, Trainer.train_step
+
+    def faulty_forward(self, idx, targets=None, return_logits=False):
+        logits, loss = forward(self, idx, targets, return_logits)
+        if loss is not None and self.training and current["step"] in nan_steps:
+            loss = loss * float("nan")
+        return logits, loss
+
+    def faulty_train_step(self, it):
+        current["step"] = self.step + 1
+        if kill and self.rank == kill[0] and current["step"] == kill[1]:
+            (self.save_dir / "sigkilled_at").write_text(f"{time.time()}\n")  # for the test's timing
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train_step(self, it)
+
+    GPT.forward, Trainer.train_step = faulty_forward, faulty_train_step
+
+
+if __name__ == "__main__":
+    install(json.loads(os.environ.get("FAULTS", "{}")))
+    pretrain_gpt._exit_now(pretrain_gpt.main())
