@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from data_tools.dataset import BlendedDataset, PackedDataset, SampleOrder, open_split
-from data_tools.sources import DataError
+from data_tools.errors import DataError
 from training.config import RunConfig
 
 logger = logging.getLogger(__name__)
