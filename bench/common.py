@@ -1,0 +1,336 @@
+"""What the benchmarks share: the machine they ran on, which precisions run natively here, a dense-matmul
+peak for MFU, and one results JSON per run under bench/results/ (rendered by bench/report.py).
+
+A results JSON holds: the benchmark's name and exact command, start/finish times, the machine (CPU model, the
+full /proc/cpuinfo flags line and the bf16-relevant flags, cores, torch/deepspeed/transformers/tokenizers
+versions), what `train.precision = "auto"` picks here and why, the benchmark's own figures, the rows of the
+README table (`table`) and every line the run printed (`printed`, the final ratio line last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+SCHEMA = 1
+PACKAGES = ("torch", "deepspeed", "transformers", "tokenizers")
+TABLE_KEYS = ("benchmark", "setting", "precision", "native", "baseline", "ours", "ratio", "how")
+RESULT_KEYS = ("schema", "benchmark", "command", "started", "finished", "machine", "precision", "figures")
+
+
+# ---- the machine -------------------------------------------------------------------------------------
+
+
+def cpu_flags() -> list[str]:
+    """Every flag of the first CPU in /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return value.split()
+    return []
+
+
+def cpu_tag(model: str, flags: Sequence[str]) -> str:
+    """A short file-name tag for a CPU: its model's first words and its best matmul extension, e.g.
+    ``amd-epyc-avx2``, ``intel-xeon-platinum-8480-amx``."""
+    words = re.sub(r"\(r\)|\(tm\)|\bcpu\b|\bprocessor\b|@.*|\d+-core", " ", model.lower())
+    name = "-".join(re.findall(r"[a-z0-9+]+", words)[:4]).replace("+", "p") or platform.machine()
+    for flag, isa in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512")):
+        if flag in flags:
+            return f"{name}-{isa}"
+    return f"{name}-avx2" if "avx2" in flags else name
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU (model, all flags, the bf16-relevant ones), cores, GPU if any, and package versions."""
+    import torch
+
+    from training.precision import BF16_CPU_FLAGS, cpu_model_and_flags
+
+    model, bf16_flags = cpu_model_and_flags()
+    flags = cpu_flags()
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "cpu_model": model,
+        "cpu_tag": cpu_tag(model, flags),
+        "cpu_flags": " ".join(flags),
+        "bf16_flags": list(bf16_flags),
+        "bf16_flags_missing": [f for f in BF16_CPU_FLAGS if f not in bf16_flags],
+        "simd_flags": [f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """One line: CPU model, cores, the bf16-relevant flags it has and lacks, versions."""
+    have = ", ".join(machine["bf16_flags"]) or "none"
+    lacks = ", ".join(machine["bf16_flags_missing"]) or "none"
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    return (
+        f"machine: {machine['cpu_model']} ({machine['cpu_tag']}), {machine['cores']} cores, torch CPU "
+        f"capability {machine['torch_cpu_capability']}, bf16 flags: {have} (lacks: {lacks}); {versions}"
+    )
+
+
+# ---- which precisions are native ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PrecisionSupport:
+    """Whether a precision runs natively here, its matmul speed relative to fp32, and the label to print."""
+
+    precision: str
+    native: bool
+    vs_fp32: float  # matmul throughput / fp32's, measured by training.precision.probe_cpu
+    label: str
+
+    @property
+    def note(self) -> str:
+        """'native' or 'emulated, 0.05 of fp32', for the table."""
+        if self.precision == "fp32":
+            return "native"
+        return f"{'native' if self.native else 'emulated'}, {self.vs_fp32:.2f} of fp32"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def precision_support(n_embd: int, rows: int, threads: int) -> tuple[dict[str, PrecisionSupport], Any]:
+    """Per precision (fp32, bf16): native here or not; and the `PrecisionChoice` of train.precision="auto".
+
+    Runs `training.precision.probe_cpu` (the model's MLP matmul in both dtypes, under a second) on
+    ``threads`` threads. bf16 counts as not native exactly when `decide("bf16", ...)` warns that it runs
+    far slower than fp32 (below `SLOW_BF16_WARNING` of fp32's speed: emulated, as on AVX2-only CPUs).
+    """
+    from training.precision import DeviceInfo, cpu_model_and_flags, decide, probe_cpu
+
+    name, flags = cpu_model_and_flags()
+    with torch_threads(threads):
+        figures = probe_cpu(n_embd, rows)
+    info = DeviceInfo(device_type="cpu", name=name, cpu_flags=flags, figures=figures)
+    native = decide("bf16", info).warning is None
+    speed = figures.bf16_speedup
+    where = "on this CPU"
+    label = (
+        f"bf16 (native {where}, {speed:.2f}x fp32)"
+        if native
+        else f"bf16 (not native {where}: emulated, {speed:.2f} of fp32)"
+    )
+    support = {
+        "fp32": PrecisionSupport(precision="fp32", native=True, vs_fp32=1.0, label="fp32 (native)"),
+        "bf16": PrecisionSupport(precision="bf16", native=native, vs_fp32=speed, label=label),
+    }
+    return support, decide("auto", info)
+
+
+def precision_record(support: dict[str, PrecisionSupport], auto: Any) -> dict[str, Any]:
+    """The JSON form of `precision_support`'s answer."""
+    return {
+        "auto": auto.precision,
+        "auto_reason": auto.reason,
+        "support": {p: dataclasses.asdict(s) for p, s in support.items()},
+    }
+
+
+# ---- a dense-matmul peak -----------------------------------------------------------------------------
+
+SQUARES = (256, 512, 1024, 2048)
+
+
+def peak_shapes(n_embd: int, rows: int, vocab: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the sweep: squares 256..2048 and the model's own matmuls at ``rows`` tokens (QKV,
+    MLP up and down, LM head), smallest first."""
+    d = n_embd
+    shapes = {(s, s, s) for s in SQUARES} | {
+        (rows, d, 3 * d),
+        (rows, d, 4 * d),
+        (rows, 4 * d, d),
+        (rows, d, vocab),
+    }
+    return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
+def _rate(a: Any, b: Any, seconds: float) -> float:
+    """GFLOP/s of ``a @ b`` over at least ``seconds`` after one warm-up call (dispatch, weight packing);
+    if the warm-up call alone took ``seconds``, its rate (a lower bound), so that a slow case costs one
+    call more."""
+    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    start = time.perf_counter()
+    a @ b
+    first = time.perf_counter() - start
+    if first >= seconds:
+        return flops / first / 1e9
+    calls, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return flops * calls / elapsed / 1e9
+
+
+def matmul_sweep(
+    dtype: Any,
+    shapes: Sequence[tuple[int, int, int]],
+    seconds: float = 0.2,
+    max_call_s: float = 1.0,
+    agree: Callable[[float], float] = lambda x: x,
+) -> list[dict[str, Any]]:
+    """Throughput (GFLOP/s) of an ``[m, k] x [k, n]`` matmul in ``dtype`` per shape, on this process's
+    threads.
+
+    Each shape runs in both layouts of the second operand, ``a @ b`` with ``b`` stored ``[k, n]`` and
+    ``a @ w.t()`` with ``w`` stored ``[n, k]`` (nn.Linear's layout), and counts the faster: with bf16
+    emulated on an AVX2-only CPU the two differed by 3-15x (torch 2.13). Shapes run smallest first; one
+    whose single call would take over ``max_call_s`` at the best rate so far is skipped (gflops None), so
+    that a precision emulated at 1 GFLOP/s does not spend a minute on 2048^3. ``agree`` combines a value
+    across processes measuring at the same time (the max over ranks, and a barrier): every rank then skips
+    the same shapes and starts each one together.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    out, best = [], 0.0
+    for m, k, n in shapes:
+        flops = 2 * m * k * n
+        predicted = flops / (best * 1e9) if best else 0.0
+        if agree(predicted) > max_call_s:
+            out.append({"shape": [m, k, n], "gflops": None, "skipped": f"over {max_call_s} s per call"})
+            continue
+        a = torch.randn(m, k, generator=gen).to(dtype)
+        b = torch.randn(k, n, generator=gen).to(dtype)
+        w = torch.randn(n, k, generator=gen).to(dtype)
+        layouts = {
+            "a@b": _rate(a, b, seconds),
+            "a@w.t()": _rate(a, w.t(), seconds),
+        }
+        fastest = max(layouts, key=layouts.get)
+        best = max(best, layouts[fastest])
+        out.append({"shape": [m, k, n], "gflops": layouts[fastest], "layout": fastest, "layouts": layouts})
+    return out
+
+
+def rated_peak_tflops(precision: str) -> float | None:
+    """The rated dense peak of this process's GPU (training.metrics.KNOWN_PEAK_TFLOPS), None for CPUs."""
+    import torch
+
+    from training.metrics import KNOWN_PEAK_TFLOPS
+
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((t for (gpu, p), t in KNOWN_PEAK_TFLOPS.items() if gpu in name and p == precision), None)
+
+
+# ---- printing and the results JSON -------------------------------------------------------------------
+
+
+class Printer:
+    """Prints lines (flushed) and keeps them for the results JSON."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run, from the repository root."""
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        python = python.relative_to(ROOT)
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join([str(python), script, *args])
+
+
+def results_path(results_dir: Path, benchmark: str, started: str, tag: str) -> Path:
+    """``<dir>/<benchmark>_<UTC date and time>_<cpu tag>.json``."""
+    stamp = dt.datetime.fromisoformat(started).strftime("%Y%m%d-%H%M%S")
+    return Path(results_dir) / f"{benchmark}_{stamp}_{tag}.json"
+
+
+def finish(
+    out: Printer,
+    *,
+    benchmark: str,
+    command: str,
+    started: str,
+    machine: dict[str, Any],
+    precision: dict[str, Any] | None,
+    figures: dict[str, Any],
+    table: list[dict[str, Any]],
+    final_line: str,
+    results_dir: Path | str = RESULTS_DIR,
+) -> Path:
+    """Write the run's results JSON, print where it went, then print ``final_line`` (the ratio: last).
+
+    ``table`` rows hold TABLE_KEYS (bench/report.py renders them); the JSON's ``printed`` holds every line
+    printed, ``final_line`` included.
+    """
+    for row in table:
+        missing = [k for k in TABLE_KEYS if k not in row]
+        if missing:
+            raise ValueError(f"table row {row} lacks {missing}; every row needs {list(TABLE_KEYS)}")
+    path = results_path(Path(results_dir), benchmark, started, machine["cpu_tag"])
+    resolved = path.resolve()
+    shown = resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved
+    out(f"results: {shown}")
+    record = {
+        "schema": SCHEMA,
+        "benchmark": benchmark,
+        "command": command,
+        "started": started,
+        "finished": now(),
+        "machine": machine,
+        "precision": precision,
+        "figures": figures,
+        "table": table,
+        "printed": [*out.lines, final_line],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(final_line, flush=True)
+    return path
