@@ -1,16 +1,28 @@
-"""Training-step throughput of our GPT vs transformers' GPT2LMHeadModel, same shape, same run.
+"""Training-step throughput of our GPT vs transformers' GPT2LMHeadModel, same shape, same process.
 
 One step = forward + loss + backward + AdamW step (torch AdamW, foreach, the same parameter groups for both
-models), on the same weights (ours exported to HF) and the same batches. Each precision (fp32, bf16 autocast)
-runs warmup steps, then timed steps alternating between the models (ours, HF, ours, ...) so that machine
-noise hits both alike. Throughput is tokens / median step time; the ratio is the median over steps of the
-two back-to-back step times. HF runs with its default attention (SDPA) and "gelu_new".
+models), on the same weights (ours exported to HF) and the same batches. HF runs with its default attention
+(SDPA), "gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op; "gelu_new" computes the same function from
+several) and use_cache=False, as for training. With --compile both models also run under torch.compile,
+timed beside the eager pair: eager is compared with eager, compiled with compiled.
 
-    python bench/model_step.py                       # 4 layers, width 256, ctx 256, vocab 8192, batch 8
-    python bench/model_step.py --compile             # also times torch.compile(ours); HF stays eager
+Per precision (fp32, bf16 autocast): warm-up steps, then rounds over the timed batches. On each batch every
+model steps once, in an order that alternates from batch to batch (ours first, then HF first, ...) so that
+machine noise and cache effects hit both sides alike. Figures:
 
-The last line is the ratio in the precision where ours is fastest, e.g.
-``ratio ours/hf (best precision): 1.42x``.
+    tokens/s       = tokens per step / step time: median over the timed steps (spread: min-max over steps)
+    ratio ours/hf  = median over the timed batches of t_hf / t_ours, the two steps on a batch back to back
+
+A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16: torch emulates it, about 20x
+slower than fp32 on AVX2-only CPUs; see training/precision.py) is still measured and marked, but with
+--emulated-batch sequences, --emulated-rounds rounds and one warm-up step, so that the run stays short.
+
+    python bench/model_step.py                # 4 layers, width 256, ctx 256, vocab 8192, micro-batch 8
+    python bench/model_step.py --compile      # also both models under torch.compile
+
+Prints a line per precision and mode, writes bench/results/model_step_<date>_<cpu>.json, and ends with the
+ratio in the precision train.precision="auto" picks on this machine, e.g.
+``ratio ours/hf (fp32, the precision auto picks on this CPU, eager): 1.08x``.
 """
 
 from __future__ import annotations
@@ -18,27 +30,61 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from model.config import GPTConfig
-from model.gpt2 import GPT
-from model.hf import to_hf
-from model.optim import build_optimizer
+import torch  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    PrecisionSupport,
+    Printer,
+    command_line,
+    describe_machine,
+    finish,
+    machine_info,
+    now,
+    precision_record,
+    precision_support,
+)
+from model.config import GPTConfig  # noqa: E402
+from model.gpt2 import GPT  # noqa: E402
+from model.hf import to_hf  # noqa: E402
+from model.optim import build_optimizer  # noqa: E402
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
+HOW = "median over {n} batches of t_hf / t_ours, both steps back to back in one process, order alternating"
 
 
 @dataclass
 class Runner:
-    """A named training step closure and the step times measured for it."""
+    """One model's training step closure and the step times measured for it."""
 
-    name: str
+    side: str  # "ours" or "hf"
+    mode: str  # "eager" or "compiled"
     step: Step
-    times: list[float]
+    times: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one precision is measured: full size, or reduced where the precision is emulated here."""
+
+    support: PrecisionSupport
+    batch: int
+    warmup: int
+    steps: int
+    rounds: int
+    reduced: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -53,11 +99,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
     p.add_argument("--steps", type=int, default=4, help="distinct batches timed per round")
     p.add_argument("--rounds", type=int, default=5, help="passes over the timed batches")
+    p.add_argument("--emulated-batch", type=int, default=1, help="micro-batch for a non-native precision")
+    p.add_argument("--emulated-rounds", type=int, default=1, help="rounds for a non-native precision")
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
-    p.add_argument("--compile", action="store_true", help="also time torch.compile(ours) (HF stays eager)")
+    p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
     return p.parse_args(argv)
+
+
+def plan_for(args: argparse.Namespace, support: PrecisionSupport) -> Plan:
+    if support.native:
+        return Plan(support, args.batch, args.warmup, args.steps, args.rounds, reduced=False)
+    batch, rounds = min(args.emulated_batch, args.batch), min(args.emulated_rounds, args.rounds)
+    return Plan(support, batch, min(args.warmup, 1), args.steps, rounds, reduced=True)
 
 
 def make_step(model: torch.nn.Module, is_hf: bool, precision: str, lr: float = 1e-4) -> Step:
@@ -92,89 +148,178 @@ def time_step(runner: Runner, batch: tuple[torch.Tensor, torch.Tensor]) -> float
 
 
 def build_runners(args: argparse.Namespace, precision: str) -> list[Runner]:
-    """Fresh models (same weights) and optimizers for one precision: ours, HF, optionally compiled ours."""
+    """Fresh models (same weights) and optimizers: ours and HF eager, then (--compile) both compiled."""
     shape = dict(vocab_size=args.vocab, n_positions=args.ctx, n_embd=args.width, n_layer=args.layers)
     drop = dict(embd_pdrop=args.dropout, attn_pdrop=args.dropout, resid_pdrop=args.dropout)
     config = GPTConfig(**shape, **drop, n_head=args.heads)
-    torch.manual_seed(args.seed)
-    ours = GPT(config).train()
-    hf = to_hf(ours).train()
-    runners = [
-        Runner("ours", make_step(ours, False, precision), []),
-        Runner("hf", make_step(hf, True, precision), []),
-    ]
-    if args.compile:
+    runners = []
+    for mode in ("eager", "compiled") if args.compile else ("eager",):
         torch.manual_seed(args.seed)
-        compiled = torch.compile(GPT(config).train())
-        runners.append(Runner("ours+compile", make_step(compiled, False, precision), []))
+        ours = GPT(config).train()
+        hf = to_hf(ours, **HF_KWARGS).train()
+        if mode == "compiled":
+            ours, hf = torch.compile(ours), torch.compile(hf)
+        runners += [
+            Runner("ours", mode, make_step(ours, False, precision)),
+            Runner("hf", mode, make_step(hf, True, precision)),
+        ]
     return runners
 
 
-@dataclass
-class Result:
-    """Per runner: tokens/s at the median and at the best step; step-paired time ratio against HF."""
+def spread(tokens_per_step: int, times: list[float]) -> dict[str, Any]:
+    return {
+        "step_s": times,
+        "median_tps": tokens_per_step / statistics.median(times),
+        "min_tps": tokens_per_step / max(times),
+        "max_tps": tokens_per_step / min(times),
+    }
 
-    median_tps: dict[str, float]
-    best_tps: dict[str, float]
-    speedup: dict[str, float]
 
-
-def run_precision(args: argparse.Namespace, precision: str) -> Result:
-    """Warmup, then steps alternating between the runners so that machine noise hits them alike."""
+def run_precision(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """Warm-up, then every model steps on each batch, the order alternating from batch to batch."""
     g = torch.Generator().manual_seed(args.seed)
-    tokens = torch.randint(0, args.vocab, (args.warmup + args.steps, args.batch, args.ctx + 1), generator=g)
+    shape = (plan.warmup + plan.steps, plan.batch, args.ctx + 1)
+    tokens = torch.randint(0, args.vocab, shape, generator=g)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
-    runners = build_runners(args, precision)
+    runners = build_runners(args, plan.support.precision)
     for runner in runners:
-        for batch in batches[: args.warmup]:
+        for batch in batches[: plan.warmup]:
             time_step(runner, batch)
-    for _ in range(args.rounds):
-        for batch in batches[args.warmup :]:
-            for runner in runners:
+    timed = batches[plan.warmup :]
+    for r in range(plan.rounds):
+        for i, batch in enumerate(timed):
+            for runner in runners if (r * len(timed) + i) % 2 == 0 else runners[::-1]:
                 runner.times.append(time_step(runner, batch))
-    tokens_per_step = args.batch * args.ctx
-    hf_times = runners[1].times
-    return Result(
-        median_tps={r.name: tokens_per_step / statistics.median(r.times) for r in runners},
-        best_tps={r.name: tokens_per_step / min(r.times) for r in runners},
-        # Median over steps of t_hf / t_runner, each pair timed back to back: robust to slow drifts in load.
-        speedup={
-            r.name: statistics.median(h / t for h, t in zip(hf_times, r.times, strict=True)) for r in runners
-        },
-    )
+    tokens_per_step = plan.batch * args.ctx
+    modes: dict[str, Any] = {}
+    for mode in dict.fromkeys(r.mode for r in runners):
+        ours, hf = (next(r for r in runners if r.mode == mode and r.side == s) for s in ("ours", "hf"))
+        modes[mode] = {
+            "ours": spread(tokens_per_step, ours.times),
+            "hf": spread(tokens_per_step, hf.times),
+            "ratio": statistics.median(h / o for h, o in zip(hf.times, ours.times, strict=True)),
+            "pairs": len(ours.times),
+        }
+    return {
+        "native": plan.support.native,
+        "vs_fp32": plan.support.vs_fp32,
+        "reduced": plan.reduced,
+        "batch": plan.batch,
+        "warmup": plan.warmup,
+        "steps": plan.steps,
+        "rounds": plan.rounds,
+        "tokens_per_step": tokens_per_step,
+        "modes": modes,
+    }
 
 
-def report(results: dict[str, Result]) -> None:
-    """Prints one line per precision, then the ratio in the precision where ours is fastest (last line)."""
-    for precision, res in results.items():
-        line = ", ".join(
-            f"{n} {v:,.0f} tok/s (best step {res.best_tps[n]:,.0f})" for n, v in res.median_tps.items()
+def precision_lines(args: argparse.Namespace, plan: Plan, fig: dict[str, Any]) -> list[str]:
+    p = plan.support.precision
+    lines = [
+        f"{plan.support.label}: micro-batch {plan.batch}, {plan.warmup} warm-up + {plan.rounds} rounds x "
+        f"{plan.steps} timed steps per model"
+        + (
+            f" (reduced from micro-batch {args.batch}, {args.warmup} warm-up, {args.rounds} rounds: not "
+            "native here, so the run stays short)"
+            if plan.reduced
+            else ""
         )
-        print(f"{precision}: {line}; ours/hf {res.speedup['ours']:.2f}x (both eager)")
-        if "ours+compile" in res.speedup:
-            print(f"{precision}: torch.compile on ours only, HF eager: {res.speedup['ours+compile']:.2f}x")
-    best = max(results, key=lambda p: results[p].median_tps["ours"])
-    hf_best = max(results, key=lambda p: results[p].median_tps["hf"])
-    print(
-        f"fastest precision for ours: {best} ({results[best].median_tps['ours']:,.0f} tok/s, eager); "
-        f"for HF: {hf_best} ({results[hf_best].median_tps['hf']:,.0f} tok/s)"
-    )
-    print(f"ratio ours/hf (best precision): {results[best].speedup['ours']:.2f}x")
+    ]
+    for mode, m in fig["modes"].items():
+        o, h = m["ours"], m["hf"]
+        lines.append(
+            f"{p} {mode}: ours {o['median_tps']:,.0f} tok/s ({o['min_tps']:,.0f}-{o['max_tps']:,.0f}) | "
+            f"hf {h['median_tps']:,.0f} tok/s ({h['min_tps']:,.0f}-{h['max_tps']:,.0f}) | "
+            f"ratio ours/hf {m['ratio']:.2f}x"
+        )
+    return lines
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Result]:
+def table_rows(
+    args: argparse.Namespace, figures: dict[str, Any], support: dict[str, PrecisionSupport]
+) -> list:
+    rows = []
+    for p, fig in figures.items():
+        for mode, m in fig["modes"].items():
+            setting = (
+                f"{args.layers} layers x {args.width}, ctx {args.ctx}, vocab {args.vocab}, micro-batch "
+                f"{fig['batch']}, {torch.get_num_threads()} threads, {mode}"
+            )
+            rows.append(
+                {
+                    "benchmark": "bench/model_step.py",
+                    "setting": setting,
+                    "precision": p,
+                    "native": support[p].note,
+                    "baseline": f"GPT2LMHeadModel {m['hf']['median_tps']:,.0f} tok/s",
+                    "ours": f"{m['ours']['median_tps']:,.0f} tok/s",
+                    "ratio": round(m["ratio"], 3),
+                    "how": HOW.format(n=m["pairs"]),
+                }
+            )
+    return rows
+
+
+def final_ratio(figures: dict[str, Any], auto: str, mode: str) -> str:
+    """The last line: the ratio in the precision "auto" picks here (else the first measured, named so)."""
+    if auto in figures:
+        p, why = auto, "the precision auto picks on this CPU"
+    else:
+        p = next(iter(figures))
+        why = f"auto would pick {auto} on this CPU, not measured"
+    return f"ratio ours/hf ({p}, {why}, {mode}): {figures[p]['modes'][mode]['ratio']:.2f}x"
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the benchmark; returns the path of the results JSON."""
     args = parse_args(argv)
+    started = now()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(
+    out = Printer()
+    machine = machine_info()
+    support, auto = precision_support(args.width, args.batch * args.ctx, torch.get_num_threads())
+    out(describe_machine(machine))
+    out(f"precision auto here: {auto.precision} ({auto.reason})")
+    out(
         f"model: {args.layers} layers, width {args.width}, {args.heads} heads, ctx {args.ctx}, "
-        f"vocab {args.vocab}, micro-batch {args.batch}, dropout {args.dropout}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} timed steps "
-        f"after {args.warmup} warmup"
+        f"vocab {args.vocab}, dropout {args.dropout}; {torch.get_num_threads()} threads; HF with "
+        f"{HF_KWARGS['activation_function']}, use_cache=False, SDPA attention"
+        + ("; eager and torch.compile'd pairs" if args.compile else "; eager")
     )
-    results = {precision: run_precision(args, precision) for precision in args.precision}
-    report(results)
-    return results
+    figures = {}
+    for p in args.precision:
+        plan = plan_for(args, support[p])
+        figures[p] = run_precision(args, plan)
+        for line in precision_lines(args, plan, figures[p]):
+            out(line)
+    out(
+        "tok/s: median over timed steps (min-max over steps); ratio ours/hf: "
+        + HOW.format(n="the timed")
+        + ("; eager vs eager, compiled vs compiled" if args.compile else "")
+    )
+    mode = "compiled" if args.compile else "eager"
+    out(
+        "ratio ours/hf per precision ("
+        + mode
+        + "): "
+        + ", ".join(f"{p} {fig['modes'][mode]['ratio']:.2f}x" for p, fig in figures.items())
+    )
+    return finish(
+        out,
+        benchmark="model_step",
+        command=command_line("bench/model_step.py", argv),
+        started=started,
+        machine=machine,
+        precision=precision_record(support, auto),
+        figures={
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "precisions": figures,
+        },
+        table=table_rows(args, figures, support),
+        final_line=final_ratio(figures, auto.precision, mode),
+        results_dir=args.results_dir,
+    )
 
 
 if __name__ == "__main__":
