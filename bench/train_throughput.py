@@ -1,16 +1,35 @@
 """Training throughput of pretrain_gpt.py against transformers' GPT2LMHeadModel under the same DeepSpeed run.
 
-    python bench/train_throughput.py                          # 4 layers, width 256, ctx 256, fp32 and bf16
-    python bench/train_throughput.py --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2
+    python bench/train_throughput.py                          # 4 layers, width 256, seq 256, micro-batch 4
+    python bench/train_throughput.py --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2 --repeats 5
 
-For each precision, in the same run and on the same shards (the standard library, an 8,192-id tokenizer):
-  ours   `deepspeed --num_gpus R pretrain_gpt.py` (the real entry point: our GPT, ZeRO from the JSON),
-         tokens/s read from its metrics.jsonl, warm-up steps excluded;
-  hf     the same launcher, the same DeepSpeed JSON resolved the same way, the same batches (RankData),
-         the same AdamW parameter groups, transformers' GPT2LMHeadModel of identical shape;
-  peak   a dense matmul of that precision on every rank at once (one thread each, as in training):
-         the machine's achievable FLOP/s, for MFU.
-MFU counts 6N + 12 L d T FLOPs per token (model.flops). The ratio ours/hf in the best precision is last.
+Per precision, on the same shards (the standard library, an 8,192-id tokenizer), each side runs in its own
+`deepspeed --num_gpus R` launch:
+  ours   pretrain_gpt.py itself (our GPT, ZeRO from the JSON); tokens/s per step from its metrics.jsonl;
+  hf     a worker (this file, --worker): the same DeepSpeed JSON resolved the same way, the same batches
+         (RankData), the same AdamW parameter groups, transformers' GPT2LMHeadModel of identical shape with
+         "gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op) and use_cache=False.
+The sides alternate over --repeats launches each (ours, hf, hf, ours, ours, hf, ...) so that slow drifts in
+machine load hit both alike. A launch's figure is the median tokens/s over its timed steps (warm-up steps
+excluded); each side's figure is the median over its launches, the spread the min-max over launches, and
+
+    ratio ours/hf = median tokens/s of ours / median tokens/s of hf, over the alternating launches
+
+With --compile both sides run compiled (ours: train.compile; hf: module.compile() before
+deepspeed.initialize); the first step compiles and is a warm-up step.
+
+MFU = tokens/s x FLOPs per token (6N + 12 L d T, model.flops) / peak, where the peak is measured: the best
+dense matmul throughput in that precision over a sweep of shapes (squares 256-2048 and the model's own
+matmuls), run on every rank at once with one thread per rank as in training, summed over the ranks. CPUs
+have no rated peak; for a known GPU the rated one (training.metrics.KNOWN_PEAK_TFLOPS) is printed beside.
+
+A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16, see training/precision.py) is
+still measured and marked, but at --emulated-micro sequences, --emulated-repeats launches per side and
+--emulated-steps timed steps after one warm-up step, so that the run stays short.
+
+Prints per-launch and per-side figures for every precision, writes
+bench/results/train_throughput_<date>_<cpu>.json, and ends with the ratio in the precision
+train.precision="auto" picks on this machine.
 """
 
 from __future__ import annotations
@@ -18,19 +37,64 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
+LAUNCH_TIMEOUT_S = 1800
+HOW = "median tok/s ours / median tok/s hf over {n} alternating launches per side"
 
 
-def run_config(args: argparse.Namespace, data: Path, save_dir: Path, precision: str) -> dict:
+@dataclass(frozen=True)
+class Plan:
+    """How one precision is measured: full size, or reduced where the precision is emulated here."""
+
+    precision: str
+    label: str
+    native: bool
+    note: str
+    micro: int
+    warmup: int
+    steps: int
+    repeats: int
+    reduced: bool
+
+
+def plan_for(args: argparse.Namespace, support: Any) -> Plan:
+    common = dict(precision=support.precision, label=support.label, native=support.native, note=support.note)
+    if support.native:
+        return Plan(
+            **common,
+            micro=args.micro,
+            warmup=args.warmup,
+            steps=args.steps,
+            repeats=args.repeats,
+            reduced=False,
+        )
+    return Plan(
+        **common,
+        micro=min(args.emulated_micro, args.micro),
+        warmup=min(args.warmup, 1),
+        steps=min(args.emulated_steps, args.steps),
+        repeats=min(args.emulated_repeats, args.repeats),
+        reduced=True,
+    )
+
+
+def run_config(args: argparse.Namespace, plan: Plan, data: Path, save_dir: Path) -> dict:
     return {
         "model": {
             "preset": "tiny",
@@ -46,9 +110,9 @@ def run_config(args: argparse.Namespace, data: Path, save_dir: Path, precision: 
         },
         "data": {"paths": [str(data)], "seq_len": args.seq},
         "train": {
-            "micro_batch": args.micro,
-            "max_steps": args.warmup + args.steps,
-            "precision": precision,
+            "micro_batch": plan.micro,
+            "max_steps": plan.warmup + plan.steps,
+            "precision": plan.precision,
             "log_interval": 1,
             "eval_interval": 0,
             "save_interval": 10**9,
@@ -61,25 +125,37 @@ def run_config(args: argparse.Namespace, data: Path, save_dir: Path, precision: 
 # ---- the HF worker (runs under the deepspeed launcher) -----------------------------------------------
 
 
-def matmul_peak(dtype, n: int = 1024, seconds: float = 2.0) -> float:
+def measure_peak(dtype: Any, shapes: list[tuple[int, int, int]]) -> dict[str, Any]:
+    """The matmul sweep on every rank at once (ranks agree on skipped shapes and start each together);
+    per shape, the sum of the ranks' GFLOP/s. Collective: every rank must call it."""
     import torch
+    import torch.distributed as dist
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    count, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - t0)
+    from bench.common import matmul_sweep
+
+    def agree(x: float) -> float:
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)  # also a barrier: the ranks start the shape together
+        return t.item()
+
+    sweep = matmul_sweep(dtype, shapes, agree=agree)
+    rates = torch.tensor([s["gflops"] or 0.0 for s in sweep], dtype=torch.float64)
+    dist.all_reduce(rates)
+    for s, total in zip(sweep, rates.tolist(), strict=True):
+        s["total_gflops"] = total if s["gflops"] is not None else None
+        s["rank0_gflops"] = s.pop("gflops")
+    best = max((s for s in sweep if s["total_gflops"]), key=lambda s: s["total_gflops"])
+    return {"sweep": sweep, "best_gflops": best["total_gflops"], "best_shape": best["shape"]}
 
 
 def hf_worker(args: argparse.Namespace) -> None:
     import deepspeed
     import torch
     import torch.distributed as dist
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
+    from bench.common import peak_shapes
+    from model.hf import gpt2_config
     from model.optim import build_optimizer, param_groups
     from pretrain_gpt import init_distributed
     from training.config import from_dict
@@ -90,23 +166,16 @@ def hf_worker(args: argparse.Namespace) -> None:
     init_distributed(False)
     rank, world = dist.get_rank(), dist.get_world_size()
     resolved = validate(run, load_ds_config(args.ds), args.ds, world, "cpu")
-    dtype = torch.bfloat16 if run.train.precision == "bf16" else torch.float32
-    peak = torch.tensor([matmul_peak(dtype)])
-    dist.all_reduce(peak)  # every rank measured at the same time: the machine's total
     m = resolved.model
-    hf = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=m.vocab_size,
-            n_positions=m.n_positions,
-            n_embd=m.n_embd,
-            n_layer=m.n_layer,
-            n_head=m.n_head,
-            activation_function="gelu_new",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
+    peak = None
+    if args.peak:
+        dtype = torch.bfloat16 if run.train.precision == "bf16" else torch.float32
+        peak = measure_peak(
+            dtype, peak_shapes(m.n_embd, run.train.micro_batch * run.data.seq_len, m.vocab_size)
         )
-    )
+    hf = GPT2LMHeadModel(gpt2_config(m, **HF_KWARGS))
+    if run.train.compile:
+        hf.compile()  # nn.Module.compile: in place, so DeepSpeed wraps the compiled module
     optimizer = build_optimizer(param_groups(hf, run.optim.weight_decay), run.optim.lr, device_type="cpu")
     engine, _, _, _ = deepspeed.initialize(model=hf, optimizer=optimizer, config=resolved.ds_config)
     batches = RankData(run, rank, world, 10**6).train_batches(0)
@@ -123,37 +192,41 @@ def hf_worker(args: argparse.Namespace) -> None:
         times.append(time.perf_counter() - t0)
     if rank == 0:
         tokens = resolved.ds_config["train_batch_size"] * run.data.seq_len
-        steady = times[args.warmup :]
-        Path(args.out).write_text(
-            json.dumps({"tokens_per_s": tokens / statistics.median(steady), "peak_flops": peak.item()})
-        )
+        steps_tps = [tokens / t for t in times[args.warmup :]]
+        Path(args.out).write_text(json.dumps({"steps_tps": steps_tps, "peak": peak}))
 
 
 # ---- the driver ----------------------------------------------------------------------------------------
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
+    """One `deepspeed --num_gpus R` launch, 1 thread per rank; raises with its output's tail on failure."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
         TORCH_EXTENSIONS_DIR=str(tmp / "ext"),
         PYTHONPATH=str(ROOT),
-        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),  # shared by the launches: later ones compile warm
     )
-    port = 29700 + os.getpid() % 200
-    cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_gpus",
-        str(args.ranks),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(port),
-        *script,
-    ]
-    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks)]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
+    # Own session: on a timeout the whole tree (launcher and ranks) is killed, not only the launcher.
+    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **pipe)
+    try:
+        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        raise RuntimeError(f"{' '.join(cmd)} ran over {LAUNCH_TIMEOUT_S} s:\n{output[-3000:]}") from None
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
 
 
 def build_data(tmp: Path) -> Path:
@@ -161,90 +234,232 @@ def build_data(tmp: Path) -> Path:
     from data_tools.sources import Problems, SourceConfig, iter_documents
     from data_tools.train_tokenizer import train
 
-    docs = [d.text for d in iter_documents(SourceConfig(), Problems())]
+    docs = [d.text for d in iter_documents(SourceConfig(), Problems(log=False))]
     train(docs[::4], tmp / "tok", vocab_size=8192, show_progress=False)
     preprocess(PreprocessConfig(output=tmp / "data", tokenizer=tmp / "tok", show_progress=False, workers=2))
     return tmp / "data"
 
 
-def measure(args: argparse.Namespace, data: Path, tmp: Path, precision: str) -> dict[str, float]:
+def launch_ours(args: argparse.Namespace, plan: Plan, data: Path, run_dir: Path, tmp: Path) -> list[float]:
+    cfg = run_config(args, plan, data, run_dir / "save")
+    (run_dir / "run.json").write_text(json.dumps(cfg))
+    launch(args, ["pretrain_gpt.py", "--config", str(run_dir / "run.json"), "--ds_config", args.ds], tmp)
+    lines = [json.loads(x) for x in (run_dir / "save" / "metrics.jsonl").read_text().splitlines()]
+    return [x["tokens_per_s"] for x in lines if x["step"] > plan.warmup]
+
+
+def launch_hf(
+    args: argparse.Namespace, plan: Plan, data: Path, run_dir: Path, tmp: Path, peak: bool
+) -> dict[str, Any]:
+    cfg = run_config(args, plan, data, run_dir / "save")
+    (run_dir / "run.json").write_text(json.dumps(cfg))
+    worker = ["bench/train_throughput.py", "--worker", "--run-json", str(run_dir / "run.json")]
+    worker += ["--ds", args.ds, "--out", str(run_dir / "hf.json"), "--warmup", str(plan.warmup)]
+    launch(args, worker + (["--peak"] if peak else []), tmp)
+    return json.loads((run_dir / "hf.json").read_text())
+
+
+def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: Any) -> dict[str, Any]:
+    """The alternating launches of one precision; per-launch, per-side, peak and MFU figures."""
+    from bench.common import rated_peak_tflops
     from model.flops import flops_per_token
     from training.config import from_dict
     from training.validate import load_ds_config, validate
 
-    out = {}
-    cfg = run_config(args, data, tmp / f"ours_{precision}", precision)
-    run_json = tmp / f"run_{precision}.json"
-    run_json.write_text(json.dumps(cfg))
-    launch(
-        args,
-        [
-            "bench/train_throughput.py",
-            "--worker",
-            "--run-json",
-            str(run_json),
-            "--ds",
-            args.ds,
-            "--out",
-            str(tmp / "hf.json"),
-            "--warmup",
-            str(args.warmup),
-        ],
-        tmp,
+    launches: list[dict[str, Any]] = []
+    peak = None
+    for k in range(plan.repeats):
+        for side in ("ours", "hf") if k % 2 == 0 else ("hf", "ours"):
+            run_dir = tmp / f"{plan.precision}_{len(launches)}_{side}"
+            run_dir.mkdir()
+            start = time.perf_counter()
+            if side == "ours":
+                steps = launch_ours(args, plan, data, run_dir, tmp)
+            else:
+                hf = launch_hf(args, plan, data, run_dir, tmp, peak=peak is None)
+                steps, peak = hf["steps_tps"], peak or hf["peak"]
+            wall, tps = time.perf_counter() - start, statistics.median(steps)
+            launches.append({"side": side, "steps_tps": steps, "tokens_per_s": tps, "wall_s": wall})
+            out(
+                f"{plan.precision}: launch {len(launches)} {side:<4} {tps:,.0f} tok/s "
+                f"(median of {len(steps)} steps, {wall:.0f} s launch)"
+            )
+    cfg = from_dict(run_config(args, plan, data, tmp / "unused"))
+    resolved = validate(cfg, load_ds_config(args.ds), args.ds, args.ranks, "cpu")
+    fpt = flops_per_token(resolved.model, args.seq)
+    sides = {}
+    for side in ("ours", "hf"):
+        tps = [x["tokens_per_s"] for x in launches if x["side"] == side]
+        median = statistics.median(tps)
+        sides[side] = {"median_tps": median, "min_tps": min(tps), "max_tps": max(tps), "launches": len(tps)}
+        sides[side]["mfu"] = median * fpt / (peak["best_gflops"] * 1e9)
+    rated = rated_peak_tflops(plan.precision)
+    return {
+        "native": plan.native,
+        "reduced": plan.reduced,
+        "micro": plan.micro,
+        "warmup": plan.warmup,
+        "steps": plan.steps,
+        "repeats": plan.repeats,
+        "flops_per_token": fpt,
+        "launches": launches,
+        "sides": sides,
+        "ratio": sides["ours"]["median_tps"] / sides["hf"]["median_tps"],
+        "peak": {**peak, "kind": "measured", "ranks": args.ranks, "threads_per_rank": 1},
+        "rated_peak_tflops_per_device": rated,
+    }
+
+
+def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> list[str]:
+    o, h, pk = r["sides"]["ours"], r["sides"]["hf"], r["peak"]
+    m, k, n = pk["best_shape"]
+    rated = (
+        f"rated {r['rated_peak_tflops_per_device']} TFLOP/s per device"
+        if r["rated_peak_tflops_per_device"]
+        else "no rated peak for CPUs"
     )
-    hf = json.loads((tmp / "hf.json").read_text())
-    launch(args, ["pretrain_gpt.py", "--config", str(run_json), "--ds_config", args.ds], tmp)
-    lines = [json.loads(x) for x in (tmp / f"ours_{precision}" / "metrics.jsonl").read_text().splitlines()]
-    out["ours"] = statistics.median(x["tokens_per_s"] for x in lines if x["step"] > args.warmup)
-    out["hf"], out["peak"] = hf["tokens_per_s"], hf["peak_flops"]
-    resolved = validate(from_dict(cfg), load_ds_config(args.ds), args.ds, args.ranks, "cpu")
-    out["flops_per_token"] = flops_per_token(resolved.model, args.seq)
-    return out
+    over = [s for s, v in (("ours", o), ("hf", h)) if v["mfu"] > 1]
+    note = (
+        [
+            f"{plan.precision}: MFU over 100% ({', '.join(over)}): the peak measured below what training "
+            "reached (a busy machine while the sweep ran, or a faster matmul path in training than in it)"
+        ]
+        if over
+        else []
+    )
+    return [
+        f"{plan.precision}: ours {o['median_tps']:,.0f} tok/s ({o['min_tps']:,.0f}-{o['max_tps']:,.0f}, "
+        f"MFU {o['mfu']:.1%}) | hf {h['median_tps']:,.0f} tok/s ({h['min_tps']:,.0f}-{h['max_tps']:,.0f}, "
+        f"MFU {h['mfu']:.1%}) | ratio ours/hf {r['ratio']:.2f}x ({HOW.format(n=o['launches'])})",
+        f"{plan.precision}: MFU against the measured peak {pk['best_gflops']:,.1f} GFLOP/s: the best dense "
+        f"{plan.precision} matmul of the sweep ([{m}x{k}]x[{k}x{n}]), {args.ranks} ranks x 1 thread at once; "
+        f"{rated}",
+        *note,
+    ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def plan_line(args: argparse.Namespace, plan: Plan) -> str:
+    order = ", ".join(("ours, hf", "hf, ours")[k % 2] for k in range(plan.repeats))
+    line = (
+        f"{plan.label}: {plan.repeats} launches per side ({order}), micro-batch {plan.micro}, "
+        f"{plan.warmup} warm-up + {plan.steps} timed steps per launch"
+    )
+    if plan.reduced:
+        line += (
+            f" (reduced from micro-batch {args.micro}, {args.repeats} launches, {args.steps} steps: "
+            "not native here, so the run stays short)"
+        )
+    return line
+
+
+def table_rows(args: argparse.Namespace, plans: dict[str, Plan], results: dict[str, Any]) -> list[dict]:
+    rows = []
+    for p, r in results.items():
+        o, h, plan = r["sides"]["ours"], r["sides"]["hf"], plans[p]
+        mode = "compiled" if args.compile else "eager"
+        peak = f"{r['peak']['best_gflops']:,.1f} GFLOP/s"
+        rows.append(
+            {
+                "benchmark": "bench/train_throughput.py",
+                "setting": f"{args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, "
+                f"seq {args.seq}, micro-batch {plan.micro}, {mode}",
+                "precision": p,
+                "native": plan.note,
+                "baseline": f"GPT2LMHeadModel {h['median_tps']:,.0f} tok/s (MFU {h['mfu']:.1%})",
+                "ours": f"{o['median_tps']:,.0f} tok/s (MFU {o['mfu']:.1%})",
+                "ratio": round(r["ratio"], 3),
+                "how": HOW.format(n=o["launches"]) + f"; MFU vs measured matmul peak {peak}",
+            }
+        )
+    return rows
+
+
+def args_record(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if v is not None}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro", type=int, default=8)
-    p.add_argument("--steps", type=int, default=12, help="timed steps")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per launch")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per launch")
+    p.add_argument("--repeats", type=int, default=3, help="launches per side, alternating")
+    p.add_argument("--emulated-micro", type=int, default=1, help="micro-batch for a non-native precision")
+    p.add_argument("--emulated-steps", type=int, default=2, help="timed steps for a non-native precision")
+    p.add_argument("--emulated-repeats", type=int, default=1, help="launches per side, non-native precision")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--ds", default="ds_configs/zero2_cpu.json")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="ours with train.compile (torch.compile; the first step compiles, outside the timing)",
-    )
+    p.add_argument("--compile", action="store_true", help="both sides under torch.compile")
+    p.add_argument("--results-dir", type=Path, default=None, help="where the results JSON goes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--run-json", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.worker:
         hf_worker(args)
         return 0
+    from bench.common import (
+        RESULTS_DIR,
+        Printer,
+        command_line,
+        describe_machine,
+        finish,
+        machine_info,
+        now,
+        precision_record,
+        precision_support,
+    )
+
+    started, out = now(), Printer()
+    machine = machine_info()
+    support, auto = precision_support(args.width, args.micro * args.seq, threads=1)  # 1 thread per rank
+    out(describe_machine(machine))
+    out(f"precision auto here: {auto.precision} ({auto.reason})")
+    out(
+        f"run: {args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, {args.heads} "
+        f"heads, seq {args.seq}, {'compiled (both sides)' if args.compile else 'eager'}; HF with "
+        f"{HF_KWARGS['activation_function']}, use_cache=False"
+    )
+    plans = {p: plan_for(args, support[p]) for p in args.precision}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
-        print("building shards (standard library, 8,192-id tokenizer) ...", flush=True)
+        out("building shards (standard library, 8,192-id tokenizer) ...")
         data = build_data(tmp)
-        results = {}
-        for precision in args.precision:
-            r = results[precision] = measure(args, data, tmp, precision)
-            tag = " (compiled)" if args.compile else ""
-            mfu = {k: r[k] * r["flops_per_token"] / r["peak"] for k in ("ours", "hf")}
-            print(
-                f"{precision}: ours{tag} {r['ours']:.0f} tok/s (MFU {mfu['ours']:.1%}) | "
-                f"hf {r['hf']:.0f} tok/s (MFU {mfu['hf']:.1%}) | "
-                f"matmul peak {r['peak'] / 1e9:.1f} GFLOP/s ({args.ranks} ranks, "
-                f"{args.ds}, {args.layers} layers x {args.width}, seq {args.seq}, micro {args.micro})",
-                flush=True,
-            )
-        best = max(results, key=lambda k: results[k]["ours"])
-        print(f"ratio ours/hf ({best}, fastest for ours): {results[best]['ours'] / results[best]['hf']:.2f}x")
+        for p, plan in plans.items():
+            out(plan_line(args, plan))
+            results[p] = measure(args, plan, data, tmp, out)
+            for line in precision_lines(args, plan, results[p]):
+                out(line)
+    out("ratio ours/hf per precision: " + ", ".join(f"{p} {r['ratio']:.2f}x" for p, r in results.items()))
+    if auto.precision in results:
+        p, why = auto.precision, "the precision auto picks on this CPU"
+    else:
+        p, why = next(iter(results)), f"auto would pick {auto.precision} on this CPU, not measured"
+    mode = "compiled" if args.compile else "eager"
+    finish(
+        out,
+        benchmark="train_throughput",
+        command=command_line("bench/train_throughput.py", argv),
+        started=started,
+        machine=machine,
+        precision=precision_record(support, auto),
+        figures={"args": args_record(args), "precisions": results},
+        table=table_rows(args, plans, results),
+        final_line=f"ratio ours/hf ({p}, {why}, {mode}): {results[p]['ratio']:.2f}x",
+        results_dir=args.results_dir or RESULTS_DIR,
+    )
     return 0
 
 
