@@ -8,7 +8,8 @@ For each corpus, in the same run:
   ours   `data_tools.preprocess.preprocess()` from reading the corpus files to the finished shards and
          manifest (reading, cleaning, dedup, tokenising, writing), with a tokenizer already trained.
 Both count the same tokens (the kept documents' tokens, end-of-document tokens excluded), so tokens/s
-compare directly. The ratio ours/limit is printed last.
+compare directly; each side's figure is its best of 3 runs, and ratio = ours / limit. The ratio per corpus
+is printed last; the raw figures go to bench/results/preprocess_<date>_<cpu>.json (bench/common.py).
 
 The repeated corpus is 4 JSONL files, each holding every standard-library file once with a one-line
 header naming the copy, so exact dedup keeps all four copies (as different files of a real corpus).
@@ -24,11 +25,25 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from data_tools.indexed_dataset import IndexedDataset
-from data_tools.pipeline import CleanConfig, Cleaner, cleaned_batches, make_executor
-from data_tools.preprocess import PreprocessConfig, preprocess
-from data_tools.sources import (
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    Printer,
+    command_line,
+    describe_machine,
+    finish,
+    machine_info,
+    now,
+)
+from data_tools.indexed_dataset import IndexedDataset  # noqa: E402
+from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor  # noqa: E402
+from data_tools.preprocess import PreprocessConfig, preprocess  # noqa: E402
+from data_tools.sources import (  # noqa: E402
     Problems,
     SourceConfig,
     default_workers,
@@ -36,7 +51,7 @@ from data_tools.sources import (
     iter_documents,
     iter_records,
 )
-from data_tools.train_tokenizer import load_tokenizer, train
+from data_tools.train_tokenizer import load_tokenizer, train  # noqa: E402
 
 
 def kept_texts(sources: SourceConfig, clean: CleanConfig) -> list[str]:
@@ -90,6 +105,9 @@ def repeated_corpus(root: Path, copies: int) -> tuple[str, ...]:
     return tuple(paths)
 
 
+REPEATS = 3  # runs per side; each side's figure is its best
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,13 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=4, help="size of the repeated corpus, in copies")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--vocab-size", type=int, default=32768)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    started, out = now(), Printer()
+    machine = machine_info()
+    out(describe_machine(machine))
     clean = CleanConfig()
+    figures: dict[str, Any] = {"args": {**vars(args), "results_dir": str(args.results_dir)}, "corpora": {}}
+    table = []
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         tok_dir = tmp / "tokenizer"
-        print(f"training a {args.vocab_size}-id tokenizer on the standard library ...", flush=True)
+        out(f"training a {args.vocab_size}-id tokenizer on the standard library ...")
         train(kept_texts(SourceConfig(), clean), tok_dir, args.vocab_size, show_progress=False)
         corpora = {
             "stdlib": SourceConfig(),
@@ -112,18 +136,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratios = []
         for name, sources in corpora.items():
             texts = kept_texts(sources, clean)
-            limit, n_limit = limit_tokens_per_s(tok_dir, texts)
-            ours, n_ours = ours_tokens_per_s(sources, clean, tok_dir, tmp / "out", args.workers)
+            limit, n_limit = limit_tokens_per_s(tok_dir, texts, REPEATS)
+            ours, n_ours = ours_tokens_per_s(sources, clean, tok_dir, tmp / "out", args.workers, REPEATS)
             mb = sum(map(len, texts)) / 1e6
-            print(
+            out(
                 f"{name:>12}: kept {len(texts)} docs, {mb:.1f} MB, {n_limit:,} tokens (ours wrote {n_ours:,})"
             )
-            print(
+            out(
                 f"{name:>12}: limit encode_batch_fast {limit / 1e6:.3f}M tok/s | ours preprocess "
                 f"{ours / 1e6:.3f}M tok/s ({args.workers} workers)"
             )
             ratios.append(ours / limit)
-        print(f"ratio ours/limit: {' | '.join(f'{n} {r:.3f}' for n, r in zip(corpora, ratios, strict=True))}")
+            figures["corpora"][name] = {
+                "documents_kept": len(texts),
+                "megabytes_kept": mb,
+                "limit_tokens": n_limit,
+                "ours_tokens": n_ours,
+                "limit_tokens_per_s": limit,
+                "ours_tokens_per_s": ours,
+                "ratio": ours / limit,
+                "repeats": REPEATS,
+            }
+            table.append(
+                {
+                    "benchmark": "bench/preprocess.py",
+                    "setting": f"{name} ({n_limit / 1e6:.1f}M tokens kept), {args.workers} workers, "
+                    f"{args.vocab_size}-id tokenizer",
+                    "precision": "n/a",
+                    "native": "n/a",
+                    "baseline": f"encode_batch_fast {limit / 1e6:.2f}M tok/s",
+                    "ours": f"{ours / 1e6:.2f}M tok/s",
+                    "ratio": round(ours / limit, 3),
+                    "how": f"tok/s ours / tok/s limit, each the best of {REPEATS} runs",
+                }
+            )
+    finish(
+        out,
+        benchmark="preprocess",
+        command=command_line("bench/preprocess.py", argv),
+        started=started,
+        machine=machine,
+        precision=None,
+        figures=figures,
+        table=table,
+        final_line="ratio ours/limit: "
+        + " | ".join(f"{n} {r:.3f}" for n, r in zip(corpora, ratios, strict=True)),
+        results_dir=args.results_dir,
+    )
     return 0
 
 
