@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
 LAUNCH_TIMEOUT_S = 1800
-HOW = "median tok/s ours / median tok/s hf over {n} alternating launches per side"
+HOW = "median tok/s ours / median tok/s hf over {n} launch(es) per side, alternating"
 
 
 @dataclass(frozen=True)
