@@ -341,12 +341,12 @@ def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> 
 def plan_line(args: argparse.Namespace, plan: Plan) -> str:
     order = ", ".join(("ours, hf", "hf, ours")[k % 2] for k in range(plan.repeats))
     line = (
-        f"{plan.label}: {plan.repeats} launches per side ({order}), micro-batch {plan.micro}, "
+        f"{plan.label}: {plan.repeats} launch(es) per side ({order}), micro-batch {plan.micro}, "
         f"{plan.warmup} warm-up + {plan.steps} timed steps per launch"
     )
     if plan.reduced:
         line += (
-            f" (reduced from micro-batch {args.micro}, {args.repeats} launches, {args.steps} steps: "
+            f" (reduced from micro-batch {args.micro}, {args.repeats} launch(es), {args.steps} steps: "
             "not native here, so the run stays short)"
         )
     return line
