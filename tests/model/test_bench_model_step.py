@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -163,3 +164,13 @@ def test_report_renders_the_rows_and_checks_a_readme(capsys, monkeypatch, tmp_pa
 
     readme.write_text("# Title\n\nno markers\n")
     assert report.main(["--results", str(results), "--check", str(readme)]) == 1
+
+
+def test_readme_benchmark_table_comes_from_the_committed_results():
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "report.py"), "--check", str(root / "README.md")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
