@@ -25,10 +25,11 @@ $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-# 1. standard library -> cleaned, deduplicated corpus -> 32,768-id tokenizer -> shards ($(OUT)/data)
-# 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks (about 3 minutes)
+# 1. standard library -> cleaned, deduplicated corpus -> 8,192-id tokenizer -> shards ($(OUT)/data)
+# 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks, in the precision the CPU
+#    runs natively (train.precision auto: bf16 with AMX or AVX512-BF16, else fp32), a few minutes
 demo: $(STAMP)
-	$(BIN)/python -m data_tools.preprocess --output $(OUT)/data
+	$(BIN)/python -m data_tools.preprocess --output $(OUT)/data --vocab-size 8192
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_gpus $(RANKS) \
 		--master_addr 127.0.0.1 --master_port $(PORT) pretrain_gpt.py --config configs/demo.json \
 		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train
