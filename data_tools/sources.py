@@ -8,6 +8,13 @@ bounded memory.
 Bad input never raises half-way: each problem is counted in a `Problems` tally with its file and line, the
 record is skipped, and reading goes on. Only conditions that make the whole input unusable (a path that
 does not exist, an unknown format) raise `DataError` before any record is read.
+
+Only regular files are read: FIFOs, devices, sockets, symlinks to those and dangling symlinks are reported
+as `not_regular_file` and never opened. A symlink to a regular file is followed (a file reached twice, by
+its own path and by a symlink, is read twice; exact dedup then removes the second copy). Every read is
+bounded by the size cap while reading (`max_doc_chars`), so one huge file or line cannot exhaust memory.
+A compressed file that ends mid-stream is reported as `truncated` with the line where reading stopped;
+the complete records before the cut are kept.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import io
 import json
 import logging
 import os
+import re
+import stat
 import sysconfig
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,6 +44,13 @@ DEFAULT_MAX_DOC_CHARS = 1_000_000
 DEFAULT_EXTENSIONS = (".py",)
 # How many example locations each problem kind keeps for the report.
 MAX_EXAMPLES = 20
+# Problems that concern a whole file: the job's closing summary names where they happened.
+FILE_PROBLEMS = ("truncated", "unreadable_file", "not_regular_file")
+# A JSON line may hold its text escaped (\uXXXX: 6 bytes per character) plus other fields: lines longer
+# than 6 bytes per max_doc_chars character plus this allowance are skipped unread as too large.
+JSONL_OTHER_FIELDS_BYTES = 1 << 20
+# Characters that cannot be encoded as UTF-8 (lone surrogates, which JSON's \ud800 escapes can produce).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def location(path: str, line: int) -> str:
@@ -73,6 +90,23 @@ class Problems:
     def to_dict(self) -> dict[str, Any]:
         return {"counts": dict(sorted(self.counts.items())), "examples": self.examples}
 
+    def summary(self) -> str:
+        return problems_summary(self.to_dict())
+
+
+def problems_summary(bad_input: dict[str, Any]) -> str:
+    """One line for the end of a job, from a report's `bad_input` (Problems.to_dict): how many records
+    of each kind were skipped, and where the whole-file problems (truncated or unreadable files,
+    special files) happened."""
+    parts = []
+    for kind, n in bad_input["counts"].items():
+        part = f"{n} {kind}"
+        if kind in FILE_PROBLEMS:
+            shown = bad_input["examples"][kind][:3]
+            part += f" ({'; '.join(shown)}{'; ...' if n > len(shown) else ''})"
+        parts.append(part)
+    return "skipped bad input: " + ", ".join(parts)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SourceConfig:
@@ -92,17 +126,117 @@ def stdlib_dir() -> str:
     return sysconfig.get_paths()["stdlib"]
 
 
-def _open_text_lines(path: Path) -> io.BufferedReader | Any:
-    """A binary line iterator over a plain, .gz or .zst file (decoding is per line, so one bad line is
-    one skipped record, not a dead job)."""
+class _ZstdReader(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame, raising EOFError where the file ends
+    inside a frame. (zstandard's own stream reader ends such a file with a silent short read, so a cut
+    file would look complete.) Compressed input is fed 64 KiB at a time, which bounds the output held at
+    once to 64 KiB times the compression ratio."""
+
+    READ_BYTES = 1 << 16
+
+    def __init__(self, path: Path) -> None:
+        import zstandard
+
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame: Any = None  # the decompressor of the frame being read, None between frames
+        self._out = memoryview(b"")  # decompressed bytes not yet returned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out:
+            data = b""
+            if self._frame is not None and self._frame.eof:  # a frame ended: the rest starts the next
+                data, self._frame = self._frame.unused_data, None
+            data = data or self._file.read(self.READ_BYTES)
+            if not data:
+                if self._frame is not None:
+                    raise EOFError("the file ends inside a zstd frame")
+                return 0
+            if self._frame is None:
+                self._frame = self._dctx.decompressobj()
+            self._out = memoryview(self._frame.decompress(data))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase | Any:
+    """A binary stream over a plain, .gz or .zst file; a compressed file cut short raises EOFError when
+    the reading reaches the cut."""
     if path.suffix == ".gz":
         return gzip.open(path, "rb")
     if path.suffix == ".zst":
-        import zstandard
-
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the stream reader
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 20)
     return open(path, "rb")  # noqa: SIM115
+
+
+def _bounded_lines(stream: Any, max_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, size in bytes) for each line of a binary stream; line is None for one longer than
+    `max_bytes`, which is skipped in chunks, never held whole."""
+    while line := stream.readline(max_bytes + 1):
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line, len(line)
+            continue
+        size = len(line)
+        while not line.endswith(b"\n") and (line := stream.readline(1 << 20)):
+            size += len(line)
+        yield None, size
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def not_regular(path: Path) -> str | None:
+    """Why `path` is not a file to read (a FIFO, a device, a socket, a dangling symlink or a symlink to
+    one of those), or None for a regular file or a symlink to one. Nothing is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if not path.is_symlink():
+            return None  # gone or unreadable: reported when reading it
+        if isinstance(e, FileNotFoundError):
+            return f"dangling symlink to {os.readlink(path)}"
+        return f"symlink that cannot be followed to a file ({e.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = _file_kind(mode)
+    return f"symlink to {kind} ({os.readlink(path)})" if path.is_symlink() else kind
+
+
+class NotRegularFile(OSError):
+    """Raised by read_regular_file for a path that is not a regular file."""
+
+
+def read_regular_file(path: str | Path, max_bytes: int) -> bytes | None:
+    """The bytes of the regular file `path`, or None if it holds more than `max_bytes` (at most
+    `max_bytes + 1` are read). Raises OSError, and NotRegularFile for anything but a regular file (a FIFO
+    put in place after the listing is checked on the open descriptor, never read; O_NONBLOCK keeps its
+    open from waiting for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(_file_kind(mode))
+        data = f.read(max_bytes + 1)
+    return None if len(data) > max_bytes else data
 
 
 Problem = tuple[str, str, str]  # (kind, location, detail)
@@ -116,6 +250,12 @@ def _check_text(text: Any, where: str, cfg: SourceConfig) -> Problem | None:
         return ("empty_document", where, "")
     if len(text) > cfg.max_doc_chars:
         return ("too_large", where, f"{len(text):,} chars > max_doc_chars {cfg.max_doc_chars:,}")
+    if not text.isascii() and (bad := _SURROGATE.search(text)):
+        return (
+            "invalid_unicode",
+            where,
+            f"lone surrogate U+{ord(bad.group()):04X} at character {bad.start():,} (not encodable as UTF-8)",
+        )
     return None
 
 
@@ -153,14 +293,19 @@ def decode_record(rec: Record, cfg: SourceConfig) -> tuple[str | None, Problem |
     if isinstance(rec.payload, str):
         return rec.payload, None
     if rec.payload is None:
+        max_bytes = cfg.max_doc_chars * 4  # more bytes than any accepted text could need
         try:
-            path = Path(rec.path)
-            size = path.stat().st_size
-            if size > cfg.max_doc_chars * 4:  # more bytes than any accepted text could need
-                return None, ("too_large", where, f"{size:,} bytes > max_doc_chars {cfg.max_doc_chars:,}")
-            data = path.read_bytes()
+            data = read_regular_file(rec.path, max_bytes)
+        except NotRegularFile as e:
+            return None, ("not_regular_file", where, str(e))
         except OSError as e:
             return None, ("unreadable_file", where, str(e))
+        if data is None:
+            return None, (
+                "too_large",
+                where,
+                f"more than {max_bytes:,} bytes (4 per character of max_doc_chars {cfg.max_doc_chars:,})",
+            )
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -179,16 +324,37 @@ def decode_record(rec: Record, cfg: SourceConfig) -> tuple[str | None, Problem |
     return (None, problem) if problem else (text, None)
 
 
-def jsonl_records(path: Path, problems: Problems) -> Iterator[Record]:
-    """The non-blank lines of a .jsonl, .jsonl.gz or .jsonl.zst file, undecoded."""
+def jsonl_records(
+    path: Path, problems: Problems, max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
+) -> Iterator[Record]:
+    """The non-blank lines of a .jsonl, .jsonl.gz or .jsonl.zst file, undecoded. A line too long to hold
+    a document of `max_doc_chars` is skipped unread (too_large); a compressed file cut short or corrupt
+    keeps the lines before the damage and is reported with the line where reading stopped."""
+    import zstandard
+
+    max_bytes = 6 * max_doc_chars + JSONL_OTHER_FIELDS_BYTES
+    lineno = 0  # lines read so far
     try:
-        with _open_text_lines(path) as stream:
-            for lineno, raw in enumerate(stream, start=1):
-                if raw.strip():
+        with _open_binary(path) as stream:
+            for raw, size in _bounded_lines(stream, max_bytes):
+                lineno += 1
+                if raw is None:
+                    problems.add(
+                        "too_large", location(str(path), lineno), f"line of {size:,} bytes > {max_bytes:,}"
+                    )
+                elif raw.strip():
                     yield Record(str(path), lineno, raw)
-    except (OSError, EOFError, ValueError) as e:
-        # A truncated .gz/.zst or an I/O error: keep what was read, report where it stopped.
-        problems.add("unreadable_file", str(path), f"{type(e).__name__}: {e}")
+    except EOFError as e:
+        read = f"lines 1-{lineno} were read" if lineno else "no complete line was read"
+        problems.add(
+            "truncated",
+            location(str(path), lineno + 1),
+            f"the file ends inside line {lineno + 1}: {read}, the rest is lost ({e})",
+        )
+    except (OSError, ValueError, zlib.error, zstandard.ZstdError) as e:
+        where = location(str(path), lineno + 1 if lineno else 0)
+        stopped = f"reading stopped in line {lineno + 1}: " if lineno else ""
+        problems.add("unreadable_file", where, f"{stopped}{type(e).__name__}: {e}")
 
 
 def read_parquet(path: Path, cfg: SourceConfig, problems: Problems) -> Iterator[Document]:
@@ -218,7 +384,11 @@ def read_hf_dataset(path: Path, cfg: SourceConfig, problems: Problems) -> Iterat
     order). Arrow files are memory-mapped, so nothing is loaded whole."""
     import datasets
 
-    loaded = datasets.load_from_disk(str(path))
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets and pyarrow raise a mix of their own errors for a damaged directory
+        problems.add("unreadable_file", str(path), f"{type(e).__name__}: {e}")
+        return
     splits = (
         [(name, loaded[name]) for name in sorted(loaded)]
         if isinstance(loaded, datasets.DatasetDict)
@@ -307,8 +477,11 @@ def iter_records(cfg: SourceConfig, problems: Problems) -> Iterator[Record]:
     """Every record of every input, in a deterministic order, undecoded where decoding is costly (JSON
     lines, source files): the cheap, serial part of reading."""
     for kind, path in expand_inputs(cfg):
+        if kind != "hf_dataset" and (why := not_regular(path)):
+            problems.add("not_regular_file", str(path), why)
+            continue
         if kind == "jsonl":
-            yield from jsonl_records(path, problems)
+            yield from jsonl_records(path, problems, cfg.max_doc_chars)
         elif kind == "source":
             yield Record(str(path), 0, None)
         else:
