@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import multiprocessing
 import os
 import signal
@@ -28,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from data_tools.dedup import ExactDeduplicator, NearDeduplicator, content_hash, minhash_signature
+from data_tools.encode import encode_documents
 from data_tools.filters import FilterConfig, first_failing_filter
 from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record, location
 
@@ -120,10 +120,7 @@ def tokenize_records(
     flat; and the per-record lengths (EOD included). Decoding again here, rather than shipping the text
     through the main process, keeps the main process's share of the work small."""
     texts = [decode_record(rec, sources)[0] for rec in records]
-    encodings = _WORKER["tokenizer"].encode_batch_fast(texts, add_special_tokens=False)
-    lengths = np.fromiter((len(e) + 1 for e in encodings), dtype=np.int64, count=len(encodings))
-    with_eod = itertools.chain.from_iterable(itertools.chain(e.ids, (eod_id,)) for e in encodings)
-    return np.fromiter(with_eod, dtype=dtype, count=int(lengths.sum())), lengths
+    return encode_documents(_WORKER["tokenizer"], texts, eod_id, dtype)
 
 
 # ---- the pool ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from data_tools import cli
+from data_tools.encode import encode_one, pieces
 from data_tools.errors import DataError
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
@@ -87,7 +88,7 @@ def load_tokenizer(tok_dir: str | Path):
 def chars_per_token(tokenizer: Any, texts: Sequence[str]) -> float | None:
     if not texts:
         return None
-    n_tokens = sum(len(e.ids) for e in tokenizer.encode_batch_fast(list(texts), add_special_tokens=False))
+    n_tokens = sum(len(encode_one(tokenizer, p, "int64")) for t in texts for p in pieces(t))
     return sum(map(len, texts)) / max(n_tokens, 1)
 
 
@@ -98,7 +99,9 @@ def train(
     held_out: Sequence[str] = (),
     show_progress: bool = True,
 ) -> dict[str, Any]:
-    """Train on `texts`, save to `out_dir`, and return the report (vocabulary, held-out chars/token)."""
+    """Train on `texts`, save to `out_dir`, and return the report (vocabulary, held-out chars/token).
+    Long texts reach the trainer in pieces cut where the pre-tokenizer cuts (the same word counts, in
+    bounded memory: data_tools.encode)."""
     tokenizer, trainer = new_bpe_trainer(vocab_size, show_progress=show_progress)
     counted = {"docs": 0, "chars": 0}
 
@@ -106,7 +109,7 @@ def train(
         for t in it:
             counted["docs"] += 1
             counted["chars"] += len(t)
-            yield t
+            yield from pieces(t)
 
     tokenizer.train_from_iterator(counting(texts), trainer)
     if counted["docs"] == 0:
