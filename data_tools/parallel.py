@@ -22,12 +22,14 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from data_tools.dedup import ExactDeduplicator, NearDeduplicator, content_hash, minhash_signature
 from data_tools.encode import encode_documents
+from data_tools.errors import DataError
 from data_tools.filters import FilterConfig, first_failing_filter
 from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record, location
 
@@ -185,18 +187,63 @@ def make_executor(workers: int, tokenizer_json: str | None = None) -> Executor:
 
 
 def ordered_map(
-    submit: Callable[[Any], Future], items: Iterable[Any], window: int
+    submit: Callable[[Any], Future],
+    items: Iterable[Any],
+    window: int,
+    records_of: Callable[[Any], Iterable[Record]] = lambda item: item,
 ) -> Iterator[tuple[Any, Any]]:
-    """(item, result) in input order, with at most `window` submissions in flight."""
+    """(item, result) in input order, with at most `window` submissions in flight. A worker process that
+    dies (killed for memory, a crash in native code) raises WorkerDied naming the records of the items
+    in flight (`records_of(item)`), one of which it was working on; also those of an earlier stage
+    feeding `items` through the same pool."""
     pending: deque[tuple[Any, Future]] = deque()
-    for item in items:
-        pending.append((item, submit(item)))
-        if len(pending) >= window:
-            item0, fut = pending.popleft()
-            yield item0, fut.result()
+
+    def in_flight() -> list[Record]:
+        unfinished = lambda f: not f.done() or f.cancelled() or f.exception() is not None
+        return [rec for item, f in pending if unfinished(f) for rec in records_of(item)]
+
+    def first() -> tuple[Any, Any]:
+        item, fut = pending[0]
+        try:
+            result = fut.result()
+        except BrokenProcessPool as e:
+            raise WorkerDied(in_flight()) from e
+        pending.popleft()
+        return item, result
+
+    try:
+        for item in items:
+            pending.append((item, submit(item)))
+            if len(pending) >= window:
+                yield first()
+    except WorkerDied as e:  # in the stage feeding `items`: this stage's work was in flight too
+        raise WorkerDied(in_flight() + e.records) from e.__cause__
     while pending:
-        item0, fut = pending.popleft()
-        yield item0, fut.result()
+        yield first()
+
+
+class WorkerDied(DataError):
+    """A worker process died; the message names the inputs it may have been reading, by file and line."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        lines: dict[str, list[int]] = {}  # JSONL and Parquet rows by file
+        files: list[str] = []  # whole source files, in path order
+        for rec in records:
+            if rec.line:
+                lines.setdefault(rec.path, []).append(rec.line)
+            elif rec.path not in files:
+                files.append(rec.path)
+        where = [f"{p} lines {min(n)}-{max(n)}" for p, n in lines.items()]
+        if len(files) > 3:
+            files = [f"the {len(files)} files from {files[0]} to {files[-1]} (in path order)"]
+        more = [f"and {len(where) - 10} more JSONL/Parquet files"] if len(where) > 10 else []
+        shown = "; ".join(where[:10] + more + files)
+        super().__init__(
+            "a worker process died (killed by the system, often for lack of memory: see `dmesg`) while "
+            f"processing one of: {shown}. Remove or fix that input, or lower --max-doc-chars or "
+            "--workers, and rerun (codeparrot-preprocess keeps its finished shards and resumes)."
+        )
 
 
 # ---- decisions in the main process --------------------------------------------------------------------
@@ -300,7 +347,7 @@ def cleaned_batches(
     submit = lambda batch: executor.submit(
         clean_batch, batch, sources, cfg.filters, cfg.near_dedup, want_text
     )
-    for batch, verdicts in ordered_map(submit, batches, window):
+    for batch, verdicts in ordered_map(submit, batches, window, records_of=lambda batch: batch):
         kept, hashes = [], []
         for rec, v in zip(batch, verdicts, strict=True):
             if v.problem is not None:

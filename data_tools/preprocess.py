@@ -212,7 +212,7 @@ def _tokenize_and_write(
     last_end = skip
     try:
         for (end, kept, hashes), (flat, lengths) in ordered_map(
-            submit, fresh(), window=2 * max(cfg.workers, 1)
+            submit, fresh(), 2 * max(cfg.workers, 1), records_of=lambda item: [k.record for k in item[1]]
         ):
             keep = np.ones(len(kept), dtype=bool)
             if min_cpt is not None:
