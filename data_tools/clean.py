@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from data_tools import cli
 from data_tools.errors import DataError
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
+
+logger = logging.getLogger(__name__)
 
 
 def _open_output(path: Path):
@@ -48,8 +51,10 @@ def clean(
     """Write the kept documents to `output` (atomically) and return the report (also written as JSON)."""
     from tqdm import tqdm
 
+    report_path = report_path or output.with_name(output.name.split(".")[0] + ".report.json")
+    cli.prepare_output_file(output)
+    cli.prepare_output_file(report_path, "--report")
     problems, cleaner = Problems(), Cleaner(cfg)
-    output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp" + "".join(output.suffixes[-1:]))
     executor = make_executor(workers)
     try:
@@ -68,8 +73,9 @@ def clean(
     os.replace(tmp, output)
     report = cleaner.to_dict(problems)
     report["sources"] = sources.describe()
-    report_path = report_path or output.with_name(output.name.split(".")[0] + ".report.json")
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    if problems.counts:
+        logger.warning("%s; details in %s", problems.summary(), report_path)
     if report["kept_docs"] == 0:
         raise DataError(f"no documents left after cleaning {report['input_docs']} read; see {report_path}.")
     return report

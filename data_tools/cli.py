@@ -1,11 +1,15 @@
-"""Command-line pieces shared by the data tools: argument groups, config builders and the error boundary."""
+"""Command-line pieces shared by the data tools: argument groups, config builders, output checks and the
+error boundary."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from data_tools.errors import DataError
@@ -122,7 +126,7 @@ def clean_config(args: argparse.Namespace) -> CleanConfig:
         chars_per_token=None if "chars_per_token" in off else args.min_chars_per_token,
     )
     if not 0.0 <= args.valid_ratio < 1.0:
-        raise SystemExit(f"error: --valid-ratio ({args.valid_ratio}) must be in [0, 1)")
+        raise DataError(f"--valid-ratio ({args.valid_ratio}) must be in [0, 1)")
     return CleanConfig(
         filters=filters,
         exact_dedup=not args.no_dedup,
@@ -130,6 +134,30 @@ def clean_config(args: argparse.Namespace) -> CleanConfig:
         near_dedup_threshold=args.near_dedup_threshold,
         valid_ratio=args.valid_ratio,
     )
+
+
+def prepare_output_dir(path: Path, option: str = "--output") -> None:
+    """Create directory `path` (with its parents) and check that a file can be written in it: called
+    before any input is read, so a job never does its work and then fails to save it. Raises DataError
+    naming the path and the fix."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        in_the_way = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{in_the_way} is a file, not a directory" if in_the_way else e.strerror
+        raise DataError(
+            f"{option} {path}: cannot create or write this directory ({why}). "
+            f"Choose another {option}, or make it a writable directory."
+        ) from e
+
+
+def prepare_output_file(path: Path, option: str = "--output") -> None:
+    """`prepare_output_dir` for the directory of the file `path`, which must not be a directory."""
+    if path.is_dir():
+        raise DataError(f"{option} {path}: is a directory; give a file name in it, or another path.")
+    prepare_output_dir(path.parent, option)
 
 
 def setup_tool_logging(verbose: bool = False) -> None:
@@ -143,12 +171,22 @@ def setup_tool_logging(verbose: bool = False) -> None:
 
 
 def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
-    """Run a tool's job: user errors become one clear line on stderr and exit status 2, not a traceback."""
+    """Run a tool's job: user errors, and a disk that fills up, become one clear line on stderr and exit
+    status 2, not a traceback. Anything else is a bug and keeps its traceback."""
     setup_tool_logging(getattr(args, "verbose", False))
     try:
         job()
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"error: {e.filename or 'output'}: {e.strerror}. Free some space (or choose another --output) "
+            "and rerun: codeparrot-preprocess keeps its finished shards and resumes.",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(

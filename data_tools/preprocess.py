@@ -243,6 +243,7 @@ def _tokenize_and_write(
 def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
     out = cfg.output
+    cli.prepare_output_dir(out)
     if overwrite and out.exists():
         for name in ("units", "tokenizer", MANIFEST, "report.json"):
             p = out / name
@@ -290,6 +291,8 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
             cleaner.report.remove("chars_per_token", removed["bytes"], removed["docs"])
     report = cleaner.to_dict(problems)
     _write_json_atomic(out / "report.json", report)
+    if problems.counts:
+        logger.warning("%s; details in %s", problems.summary(), out / "report.json")
     manifest = _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint)
     if manifest["splits"]["train"]["documents"] + manifest["splits"]["valid"]["documents"] == 0:
         raise DataError(
@@ -356,17 +359,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
     cli.add_common_args(parser)
     args = parser.parse_args(argv)
-    cfg = PreprocessConfig(
-        sources=cli.source_config(args),
-        clean=cli.clean_config(args),
-        output=args.output,
-        tokenizer=args.tokenizer,
-        vocab_size=args.vocab_size,
-        shard_tokens=args.shard_tokens,
-        workers=args.workers,
-        show_progress=not args.quiet,
+    job = lambda: preprocess(
+        PreprocessConfig(
+            sources=cli.source_config(args),
+            clean=cli.clean_config(args),
+            output=args.output,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
+            shard_tokens=args.shard_tokens,
+            workers=args.workers,
+            show_progress=not args.quiet,
+        ),
+        overwrite=args.overwrite,
     )
-    return cli.run(lambda: preprocess(cfg, overwrite=args.overwrite), args)
+    return cli.run(job, args)
 
 
 if __name__ == "__main__":

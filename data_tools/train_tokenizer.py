@@ -22,7 +22,7 @@ from data_tools import cli
 from data_tools.encode import encode_one, pieces
 from data_tools.errors import DataError
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
-from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records, problems_summary
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,14 @@ def load_tokenizer(tok_dir: str | Path):
         raise DataError(
             f"{path}: no tokenizer here. Train one with `codeparrot-train-tokenizer --output {tok_dir}`."
         )
-    tokenizer = Tokenizer.from_file(str(path))
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises a bare Exception for a file it cannot parse
+        raise DataError(
+            f"{path}: not a tokenizer file the tokenizers library can read ({e}). Pass the directory of a "
+            f"tokenizer saved by `codeparrot-train-tokenizer`, or train one with `codeparrot-train-tokenizer "
+            f"--output {tok_dir}`."
+        ) from e
     eod = tokenizer.token_to_id(EOD_TOKEN)
     if eod is None:
         raise DataError(f"{path}: the tokenizer has no {EOD_TOKEN} token, needed to separate documents.")
@@ -148,6 +155,7 @@ def train_on_corpus(
 ) -> dict[str, Any]:
     """Clean and deduplicate the corpus (in parallel) and train on its training split; validation-split
     documents are held out for the chars/token figure."""
+    cli.prepare_output_dir(out_dir)
     problems = Problems()
     cleaner = Cleaner(clean)
     held_out: list[str] = []
@@ -182,17 +190,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     cli.add_common_args(parser)
     args = parser.parse_args(argv)
-    return cli.run(
-        lambda: train_on_corpus(
+
+    def job() -> None:
+        report = train_on_corpus(
             cli.source_config(args),
             cli.clean_config(args),
             args.output,
             args.vocab_size,
             args.workers,
             show_progress=not args.quiet,
-        ),
-        args,
-    )
+        )
+        bad_input = report["cleaning"]["bad_input"]
+        if bad_input["counts"]:
+            logger.warning(
+                "%s; details in %s", problems_summary(bad_input), args.output / "training_report.json"
+            )
+
+    return cli.run(job, args)
 
 
 if __name__ == "__main__":
