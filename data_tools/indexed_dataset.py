@@ -115,23 +115,22 @@ class IndexedDatasetWriter:
         return len(self._doc_idx) - 1
 
     def finalize(self) -> dict[str, object]:
-        """Write the index and move both files into place. Returns tokens, documents, sequences, sha256."""
+        """Write the index and move both files into place. Returns tokens, documents, sequences, and the
+        sha256 and size in bytes of each file (sha256/bin_bytes, idx_sha256/idx_bytes)."""
         self._bin.close()
         sizes = np.asarray(self._sizes, dtype=np.int32)
         pointers = np.zeros(len(sizes), dtype=np.int64)
         if len(sizes) > 1:
             np.cumsum(sizes[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
         doc_idx = np.asarray(self._doc_idx, dtype=np.int64)
+        header = MAGIC + struct.pack("<QBQQ", VERSION, CODE_OF_DTYPE[self.dtype], len(sizes), len(doc_idx))
+        parts = [header, sizes.tobytes(order="C"), pointers.tobytes(order="C"), doc_idx.tobytes(order="C")]
+        idx_sha = hashlib.sha256()
         tmp_idx = self.prefix.with_name(self.prefix.name + ".idx.tmp")
         with open(tmp_idx, "wb") as f:
-            f.write(MAGIC)
-            f.write(struct.pack("<Q", VERSION))
-            f.write(struct.pack("<B", CODE_OF_DTYPE[self.dtype]))
-            f.write(struct.pack("<Q", len(sizes)))
-            f.write(struct.pack("<Q", len(doc_idx)))
-            f.write(sizes.tobytes(order="C"))
-            f.write(pointers.tobytes(order="C"))
-            f.write(doc_idx.tobytes(order="C"))
+            for part in parts:
+                f.write(part)
+                idx_sha.update(part)
         _replace_atomic(self._tmp_bin, self.prefix.with_name(self.prefix.name + ".bin"))
         _replace_atomic(tmp_idx, self.prefix.with_name(self.prefix.name + ".idx"))
         return {
@@ -139,6 +138,9 @@ class IndexedDatasetWriter:
             "documents": self.num_documents,
             "sequences": len(sizes),
             "sha256": self._sha.hexdigest(),
+            "bin_bytes": int(self.tokens) * self.dtype.itemsize,
+            "idx_sha256": idx_sha.hexdigest(),
+            "idx_bytes": sum(map(len, parts)),
         }
 
     def abort(self) -> None:
@@ -257,27 +259,55 @@ def write_dataset(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`codeparrot-shards PREFIX...`: validate shards and print their counts (JSON lines)."""
+    """`codeparrot-shards PATH...`: validate shards and print their counts (JSON lines). PATH is a dataset
+    directory (every shard of its manifest) or a shard's path prefix. Shards listed in a manifest are
+    first verified against it (sha256 and size; data_tools.manifest.verify_dataset), unless --no-verify.
+    Exit status 2 if any shard is bad."""
     parser = argparse.ArgumentParser(prog="codeparrot-shards", description=main.__doc__)
-    parser.add_argument("prefixes", nargs="+", help="dataset path prefixes (with or without .bin/.idx)")
+    parser.add_argument(
+        "paths", nargs="+", help="dataset directories or shard prefixes (with or without .bin/.idx)"
+    )
+    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check against the manifest")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     status = 0
-    for prefix in args.prefixes:
+    for path in args.paths:
         try:
-            ds = IndexedDataset(prefix)
+            for info in _check_path(Path(path), verify=not args.no_verify, progress=not args.quiet):
+                print(json.dumps(info))
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
-            status = 1
-            continue
-        info = {
-            "prefix": str(ds.prefix),
-            "dtype": str(ds.dtype),
-            "sequences": len(ds),
-            "documents": ds.num_documents,
-            "tokens": int(ds.sizes.sum(dtype=np.int64)),
-        }
-        print(json.dumps(info))
+            status = 2
     return status
+
+
+def _check_path(path: Path, verify: bool, progress: bool) -> list[dict[str, object]]:
+    """The counts of the shards at `path` (a dataset directory or a shard prefix), after verifying those a
+    manifest lists."""
+    from data_tools.manifest import MANIFEST, load_manifest, verify_dataset
+
+    if path.is_dir():
+        manifest = load_manifest(path)
+        if verify:
+            verify_dataset(path, progress=progress)
+        names = [s["prefix"] for v in manifest["splits"].values() for s in v["shards"]]
+        return [_shard_info(IndexedDataset(path / name)) for name in names]
+    prefix = Path(str(path).removesuffix(".bin").removesuffix(".idx"))
+    if verify and (prefix.parent / MANIFEST).exists():
+        listed = {s["prefix"] for v in load_manifest(prefix.parent)["splits"].values() for s in v["shards"]}
+        if prefix.name in listed:
+            verify_dataset(prefix.parent, progress=progress, prefixes={prefix.name})
+    return [_shard_info(IndexedDataset(prefix))]
+
+
+def _shard_info(ds: IndexedDataset) -> dict[str, object]:
+    return {
+        "prefix": str(ds.prefix),
+        "dtype": str(ds.dtype),
+        "sequences": len(ds),
+        "documents": ds.num_documents,
+        "tokens": int(ds.sizes.sum(dtype=np.int64)),
+    }
 
 
 if __name__ == "__main__":

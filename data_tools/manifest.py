@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data_tools.errors import DataError
+from data_tools.indexed_dataset import IndexedDataset
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# What verify_dataset found, per shard file: size, mtime_ns, inode and sha256. A file whose size, mtime
+# and inode are unchanged is not hashed again.
+VERIFIED = ".verified.json"
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -39,16 +51,161 @@ def manifest_hash(data_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def verify_shards(data_dir: str | Path) -> list[str]:
-    """Recompute every shard's sha256; the list of problems (empty when all match)."""
-    manifest, problems = load_manifest(data_dir), []
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            path = Path(data_dir) / f"{shard['prefix']}.bin"
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    h.update(chunk)
-            if h.hexdigest() != shard["sha256"]:
-                problems.append(f"{path}: sha256 {h.hexdigest()} != manifest {shard['sha256']}")
-    return problems
+def verify_dataset(
+    data_dir: str | Path, *, progress: bool = True, prefixes: Collection[str] | None = None
+) -> None:
+    """Check every shard's `.bin` and `.idx` against the manifest (size and sha256) and each index
+    against its `.bin` (IndexedDataset's checks). Raises DataError naming each bad file, the expected and
+    the actual hash, and the command that regenerates the dataset.
+
+    Hashing reads every byte once (a tqdm bar over bytes unless `progress` is False); what it found is
+    recorded in `VERIFIED` inside `data_dir`, so a later call hashes only files whose size, mtime or inode
+    changed. A directory that cannot be written is verified all the same, without the record.
+    `prefixes`: check only these shards (names such as `train_00000`)."""
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    shards = [
+        (split, shard)
+        for split, info in sorted(manifest["splits"].items())
+        for shard in info["shards"]
+        if prefixes is None or shard["prefix"] in prefixes
+    ]
+    problems: dict[str, str] = {}  # shard prefix -> what is wrong (the first problem found)
+    for split, shard in shards:
+        for ext, size_key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
+            path, where = data_dir / (shard["prefix"] + ext), f"shard {shard['prefix']} of the {split} split"
+            try:
+                size = path.stat().st_size
+            except OSError as e:
+                problems.setdefault(shard["prefix"], f"{path}: {e.strerror} ({where})")
+                continue
+            if size != shard.get(size_key, size):
+                problems.setdefault(
+                    shard["prefix"], f"{path}: {size} bytes, {MANIFEST} records {shard[size_key]} ({where})"
+                )
+    hashes = _hashes(data_dir, manifest, [s for _, s in shards if s["prefix"] not in problems], progress)
+    for split, shard in shards:
+        prefix = shard["prefix"]
+        for ext, sha_key in ((".bin", "sha256"), (".idx", "idx_sha256")):
+            actual, expected = hashes.get(prefix + ext), shard.get(sha_key)
+            if prefix not in problems and expected is not None and actual != expected:
+                problems[prefix] = (
+                    f"{data_dir / (prefix + ext)}: sha256 {actual}, but {MANIFEST} records {expected} "
+                    f"(shard {prefix} of the {split} split): the file is corrupt or was changed"
+                )
+        # Manifests of 0.1.0 do not hash the index: IndexedDataset's checks and the counts cover it.
+        if (
+            prefix not in problems
+            and "idx_sha256" not in shard
+            and (problem := _check_index(data_dir, shard))
+        ):
+            problems[prefix] = problem
+    if problems:
+        raise DataError("\n".join(problems.values()) + "\n" + regenerate_hint(data_dir, manifest))
+
+
+def _check_index(data_dir: Path, shard: dict[str, Any]) -> str | None:
+    """What is wrong with the shard's index (its layout, its agreement with the .bin and with the
+    manifest's counts), or None."""
+    prefix = data_dir / shard["prefix"]
+    try:
+        ds = IndexedDataset(prefix)
+    except DataError as e:
+        return str(e).split(" HINT:")[0]
+    tokens = int(ds.sizes.sum(dtype=np.int64))
+    if (tokens, ds.num_documents) != (shard["tokens"], shard["documents"]):
+        return (
+            f"{prefix}: {tokens} tokens in {ds.num_documents} documents, {MANIFEST} records "
+            f"{shard['tokens']} in {shard['documents']}"
+        )
+    return None
+
+
+def regenerate_hint(data_dir: Path, manifest: dict[str, Any]) -> str:
+    """The command that rebuilds the dataset in `data_dir`, from what its manifest records."""
+    sources = [s for s in manifest.get("sources", []) if not s.startswith("stdlib:")]
+    inputs = f" --input {' '.join(sources)}" if len(sources) <= 3 else f" --input <the sources in {MANIFEST}>"
+    tok = manifest["tokenizer"].get("path", "tokenizer")
+    tokenizer = f" --tokenizer {tok}" if os.path.isabs(tok) else ""
+    return (
+        f"HINT: regenerate the dataset with `codeparrot-preprocess{inputs}{tokenizer} --output {data_dir} "
+        f"--overwrite` and the cleaning options recorded in {data_dir / MANIFEST} (config)."
+    )
+
+
+_RECORD_KEYS = ("size", "mtime_ns", "ino")
+
+
+def _hashes(
+    data_dir: Path, manifest: dict[str, Any], shards: list[dict[str, Any]], progress: bool
+) -> dict[str, str]:
+    """File name -> sha256 for the .bin and .idx of `shards`: from the VERIFIED record where the file's
+    size, mtime and inode are those recorded, else hashed (and the record updated)."""
+    path = data_dir / VERIFIED
+    known = _load_record(path)
+    record, to_hash = {}, []
+    for name in (shard["prefix"] + ext for shard in shards for ext in (".bin", ".idx")):
+        st = (data_dir / name).stat()
+        now = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+        old = known.get(name)
+        if old is not None and all(old[k] == now[k] for k in _RECORD_KEYS):
+            record[name] = old
+        else:
+            to_hash.append((name, now))
+    with _progress(sum(now["size"] for _, now in to_hash), f"verify {data_dir}", progress) as bar:
+        for name, now in to_hash:
+            record[name] = now | {"sha256": sha256_file(data_dir / name, bar.update)}
+    in_manifest = {
+        s["prefix"] + ext
+        for v in manifest["splits"].values()
+        for s in v["shards"]
+        for ext in (".bin", ".idx")
+    }
+    updated = {n: e for n, e in known.items() if n in in_manifest} | record
+    if updated != known:
+        _save_record(path, updated)
+    return {name: entry["sha256"] for name, entry in record.items()}
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=not (enabled and total))
+
+
+def sha256_file(path: Path, on_read: Callable[[int], Any] = lambda n: None) -> str:
+    """The sha256 of a file, read 16 MiB at a time; `on_read(n)` after each read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+            on_read(len(chunk))
+    return h.hexdigest()
+
+
+def _load_record(path: Path) -> dict[str, dict[str, Any]]:
+    """The VERIFIED record, file name -> size, mtime_ns, ino, sha256; empty if absent or unreadable."""
+    try:
+        files = json.loads(path.read_text())["files"]
+        if all(set(e) >= {*_RECORD_KEYS, "sha256"} for e in files.values()):
+            return files
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {}
+
+
+def _save_record(path: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Write the record atomically, under a temporary name of this process's own (ranks may verify the
+    same directory at once); a directory that cannot be written only costs the next call a re-hash."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        logger.warning(
+            "%s: cannot record the verification (%s); the next verification hashes the shards again",
+            path,
+            e.strerror,
+        )

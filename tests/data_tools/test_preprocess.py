@@ -19,7 +19,7 @@ from data_tools.dedup import content_hash
 from data_tools.errors import DataError
 from data_tools.filters import FilterConfig
 from data_tools.indexed_dataset import IndexedDataset
-from data_tools.manifest import load_manifest, manifest_hash, verify_shards
+from data_tools.manifest import load_manifest, manifest_hash, verify_dataset
 from data_tools.parallel import CleanConfig, is_valid_split
 from data_tools.preprocess import PreprocessConfig, main, preprocess
 from data_tools.sources import SourceConfig
@@ -73,7 +73,7 @@ def test_round_trip_documents_in_tokens_out(tmp_path, small_tokenizer, workers):
         assert (split == "valid") == is_valid_split(content_hash(text), 0.2)
     assert 0 < manifest["splits"]["valid"]["documents"] < 40
     assert manifest["dtype"] == "uint16" and manifest["tokenizer"]["vocab_size"] == 600
-    assert not verify_shards(tmp_path / "out")
+    verify_dataset(tmp_path / "out", progress=False)
     for split in manifest["splits"].values():
         for shard in split["shards"]:
             ds = IndexedDataset(tmp_path / "out" / shard["prefix"])
