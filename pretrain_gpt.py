@@ -13,12 +13,14 @@ Everything is validated before an engine is built. Checkpoints in train.save_dir
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from training.config import ConfigError, load_run_config
 
@@ -41,7 +43,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--force-resume",
         action="store_true",
-        help="resume even if the data or tokenizer differ from the checkpoint's",
+        help="resume even if resume settings, data or tokenizer differ from the checkpoint's",
+    )
+    p.add_argument(
+        "--resume-from",
+        metavar="TAG",
+        help="resume from this checkpoint tag of train.save_dir (e.g. global_step400) instead of `latest`",
+    )
+    p.add_argument(
+        "--no-verify-data",
+        action="store_true",
+        help="skip checking the shards against their manifests' sha256 before training",
     )
     p.add_argument(
         "--cpu-shm-allreduce",
@@ -83,74 +95,87 @@ def init_distributed(cpu_shm_allreduce: bool) -> None:
     deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    _single_process_env()
-    from training.metrics import setup_logging
+@dataclasses.dataclass(frozen=True)
+class LaunchEnv:
+    """Where this process stands in the launch, read once from the launcher's variables (DeepSpeed's
+    launcher, torchrun, Open MPI, PMI). Under mpirun RANK is only set by DeepSpeed's MPI discovery, so the
+    MPI variables are read too."""
 
-    setup_logging(int(os.environ.get("RANK", 0)), args.verbose)
-    try:
-        run = load_run_config(args.config, args.set)
-        from training.validate import load_ds_config, validate
+    rank: int
+    world: int
 
-        ds_json = load_ds_config(args.ds_config)
-        import torch
+    @classmethod
+    def read(cls) -> LaunchEnv:
+        env = os.environ
 
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        world = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
-        resolved = validate(run, ds_json, args.ds_config, world, device_type)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return train(run, resolved, args)
+        def first(*names: str, default: int) -> int:
+            return next((int(env[n]) for n in names if n in env), default)
+
+        return cls(
+            rank=first("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", default=0),
+            world=first("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", default=1),
+        )
 
 
-def agree_on_precision(run, resolved, args: argparse.Namespace):
-    """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
-    differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
-    logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
-    import dataclasses
-
+def preflight(args: argparse.Namespace, world: int):
+    """Everything checkable from the config, the DeepSpeed JSON and the data, before any collective: the
+    run config and the resolved model, DeepSpeed config and precision. Raises ConfigError."""
     import torch
-    import torch.distributed as dist
 
     from training.validate import load_ds_config, validate
 
-    choice = resolved.precision
-    ranks_bf16 = torch.tensor([1.0 if choice.precision == "bf16" else 0.0])
-    low, high = ranks_bf16.clone(), ranks_bf16.clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    if low.item() != high.item():
-        logger.warning(
-            "train.precision auto resolved to bf16 on some ranks and fp32 on others (this rank: %s); "
-            "training in fp32 on every rank. Set train.precision explicitly to choose",
-            choice.reason,
-        )
-        fp32 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp32"))
-        world = dist.get_world_size()
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        again = validate(fp32, load_ds_config(args.ds_config), args.ds_config, world, device_type)
-        reason = "ranks disagreed on auto; fp32 everywhere"
-        return dataclasses.replace(again, precision=dataclasses.replace(again.precision, reason=reason))
-    logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
-    if choice.warning and dist.get_rank() == 0:
-        logger.warning("%s", choice.warning)
-    return resolved
+    run = load_run_config(args.config, args.set)
+    ds_json = load_ds_config(args.ds_config)
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return run, validate(run, ds_json, args.ds_config, world, device_type)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Expected failures (a bad config, unusable data or save_dir, a damaged or mismatching checkpoint,
+    another run in the save_dir) reach the user once, from rank 0, as one paragraph, with exit status 2,
+    before any engine is built. Unexpected errors keep their traceback."""
+    args = parse_args(argv)
+    _single_process_env()
+    launch = LaunchEnv.read()
+    from training.metrics import setup_logging
+
+    setup_logging(launch.rank, args.verbose)
+    run = resolved = None
+    try:
+        run, resolved = preflight(args, launch.world)
+        problems: list[str] = []
+    except ConfigError as e:
+        problems = e.problems
+    if launch.world == 1 and problems:  # nothing to agree with: say it without starting torch.distributed
+        return _refuse(problems, launch.rank)
+    init_distributed(args.cpu_shm_allreduce)
+    from training.startup import agreed_problems
+
+    problems = agreed_problems(problems)
+    if problems:
+        return _refuse(problems, launch.rank)
+    return train(run, resolved, args)
+
+
+def _refuse(problems: list[str], rank: int) -> int:
+    if rank == 0:
+        print(f"error: {ConfigError(problems)}", file=sys.stderr)
+    return 2
 
 
 def train(run, resolved, args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from data_tools.manifest import load_manifest, manifest_hash
+    from training import startup
     from training.checkpoint import seed_everything
     from training.engine import build_engine
     from training.loop import StopRequest, Trainer, TrainingAborted, total_steps
+    from training.run_lock import RunLock
 
     stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM is not lost
-    init_distributed(args.cpu_shm_allreduce)
     rank = dist.get_rank()
-    resolved = agree_on_precision(run, resolved, args)
+    resolved = startup.agree_on_precision(run, resolved, args.ds_config)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
     expected = {
         "resume_config": run.resume_values(resolved.precision.precision),
@@ -158,26 +183,42 @@ def train(run, resolved, args: argparse.Namespace) -> int:
         "data_manifest": ",".join(manifest_hash(p)[:16] for p in run.data.paths),
         "data_paths": list(run.data.paths),
     }
-    if rank == 0:
-        os.makedirs(run.train.save_dir, exist_ok=True)
-        with open(os.path.join(run.train.save_dir, "run_config.json"), "w") as f:
-            resolved_fields = {"model": resolved.model.to_dict(), "precision": resolved.precision.precision}
-            json.dump({**run.to_dict(), "resolved": resolved_fields}, f, indent=2)
-        with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
-            json.dump(resolved.ds_config, f, indent=2)
-    steps = total_steps(run, resolved.ds_config["train_batch_size"])
-    engine = build_engine(run, resolved.model, resolved.ds_config, resolved.zero_stage, steps)
+    lock = RunLock(Path(run.train.save_dir))
     try:
-        trainer = Trainer(run, resolved, engine, expected, args.force_resume)
-        result = trainer.fit(stop)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingAborted as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    logger.info("done: %s", json.dumps(result))
-    dist.barrier()
+        try:
+            plan = startup.prepare_run_dir(
+                run, expected, lock, args.force_resume, args.resume_from, verify=not args.no_verify_data
+            )
+        except ConfigError as e:
+            return _refuse(e.problems, rank)
+        if plan is not None and plan.universal:
+            problems = startup.switch_to_universal(plan, run, resolved)
+            if problems:
+                return _refuse(problems, rank)
+        if rank == 0:
+            with open(os.path.join(run.train.save_dir, "run_config.json"), "w") as f:
+                resolved_fields = {
+                    "model": resolved.model.to_dict(),
+                    "precision": resolved.precision.precision,
+                }
+                json.dump({**run.to_dict(), "resolved": resolved_fields}, f, indent=2)
+            with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
+                json.dump(resolved.ds_config, f, indent=2)
+        steps = total_steps(run, resolved.ds_config["train_batch_size"])
+        engine = build_engine(run, resolved.model, resolved.ds_config, resolved.zero_stage, steps)
+        try:
+            trainer = Trainer(run, resolved, engine, expected, plan)
+            result = trainer.fit(stop)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except TrainingAborted as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        logger.info("done: %s", json.dumps(result))
+        dist.barrier()
+    finally:
+        lock.release()
     dist.destroy_process_group()
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -170,6 +171,30 @@ def setup_tool_logging(verbose: bool = False) -> None:
     )
 
 
+def _disk_full_message(error: OSError, output: str | Path | None) -> str:
+    """One line for a full disk: which path (numpy and some writers raise ENOSPC without a file name, so
+    the output location stands in), the free space, what is safe, and how to go on."""
+    where = Path(error.filename) if error.filename else Path(output) if output else None
+    if where is None:
+        return f"{error.strerror}. Free some space and rerun the same command."
+    probe = where if where.exists() else where.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    out_dir = Path(output) if output else where.parent
+    units = len(list((out_dir / "units").glob("*.json"))) if (out_dir / "units").is_dir() else 0
+    safe = (
+        f"the {units} finished shard group(s) in {out_dir} are kept and the rerun resumes after them"
+        if units
+        else "nothing was finished yet; the inputs are untouched"
+    )
+    return (
+        f"{where}: {error.strerror} ({free}). Safe: {safe}. Free some space (or choose another --output) "
+        "and rerun the same command."
+    )
+
+
 def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
     """Run a tool's job: user errors, and a disk that fills up, become one clear line on stderr and exit
     status 2, not a traceback. Anything else is a bug and keeps its traceback."""
@@ -182,11 +207,7 @@ def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(
-            f"error: {e.filename or 'output'}: {e.strerror}. Free some space (or choose another --output) "
-            "and rerun: codeparrot-preprocess keeps its finished shards and resumes.",
-            file=sys.stderr,
-        )
+        print(f"error: {_disk_full_message(e, getattr(args, 'output', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -12,9 +12,15 @@ resume that differs in any of them is refused, naming each difference, unless fo
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import errno
+import io
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -30,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 LATEST = "latest"
 CLIENT_STATE = "client_state.json"
+FILES = "files.json"  # each file's size at save time, to tell a damaged checkpoint before loading it
+COMPLETE = "COMPLETE"  # written by rank 0 once every rank's files are in place, before `latest` moves
+UNIVERSAL_SUFFIX = "_universal"
 
 
 def seed_everything(seed: int) -> None:
@@ -55,6 +64,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _out_of_space(error: BaseException, save_dir: Path) -> bool:
+    """A write failed for want of space: ENOSPC, or one of the errors torch's C++ zip writer raises
+    instead ("basic_ios::clear: iostream error", "[enforce fail at inline_container.cc] unexpected pos")
+    on a disk that is (nearly) full."""
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in str(error):
+        return True
+    try:
+        return isinstance(error, RuntimeError) and shutil.disk_usage(save_dir).free < 64 * 2**20
+    except OSError:
+        return False
+
+
+def _disk_full_message(save_dir: Path, tag: str) -> str:
+    try:
+        free = f"{shutil.disk_usage(save_dir).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    done = latest_tag(save_dir)
+    safe = (
+        f"the last complete checkpoint {save_dir / done} (step {done.removeprefix('global_step')}) is "
+        f"intact and `latest` still names it; rerun the same command once there is room and it resumes "
+        f"from there"
+        if done
+        else "no checkpoint was completed yet; rerun once there is room and training starts afresh"
+    )
+    return (
+        f"no space left on the device of train.save_dir {save_dir} ({free}) while saving {tag}. "
+        f"Safe: {safe}. Free space there, or move {save_dir} to a larger disk and point train.save_dir at it"
+    )
+
+
 def latest_tag(save_dir: Path) -> str | None:
     path = save_dir / LATEST
     return path.read_text().strip() if path.exists() else None
@@ -64,22 +104,34 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     """Collective: every rank writes its part, then rank 0 moves `latest` and prunes old tags."""
     tag = f"global_step{step}"
     rank = dist.get_rank()
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
-    (save_dir / tag).mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), save_dir / tag / f"rng_rank{rank:05d}.pt")
-    if rank == 0:  # readable before any weights are loaded (a resume checks it first)
-        (save_dir / tag / CLIENT_STATE).write_text(json.dumps(client_state, indent=2) + "\n")
+    try:
+        engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+        (save_dir / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), save_dir / tag / f"rng_rank{rank:05d}.pt")
+        if rank == 0:  # readable before any weights are loaded (a resume checks it first)
+            (save_dir / tag / CLIENT_STATE).write_text(json.dumps(client_state, indent=2) + "\n")
+    except (OSError, RuntimeError) as e:
+        if not _out_of_space(e, save_dir):
+            raise
+        shutil.rmtree(save_dir / tag, ignore_errors=True)  # half written, never chosen: give the space back
+        raise ConfigError([_disk_full_message(save_dir, tag)]) from e
     dist.barrier()  # every rank's files are complete
     if rank == 0:
+        _write_file_record(save_dir / tag)
         tmp = save_dir / f".{LATEST}.tmp"
         tmp.write_text(tag + "\n")
         os.replace(tmp, save_dir / LATEST)
-        tags = sorted(
-            (p for p in save_dir.glob("global_step*") if p.is_dir()),
-            key=lambda p: int(p.name.removeprefix("global_step")),
-        )
+        for broken in save_dir.glob("global_step*"):  # saves that crashed before completing
+            if (
+                broken.name[11:].isdigit()
+                and int(broken.name[11:]) < step
+                and not (broken / COMPLETE).exists()
+            ):
+                shutil.rmtree(broken, ignore_errors=True)
+        tags = complete_tags(save_dir)
         for old in tags[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(save_dir / old, ignore_errors=True)
+            shutil.rmtree(save_dir / f"{old}{UNIVERSAL_SUFFIX}", ignore_errors=True)
     dist.barrier()
     logger.info("saved checkpoint %s", save_dir / tag)
     return tag
@@ -107,26 +159,93 @@ def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return out
 
 
-def load(engine: Any, save_dir: Path, expected: dict[str, Any], force: bool) -> dict[str, Any] | None:
-    """Resume from `latest` if there is one: the client state, after comparing it with `expected` (before
-    any weights are read, so a model of another shape gets this message, not a shape error)."""
-    tag = latest_tag(save_dir)
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run resumes from: its tag, client state, and whether it must go through DeepSpeed's
+    universal checkpoint (saved with another data-parallel size)."""
+
+    save_dir: Path
+    tag: str
+    client: dict[str, Any]
+    universal: bool
+
+    @property
+    def universal_tag(self) -> str:
+        return f"{self.tag}{UNIVERSAL_SUFFIX}"
+
+
+def _write_file_record(tag_dir: Path) -> None:
+    """Rank 0, after every rank wrote: each file's size, then the COMPLETE marker (see `complete_tags`)."""
+    files = {
+        str(f.relative_to(tag_dir)): f.stat().st_size
+        for f in sorted(tag_dir.rglob("*"))
+        if f.is_file() and f.name not in (FILES, COMPLETE)
+    }
+    (tag_dir / FILES).write_text(json.dumps(files, indent=1) + "\n")
+    (tag_dir / COMPLETE).write_text("")
+
+
+def complete_tags(save_dir: Path) -> list[str]:
+    """Tags whose save finished on every rank, oldest first."""
+    tags = [p for p in save_dir.glob("global_step*") if (p / COMPLETE).exists() and p.name[11:].isdigit()]
+    return [p.name for p in sorted(tags, key=lambda p: int(p.name.removeprefix("global_step")))]
+
+
+def _damaged_files(tag_dir: Path) -> list[str]:
+    """Files of a complete checkpoint that are missing or whose size changed since the save."""
+    try:
+        record = json.loads((tag_dir / FILES).read_text())
+    except (OSError, json.JSONDecodeError):
+        return [f"{tag_dir / FILES} (unreadable)"]
+    out = []
+    for name, size in record.items():
+        path = tag_dir / name
+        if not path.exists():
+            out.append(f"{path} (missing)")
+        elif path.stat().st_size != size:
+            out.append(f"{path} ({path.stat().st_size} bytes, {size} when saved)")
+    return out
+
+
+def _choose_another(save_dir: Path, bad: str) -> str:
+    others = [t for t in complete_tags(save_dir) if t != bad]
+    if not others:
+        return f"No other complete checkpoint is in {save_dir}: delete {save_dir} to start afresh"
+    return (
+        f"Complete checkpoints in {save_dir}: {', '.join(others)}. Resume from one with "
+        f"`--resume-from {others[-1]}`, or delete {save_dir} to start afresh"
+    )
+
+
+def plan_resume(
+    save_dir: Path, expected: dict[str, Any], force: bool, resume_from: str | None, dp_size: int
+) -> ResumePoint | None:
+    """Which checkpoint to resume (`resume_from`, else `latest`; None: start afresh), checked before any
+    engine exists: the tag is there and complete, its files have their saved sizes, and the run matches
+    its resume settings, data and tokenizer (unless `force`). Raises ConfigError naming the problem."""
+    tag = resume_from or latest_tag(save_dir)
     if tag is None:
         return None
-    state_file = save_dir / tag / CLIENT_STATE
-    if not state_file.exists():
+    tag_dir = save_dir / tag
+    source = f"--resume-from {tag}" if resume_from else f"{save_dir / LATEST} names {tag}, but"
+    if not tag_dir.is_dir():
+        raise ConfigError([f"{source} {tag_dir} does not exist. {_choose_another(save_dir, tag)}"])
+    if not (tag_dir / COMPLETE).exists():
+        state = "has no client_state.json" if not (tag_dir / CLIENT_STATE).exists() else "was never completed"
         raise ConfigError(
-            [
-                f"{state_file}: missing, so {save_dir / tag} is not a complete checkpoint of this "
-                f"tool. Delete {save_dir / LATEST} to start over, or point train.save_dir elsewhere"
-            ]
+            [f"{tag_dir} {state}: not a complete checkpoint of this tool. {_choose_another(save_dir, tag)}"]
         )
-    client = json.loads(state_file.read_text())
+    damaged = _damaged_files(tag_dir)
+    if damaged:
+        raise ConfigError(
+            [f"checkpoint {tag_dir} is damaged: {'; '.join(damaged)}. {_choose_another(save_dir, tag)}"]
+        )
+    client = json.loads((tag_dir / CLIENT_STATE).read_text())
     changed = resume_differences(client, expected)
     if changed and not force:
         raise ConfigError(
             [
-                f"{save_dir / tag} was written by a run that differs from this one in:\n      "
+                f"{tag_dir} was written by a run that differs from this one in:\n      "
                 + "\n      ".join(changed)
                 + "\n    Resume with the checkpoint's settings and data, pass --force-resume to resume with "
                 "the new ones, or use a new train.save_dir to start afresh"
@@ -134,20 +253,59 @@ def load(engine: Any, save_dir: Path, expected: dict[str, Any], force: bool) -> 
         )
     if changed:
         logger.warning("resuming despite differences (--force-resume): %s", "; ".join(changed))
-    path, _ = engine.load_checkpoint(
-        str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    saved_dp = client.get("dp_size", dp_size)
+    return ResumePoint(save_dir=save_dir, tag=tag, client=client, universal=saved_dp != dp_size)
+
+
+def to_universal(point: ResumePoint) -> None:
+    """Rank 0: convert a checkpoint saved with another data-parallel size into DeepSpeed's universal
+    checkpoint (`<tag>_universal`, once; kept next to the original), which loads at any size."""
+    out = point.save_dir / point.universal_tag
+    if (out / COMPLETE).exists():
+        return
+    from deepspeed.checkpoint import ds_to_universal
+
+    shutil.rmtree(out, ignore_errors=True)
+    logger.info(
+        "%s was saved with data-parallel size %s: converting it to a universal checkpoint in %s",
+        point.tag,
+        point.client.get("dp_size"),
+        out,
     )
+    args = argparse.Namespace(
+        input_folder=str(point.save_dir / point.tag),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints; our log says what happens
+        ds_to_universal.main(args)
+    (out / COMPLETE).write_text("")
+
+
+def load(engine: Any, point: ResumePoint) -> dict[str, Any]:
+    """Collective: load the planned checkpoint into the engine and restore this rank's RNG state."""
+    save_dir, tag = point.save_dir, point.universal_tag if point.universal else point.tag
+    try:
+        path, _ = engine.load_checkpoint(
+            str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, KeyError) as e:
+        raise ConfigError(
+            [f"{save_dir / tag}: DeepSpeed could not load it ({e}). {_choose_another(save_dir, point.tag)}"]
+        ) from e
     if path is None:
         raise ConfigError(
-            [
-                f"{save_dir / tag}: DeepSpeed could not load this checkpoint. Delete "
-                f"{save_dir / LATEST} to start over, or point train.save_dir elsewhere"
-            ]
+            [f"{save_dir / tag}: DeepSpeed could not load it. {_choose_another(save_dir, point.tag)}"]
         )
-    rng_file = save_dir / tag / f"rng_rank{dist.get_rank():05d}.pt"
-    if rng_file.exists():
+    rng_file = save_dir / point.tag / f"rng_rank{dist.get_rank():05d}.pt"
+    if rng_file.exists() and not point.universal:
         set_rng_state(torch.load(rng_file, weights_only=False))
     else:
-        logger.warning("%s missing (world size changed?): random state not restored", rng_file)
-    logger.info("resumed from %s at step %d", save_dir / tag, client["step"])
-    return client
+        logger.warning("%s: not restored (data-parallel size changed): random state starts afresh", rng_file)
+    via = " (universal checkpoint)" if point.universal else ""
+    logger.info("resumed from %s at step %d%s", save_dir / point.tag, point.client["step"], via)
+    return point.client

@@ -18,6 +18,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from deepspeed.checkpoint.constants import (
+    UNIVERSAL_CHECKPOINT_INFO,
+    UNIVERSAL_CHECKPOINT_VERSION_KEY,
+    UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+)
 
 from model.flops import flops_per_token
 from training import checkpoint
@@ -72,7 +77,7 @@ class Trainer:
         resolved: Resolved,
         engine: Any,
         expected: dict[str, Any],
-        force_resume: bool,
+        resume: checkpoint.ResumePoint | None,
     ) -> None:
         self.run, self.resolved, self.engine = run, resolved, engine
         self.pipeline = run.train.pipeline_stages > 1
@@ -87,8 +92,9 @@ class Trainer:
         self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
         self.save_dir = Path(run.train.save_dir)
         self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
-        self.expected = expected  # what a checkpoint must match to be resumed (see checkpoint.load)
-        client = checkpoint.load(engine, self.save_dir, expected, force_resume)
+        self.expected = expected  # what a checkpoint must match to be resumed (see checkpoint.plan_resume)
+        self.dp_size = dp_size
+        client = checkpoint.load(engine, resume) if resume else None
         self.step = client["step"] if client else 0
         self.consumed = client["consumed_samples"] if client else 0
         self.skipped = client.get("skipped_steps", 0) if client else 0
@@ -188,6 +194,9 @@ class Trainer:
             "consumed_samples": self.consumed,
             "skipped_steps": self.skipped,
             "consumed_tokens": self.consumed * self.run.data.seq_len,
+            "dp_size": self.dp_size,
+            # Marks the checkpoint convertible to DeepSpeed's universal format (another data-parallel size).
+            UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
             **self.expected,
         }
         checkpoint.save(self.engine, self.save_dir, self.step, client, self.run.train.keep_last)

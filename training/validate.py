@@ -64,7 +64,7 @@ def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
     from data_tools.errors import DataError
     from data_tools.manifest import load_manifest
 
-    vocabs = []
+    vocabs, tokenizers = [], {}
     for path in run.data.paths:
         if not Path(path).exists():
             problems.append(
@@ -73,9 +73,20 @@ def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
             )
             continue
         try:
-            vocabs.append(load_manifest(path)["tokenizer"]["vocab_size"])
+            tokenizer = load_manifest(path)["tokenizer"]
         except DataError as e:
             problems.append(str(e))
+            continue
+        vocabs.append(tokenizer["vocab_size"])
+        tokenizers.setdefault(tokenizer["sha256"], (path, tokenizer["vocab_size"], tokenizer.get("path")))
+    if len(tokenizers) > 1:
+        listed = "; ".join(f"{p} (tokenizer {h[:16]}, {v} ids)" for h, (p, v, _) in tokenizers.items())
+        first = next(iter(tokenizers.values()))[2]
+        problems.append(
+            f"data.paths were tokenized with different tokenizers: {listed}. The same token id would mean "
+            f"different text in each; preprocess them all with one tokenizer (codeparrot-preprocess "
+            f"--tokenizer {first} ...)"
+        )
     if run.data.weights is not None and len(run.data.weights) != len(run.data.paths):
         problems.append(
             f"data.weights has {len(run.data.weights)} entries for {len(run.data.paths)} data.paths"

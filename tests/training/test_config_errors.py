@@ -13,17 +13,18 @@ from .conftest import ROOT
 
 
 def errors(capsys, tmp_path, cfg: dict, ds: dict | str, world: int = 2, monkeypatch=None) -> str:
+    """The problems a launch of `world` ranks reports (pretrain_gpt.preflight runs on every rank before
+    torch.distributed starts; rank 0 prints them)."""
     (tmp_path / "run.json").write_text(json.dumps(cfg))
     if isinstance(ds, dict):
         (tmp_path / "ds.json").write_text(json.dumps(ds))
         ds_path = str(tmp_path / "ds.json")
     else:
         ds_path = str(ROOT / "ds_configs" / ds)
-    monkeypatch.setenv("WORLD_SIZE", str(world))
-    monkeypatch.setenv("RANK", "0")
-    code = pretrain_gpt.main(["--config", str(tmp_path / "run.json"), "--ds_config", ds_path])
-    assert code == 2
-    return capsys.readouterr().err
+    args = pretrain_gpt.parse_args(["--config", str(tmp_path / "run.json"), "--ds_config", ds_path])
+    with pytest.raises(ConfigError) as e:
+        pretrain_gpt.preflight(args, world)
+    return str(e.value)
 
 
 def test_every_problem_at_once(tiny_data, tmp_path, capsys, monkeypatch):

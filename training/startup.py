@@ -1,0 +1,132 @@
+"""What `pretrain_gpt.py` does between validation and the engine, collectively on every rank: agree on
+problems and on the precision, take the save_dir's lock, verify the data, plan the resume (and switch it to
+DeepSpeed's universal checkpoint when the data-parallel size changed). Every expected failure here becomes
+one ConfigError paragraph that rank 0 prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from training import checkpoint
+from training.config import ConfigError, RunConfig
+from training.run_lock import RunLock
+from training.validate import Resolved, load_ds_config, validate
+
+logger = logging.getLogger(__name__)
+
+
+def agreed_problems(problems: list[str]) -> list[str]:
+    """Collective: every rank's problems, each once, in rank order (rank 0 reports them all)."""
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, problems)
+    out: list[str] = []
+    for rank, part in enumerate(gathered):
+        for problem in part or []:
+            text = problem if rank == 0 or problem in (gathered[0] or []) else f"(rank {rank}) {problem}"
+            if text not in out and problem not in out:
+                out.append(text)
+    return out
+
+
+def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str) -> Resolved:
+    """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
+    differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
+    logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
+    choice = resolved.precision
+    ranks_bf16 = torch.tensor([1.0 if choice.precision == "bf16" else 0.0])
+    low, high = ranks_bf16.clone(), ranks_bf16.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        logger.warning(
+            "train.precision auto resolved to bf16 on some ranks and fp32 on others (this rank: %s); "
+            "training in fp32 on every rank. Set train.precision explicitly to choose",
+            choice.reason,
+        )
+        fp32 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp32"))
+        world = dist.get_world_size()
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        again = validate(fp32, load_ds_config(ds_path), ds_path, world, device_type)
+        reason = "ranks disagreed on auto; fp32 everywhere"
+        return dataclasses.replace(again, precision=dataclasses.replace(again.precision, reason=reason))
+    logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
+    if choice.warning and dist.get_rank() == 0:
+        logger.warning("%s", choice.warning)
+    return resolved
+
+
+def prepare_run_dir(
+    run: RunConfig,
+    expected: dict[str, Any],
+    lock: RunLock,
+    force_resume: bool,
+    resume_from: str | None,
+    verify: bool,
+) -> checkpoint.ResumePoint | None:
+    """Collective, before any engine: rank 0 takes the save_dir's lock (refusing a second run before it
+    writes anything) and plans the resume (complete, undamaged, matching checkpoint); the data's shards
+    are verified against their manifests (local rank 0 of each host). Every rank gets rank 0's plan; a
+    problem anywhere stops every rank (ConfigError)."""
+    rank, problems, plan = dist.get_rank(), [], None
+    save_dir = Path(run.train.save_dir)
+    dp = dist.get_world_size() // run.train.pipeline_stages
+    if rank == 0:
+        try:
+            lock.acquire()
+            plan = checkpoint.plan_resume(save_dir, expected, force_resume, resume_from, dp)
+        except ConfigError as e:
+            problems += e.problems
+        except OSError as e:
+            problems.append(
+                f"train.save_dir {save_dir} cannot be used: {e.strerror or e} ({e.filename or save_dir}). "
+                "Choose a directory this user can create and write, on a disk with free space"
+            )
+    if int(os.environ.get("LOCAL_RANK", rank)) == 0 and verify:
+        problems += verify_data(run.data.paths)
+    problems = agreed_problems(problems)
+    if problems:
+        raise ConfigError(problems)
+    box = [plan]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def verify_data(paths: list[str]) -> list[str]:
+    """Every dataset's shards against its manifest's sha256 (only files changed since the last check are
+    hashed again: data_tools keeps a record in each dataset directory)."""
+    from data_tools.errors import DataError
+    from data_tools.manifest import verify_dataset
+
+    problems = []
+    for path in paths:
+        try:
+            verify_dataset(path)
+        except DataError as e:
+            problems.append(str(e))
+    return problems
+
+
+def switch_to_universal(point: checkpoint.ResumePoint, run: RunConfig, resolved: Resolved) -> list[str]:
+    """Collective: a checkpoint saved with another data-parallel size is converted (rank 0, once) to
+    DeepSpeed's universal checkpoint, and the engine told to load that. Returns the problems where that
+    cannot work (then nothing is converted)."""
+    if run.train.pipeline_stages > 1 or resolved.zero_stage not in (1, 2):
+        return [
+            f"{point.save_dir / point.tag} was saved with data-parallel size {point.client.get('dp_size')}, "
+            f"this run has {dist.get_world_size() // run.train.pipeline_stages}: resuming at another size "
+            "goes through DeepSpeed's universal checkpoint, supported here for ZeRO stage 1 and 2 without "
+            f"pipeline stages (this run: ZeRO {resolved.zero_stage}, {run.train.pipeline_stages} pipeline "
+            f"stage(s)). Resume with {point.client.get('dp_size')} data-parallel ranks"
+        ]
+    if dist.get_rank() == 0:
+        checkpoint.to_universal(point)
+    dist.barrier()
+    resolved.ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    return []
