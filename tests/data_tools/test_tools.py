@@ -198,9 +198,7 @@ def test_a_full_disk_is_one_line_and_exit_status_2(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(clean, "clean", full)
     assert run_tool("clean", [tmp_path / "in.jsonl"], tmp_path / "o.jsonl") == 2
-    assert capsys.readouterr().err.startswith(
-        f"error: {tmp_path / 'o.jsonl.tmp'}: No space left on device ("
-    )
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'o.jsonl.tmp'}: No space left on device (")
 
 
 def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
