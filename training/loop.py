@@ -39,14 +39,18 @@ class TrainingAborted(RuntimeError):
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`): finish the step, save, exit 0."""
+    """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`) and Ctrl-C (SIGINT, which a terminal sends
+    to the launcher and every rank at once): finish the step, save, exit 0. A second Ctrl-C stops at once,
+    without saving."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
         self.signal = signum
 
     def agreed(self, device: torch.device) -> bool:
