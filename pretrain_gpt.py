@@ -103,9 +103,12 @@ class LaunchEnv:
 
     rank: int
     world: int
+    device_type: str  # "cuda" or "cpu"
 
     @classmethod
     def read(cls) -> LaunchEnv:
+        import torch
+
         env = os.environ
 
         def first(*names: str, default: int) -> int:
@@ -114,19 +117,17 @@ class LaunchEnv:
         return cls(
             rank=first("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", default=0),
             world=first("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", default=1),
+            device_type="cuda" if torch.cuda.is_available() else "cpu",
         )
 
 
-def preflight(args: argparse.Namespace, world: int):
+def preflight(args: argparse.Namespace, world: int, device_type: str):
     """Everything checkable from the config, the DeepSpeed JSON and the data, before any collective: the
     run config and the resolved model, DeepSpeed config and precision. Raises ConfigError."""
-    import torch
-
     from training.validate import load_ds_config, validate
 
     run = load_run_config(args.config, args.set)
     ds_json = load_ds_config(args.ds_config)
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"
     return run, validate(run, ds_json, args.ds_config, world, device_type)
 
 
@@ -140,9 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.metrics import setup_logging
 
     setup_logging(launch.rank, args.verbose)
+    from training.loop import StopRequest
+
+    stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM or Ctrl-C is not lost
     run = resolved = None
     try:
-        run, resolved = preflight(args, launch.world)
+        run, resolved = preflight(args, launch.world, launch.device_type)
         problems: list[str] = []
     except ConfigError as e:
         problems = e.problems
@@ -154,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = agreed_problems(problems)
     if problems:
         return _refuse(problems, launch.rank)
-    return train(run, resolved, args)
+    return train(run, resolved, args, launch, stop)
 
 
 def _refuse(problems: list[str], rank: int) -> int:
@@ -163,19 +167,18 @@ def _refuse(problems: list[str], rank: int) -> int:
     return 2
 
 
-def train(run, resolved, args: argparse.Namespace) -> int:
+def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     import torch.distributed as dist
 
     from data_tools.manifest import load_manifest, manifest_hash
     from training import startup
     from training.checkpoint import seed_everything
     from training.engine import build_engine
-    from training.loop import StopRequest, Trainer, TrainingAborted, total_steps
+    from training.loop import Trainer, TrainingAborted, total_steps
     from training.run_lock import RunLock
 
-    stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM is not lost
     rank = dist.get_rank()
-    resolved = startup.agree_on_precision(run, resolved, args.ds_config)
+    resolved = startup.agree_on_precision(run, resolved, args.ds_config, launch.device_type)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
     expected = {
         "resume_config": run.resume_values(resolved.precision.precision),

@@ -140,7 +140,7 @@ def gpt_state_from_pipeline(state: dict[str, torch.Tensor], config: GPTConfig) -
 def gpt_module_name(name: str, config: GPTConfig) -> str:
     """A ``PipelineModule`` submodule's name -> the same module's name in the plain ``GPT``
     (``"3.attn"`` -> ``"blocks.2.attn"``, ``"tied_modules.embed"`` -> ``"embed"``)."""
-    (renamed,) = _rename({name + ".": None}, [(dst, src) for src, dst in _prefix_map(config)])
+    (renamed,) = gpt_state_from_pipeline({name + ".": None}, config)
     return renamed.removesuffix(".")
 
 

@@ -83,7 +83,7 @@ def _disk_full_message(save_dir: Path, tag: str) -> str:
         free = "free space unknown"
     done = latest_tag(save_dir)
     safe = (
-        f"the last complete checkpoint {save_dir / done} (step {done.removeprefix('global_step')}) is "
+        f"the last complete checkpoint {save_dir / done} (step {tag_step(done)}) is "
         f"intact and `latest` still names it; rerun the same command once there is room and it resumes "
         f"from there"
         if done
@@ -93,6 +93,12 @@ def _disk_full_message(save_dir: Path, tag: str) -> str:
         f"no space left on the device of train.save_dir {save_dir} ({free}) while saving {tag}. "
         f"Safe: {safe}. Free space there, or move {save_dir} to a larger disk and point train.save_dir at it"
     )
+
+
+def tag_step(tag: str) -> int | None:
+    """The step of a checkpoint tag (`global_step400` -> 400), None for any other name."""
+    digits = tag.removeprefix("global_step")
+    return int(digits) if digits != tag and digits.isdigit() else None
 
 
 def latest_tag(save_dir: Path) -> str | None:
@@ -122,11 +128,8 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
         tmp.write_text(tag + "\n")
         os.replace(tmp, save_dir / LATEST)
         for broken in save_dir.glob("global_step*"):  # saves that crashed before completing
-            if (
-                broken.name[11:].isdigit()
-                and int(broken.name[11:]) < step
-                and not (broken / COMPLETE).exists()
-            ):
+            broken_step = tag_step(broken.name)
+            if broken_step is not None and broken_step < step and not (broken / COMPLETE).exists():
                 shutil.rmtree(broken, ignore_errors=True)
         tags = complete_tags(save_dir)
         for old in tags[:-keep_last] if keep_last > 0 else []:
@@ -161,13 +164,21 @@ def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class ResumePoint:
-    """The checkpoint a run resumes from: its tag, client state, and whether it must go through DeepSpeed's
-    universal checkpoint (saved with another data-parallel size)."""
+    """The checkpoint a run resumes from: its tag and client state, and this run's data-parallel size."""
 
     save_dir: Path
     tag: str
     client: dict[str, Any]
-    universal: bool
+    dp_size: int
+
+    @property
+    def saved_dp_size(self) -> int:
+        return self.client.get("dp_size", self.dp_size)
+
+    @property
+    def universal(self) -> bool:
+        """Saved with another data-parallel size: it loads through DeepSpeed's universal checkpoint."""
+        return self.saved_dp_size != self.dp_size
 
     @property
     def universal_tag(self) -> str:
@@ -187,8 +198,12 @@ def _write_file_record(tag_dir: Path) -> None:
 
 def complete_tags(save_dir: Path) -> list[str]:
     """Tags whose save finished on every rank, oldest first."""
-    tags = [p for p in save_dir.glob("global_step*") if (p / COMPLETE).exists() and p.name[11:].isdigit()]
-    return [p.name for p in sorted(tags, key=lambda p: int(p.name.removeprefix("global_step")))]
+    tags = [
+        p.name
+        for p in save_dir.glob("global_step*")
+        if (p / COMPLETE).exists() and tag_step(p.name) is not None
+    ]
+    return sorted(tags, key=tag_step)
 
 
 def _damaged_files(tag_dir: Path) -> list[str]:
@@ -253,8 +268,7 @@ def plan_resume(
         )
     if changed:
         logger.warning("resuming despite differences (--force-resume): %s", "; ".join(changed))
-    saved_dp = client.get("dp_size", dp_size)
-    return ResumePoint(save_dir=save_dir, tag=tag, client=client, universal=saved_dp != dp_size)
+    return ResumePoint(save_dir=save_dir, tag=tag, client=client, dp_size=dp_size)
 
 
 def to_universal(point: ResumePoint) -> None:
@@ -269,7 +283,7 @@ def to_universal(point: ResumePoint) -> None:
     logger.info(
         "%s was saved with data-parallel size %s: converting it to a universal checkpoint in %s",
         point.tag,
-        point.client.get("dp_size"),
+        point.saved_dp_size,
         out,
     )
     args = argparse.Namespace(

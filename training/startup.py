@@ -35,7 +35,7 @@ def agreed_problems(problems: list[str]) -> list[str]:
     return out
 
 
-def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str) -> Resolved:
+def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str, device_type: str) -> Resolved:
     """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
     differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
     logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
@@ -51,9 +51,7 @@ def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str) -> Reso
             choice.reason,
         )
         fp32 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp32"))
-        world = dist.get_world_size()
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        again = validate(fp32, load_ds_config(ds_path), ds_path, world, device_type)
+        again = validate(fp32, load_ds_config(ds_path), ds_path, dist.get_world_size(), device_type)
         reason = "ranks disagreed on auto; fp32 everywhere"
         return dataclasses.replace(again, precision=dataclasses.replace(again.precision, reason=reason))
     logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
@@ -119,11 +117,11 @@ def switch_to_universal(point: checkpoint.ResumePoint, run: RunConfig, resolved:
     cannot work (then nothing is converted)."""
     if run.train.pipeline_stages > 1 or resolved.zero_stage not in (1, 2):
         return [
-            f"{point.save_dir / point.tag} was saved with data-parallel size {point.client.get('dp_size')}, "
-            f"this run has {dist.get_world_size() // run.train.pipeline_stages}: resuming at another size "
+            f"{point.save_dir / point.tag} was saved with data-parallel size {point.saved_dp_size}, "
+            f"this run has {point.dp_size}: resuming at another size "
             "goes through DeepSpeed's universal checkpoint, supported here for ZeRO stage 1 and 2 without "
             f"pipeline stages (this run: ZeRO {resolved.zero_stage}, {run.train.pipeline_stages} pipeline "
-            f"stage(s)). Resume with {point.client.get('dp_size')} data-parallel ranks"
+            f"stage(s)). Resume with {point.saved_dp_size} data-parallel ranks"
         ]
     if dist.get_rank() == 0:
         checkpoint.to_universal(point)

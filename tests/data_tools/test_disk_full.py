@@ -8,18 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def preprocess(corpus: Path, tokenizer: Path, output: Path) -> subprocess.CompletedProcess:
@@ -37,8 +26,9 @@ def preprocess(corpus: Path, tokenizer: Path, output: Path) -> subprocess.Comple
 
 
 def test_preprocess_on_a_full_disk_keeps_finished_shards_and_resumes(
-    tmp_path, small_disk, stdlib_sample, small_tokenizer
+    tmp_path, tmpfs, stdlib_sample, small_tokenizer
 ):
+    small_disk = tmpfs("200k")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"content": d}) + "\n" for d in stdlib_sample))
     reference = tmp_path / "reference"

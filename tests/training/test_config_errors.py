@@ -23,7 +23,7 @@ def errors(capsys, tmp_path, cfg: dict, ds: dict | str, world: int = 2, monkeypa
         ds_path = str(ROOT / "ds_configs" / ds)
     args = pretrain_gpt.parse_args(["--config", str(tmp_path / "run.json"), "--ds_config", ds_path])
     with pytest.raises(ConfigError) as e:
-        pretrain_gpt.preflight(args, world)
+        pretrain_gpt.preflight(args, world, "cpu")
     return str(e.value)
 
 

@@ -158,17 +158,8 @@ def test_another_data_parallel_size_is_refused_where_unsupported(tiny_data, tmp_
 # ---- a full disk ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 4 MiB tmpfs: room for the run's first checkpoint (about 2.4 MiB), not its second."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_disk_full_says_what_is_safe_and_resumes(tiny_data, tmp_path, small_disk):
+def test_disk_full_says_what_is_safe_and_resumes(tiny_data, tmp_path, tmpfs):
+    small_disk = tmpfs("4m")  # room for the run's first checkpoint (about 2.4 MiB), not its second
     cfg = run_config(tmp_path, tiny_data, max_steps=4, save_interval=2, eval_interval=0, keep_last=0)
     data = json.loads(cfg.read_text())
     data["train"]["save_dir"] = str(small_disk / "ckpt")
