@@ -13,15 +13,14 @@ Everything is validated before an engine is built. Checkpoints in train.save_dir
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from launch.env import LaunchEnv, LaunchError, finalize_mpi
 from training.config import ConfigError, load_run_config
 
 logger = logging.getLogger("pretrain_gpt")
@@ -65,62 +64,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _single_process_env() -> None:
-    """`python pretrain_gpt.py` without a launcher: one rank on this host (MPI launches set their own)."""
-    if any(v in os.environ for v in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")):
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-
-
-def init_distributed(cpu_shm_allreduce: bool) -> None:
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() == "cpu" and not cpu_shm_allreduce:
-        # On the CPU accelerator the first init_distributed JIT-compiles a shared-memory all-reduce op
-        # (40-90 s of g++, a 66 MiB /dev/shm buffer per launch). There is no switch: build_shm_op() in
-        # deepspeed/comm/torch.py builds it when ops.__compatible_ops__["deepspeed_shm_comm"] is true, and
-        # that dict persists edits. gloo's all-reduce is used instead.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend=get_accelerator().communication_backend_name())
-
-
-@dataclasses.dataclass(frozen=True)
-class LaunchEnv:
-    """Where this process stands in the launch, read once from the launcher's variables (DeepSpeed's
-    launcher, torchrun, Open MPI, PMI). Under mpirun RANK is only set by DeepSpeed's MPI discovery, so the
-    MPI variables are read too."""
-
-    rank: int
-    world: int
-    device_type: str  # "cuda" or "cpu"
-
-    @classmethod
-    def read(cls) -> LaunchEnv:
-        import torch
-
-        env = os.environ
-
-        def first(*names: str, default: int) -> int:
-            return next((int(env[n]) for n in names if n in env), default)
-
-        return cls(
-            rank=first("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", default=0),
-            world=first("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", default=1),
-            device_type="cuda" if torch.cuda.is_available() else "cpu",
-        )
-
-
 def preflight(args: argparse.Namespace, world: int, device_type: str):
     """Everything checkable from the config, the DeepSpeed JSON and the data, before any collective: the
     run config and the resolved model, DeepSpeed config and precision. Raises ConfigError."""
@@ -136,11 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     another run in the save_dir) reach the user once, from rank 0, as one paragraph, with exit status 2,
     before any engine is built. Unexpected errors keep their traceback."""
     args = parse_args(argv)
-    _single_process_env()
-    launch = LaunchEnv.read()
+    try:
+        launch = LaunchEnv.read()
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from training.metrics import setup_logging
 
     setup_logging(launch.rank, args.verbose)
+    logger.debug("launch: %s", launch.describe())
     from training.loop import StopRequest
 
     stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM or Ctrl-C is not lost
@@ -152,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = e.problems
     if launch.world == 1 and problems:  # nothing to agree with: say it without starting torch.distributed
         return _refuse(problems, launch.rank)
-    init_distributed(args.cpu_shm_allreduce)
+    launch.init_distributed(args.cpu_shm_allreduce)
     from training.startup import agreed_problems
 
     problems = agreed_problems(problems)
@@ -190,7 +137,12 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
     try:
         try:
             plan = startup.prepare_run_dir(
-                run, expected, lock, args.force_resume, args.resume_from, verify=not args.no_verify_data
+                run,
+                expected,
+                lock,
+                args.force_resume,
+                args.resume_from,
+                verify=launch.local_rank == 0 and not args.no_verify_data,
             )
         except ConfigError as e:
             return _refuse(e.problems, rank)
@@ -208,7 +160,9 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
             with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
                 json.dump(resolved.ds_config, f, indent=2)
         steps = total_steps(run, resolved.ds_config["train_batch_size"])
-        engine = build_engine(run, resolved.model, resolved.ds_config, resolved.zero_stage, steps)
+        engine = build_engine(
+            run, resolved.model, resolved.ds_config, resolved.zero_stage, steps, launch.device_type
+        )
         try:
             trainer = Trainer(run, resolved, engine, expected, plan)
             result = trainer.fit(stop)
@@ -230,7 +184,9 @@ def _exit_now(code: int) -> None:
     """Leave without running C++ static destructors. After ZeRO-3 (seen with optimizer or parameter offload
     on CPU ranks) a library thread can still be joinable at interpreter exit, and its destructor calls
     std::terminate ("terminate called without an active exception", SIGABRT) although the run finished
-    and saved. Everything of ours is flushed and closed by now."""
+    and saved. Everything of ours is flushed and closed by now. MPI, if mpi4py started it, is finalized:
+    mpirun counts a rank that exits without MPI_Finalize as failed."""
+    finalize_mpi()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -15,7 +15,16 @@ setup(
     description="Pretrain GPT-2 code models from scratch with DeepSpeed: data tools, model, training.",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["data_tools", "data_tools.*", "model", "model.*", "training", "training.*"]
+        include=[
+            "data_tools",
+            "data_tools.*",
+            "model",
+            "model.*",
+            "training",
+            "training.*",
+            "launch",
+            "launch.*",
+        ]
     ),
     py_modules=["pretrain_gpt"],
     install_requires=[
@@ -30,6 +39,7 @@ setup(
         "pyarrow>=15",
         "zstandard>=0.22",
         "tqdm>=4.66",
+        "psutil>=5.9",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
@@ -52,6 +62,7 @@ setup(
             "codeparrot-train-tokenizer=data_tools.train_tokenizer:main",
             "codeparrot-preprocess=data_tools.preprocess:main",
             "codeparrot-shards=data_tools.indexed_dataset:main",
+            "codeparrot-launch=launch.run:main",
         ]
     },
 )

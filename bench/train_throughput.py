@@ -155,15 +155,15 @@ def hf_worker(args: argparse.Namespace) -> None:
     from transformers import GPT2LMHeadModel
 
     from bench.common import peak_shapes
+    from launch.env import LaunchEnv
     from model.hf import gpt2_config
     from model.optim import build_optimizer, param_groups
-    from pretrain_gpt import init_distributed
     from training.config import from_dict
     from training.data import RankData
     from training.validate import load_ds_config, validate
 
     run = from_dict(json.loads(Path(args.run_json).read_text()))
-    init_distributed(False)
+    LaunchEnv.read().init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
     resolved = validate(run, load_ds_config(args.ds), args.ds, world, "cpu")
     m = resolved.model

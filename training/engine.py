@@ -82,14 +82,18 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
 
 
 def build_engine(
-    run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_stage: int, total_steps: int
+    run: RunConfig,
+    cfg: GPTConfig,
+    ds_config: dict[str, Any],
+    zero_stage: int,
+    total_steps: int,
+    device_type: str,
 ) -> Any:
     """deepspeed.initialize with AdamW (no decay on biases/LayerNorm) and warmup + cosine."""
     import deepspeed
 
     model = build_model(run, cfg, ds_config, zero_stage)
     o = run.optim
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     groups = param_groups(model, o.weight_decay)
     # With the optimizer offloaded DeepSpeed wants its own CPU Adam (a C++ op, JIT-built once per extension
@@ -105,7 +109,9 @@ def build_engine(
             adamw_mode=True,
         )
     else:
-        optimizer = build_optimizer(groups, o.lr, betas=(o.beta1, o.beta2), eps=o.eps, device_type=device)
+        optimizer = build_optimizer(
+            groups, o.lr, betas=(o.beta1, o.beta2), eps=o.eps, device_type=device_type
+        )
 
     # A factory, not a scheduler: DeepSpeed calls it with the optimizer it ends up stepping (ZeRO-3
     # regroups the client optimizer's parameter groups, which a scheduler built beforehand would miss).

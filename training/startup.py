@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,8 @@ def prepare_run_dir(
 ) -> checkpoint.ResumePoint | None:
     """Collective, before any engine: rank 0 takes the save_dir's lock (refusing a second run before it
     writes anything) and plans the resume (complete, undamaged, matching checkpoint); the data's shards
-    are verified against their manifests (local rank 0 of each host). Every rank gets rank 0's plan; a
-    problem anywhere stops every rank (ConfigError)."""
+    are verified against their manifests where `verify` (the caller sets it on local rank 0 of each
+    host). Every rank gets rank 0's plan; a problem anywhere stops every rank (ConfigError)."""
     rank, problems, plan = dist.get_rank(), [], None
     save_dir = Path(run.train.save_dir)
     dp = dist.get_world_size() // run.train.pipeline_stages
@@ -86,7 +85,7 @@ def prepare_run_dir(
                 f"train.save_dir {save_dir} cannot be used: {e.strerror or e} ({e.filename or save_dir}). "
                 "Choose a directory this user can create and write, on a disk with free space"
             )
-    if int(os.environ.get("LOCAL_RANK", rank)) == 0 and verify:
+    if verify:  # local rank 0 of each host: the shards are per host unless the filesystem is shared
         problems += verify_data(run.data.paths)
     problems = agreed_problems(problems)
     if problems:

@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 import deepspeed
-import deepspeed.ops
 import torch
 
+from launch.env import LaunchEnv
 from model.gpt2 import GPT
 from model.pipeline import build_pipeline, gather_gpt_state, load_gpt_state, read_pipeline_checkpoint
 from model.presets import get_preset
@@ -29,17 +29,6 @@ LR = 1.0
 # DeepSpeed 0.19 clips gradients to norm 1.0 unless told otherwise; both sides clip, which also checks that
 # the pipeline counts the tied embedding once in the global norm.
 CLIP = 1.0
-
-
-def init_distributed() -> None:
-    # The first init_distributed() on the CPU accelerator JIT-builds DeepSpeed's shared-memory all-reduce op
-    # (40-90 s of g++) and leaves a 66 MiB /dev/shm/deepspeed_allreduce_buffer_* per launch. There is no
-    # environment switch: deepspeed/comm/torch.py:build_shm_op() builds it only when
-    # deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] is true, and that dict is computed once and kept
-    # (deepspeed/ops/__init__.py says edits to it persist). Marking the op incompatible before init skips the
-    # build; all-reduce then goes through plain gloo, which is all a CPU test needs.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    deepspeed.init_distributed(dist_backend="gloo")
 
 
 def batches(vocab: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,7 +55,7 @@ def plain_loss(model: GPT, data: list[tuple[torch.Tensor, torch.Tensor]], backwa
 
 
 def main(out_path: str) -> None:
-    init_distributed()
+    LaunchEnv.read().init_distributed()
     rank = torch.distributed.get_rank()
     config = get_preset("tiny", vocab_size=509, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     config = config.replace(activation_checkpointing=True)

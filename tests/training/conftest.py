@@ -87,10 +87,16 @@ def env(tmp_path: Path, faults: dict | None = None) -> dict[str, str]:
 
 
 def deepspeed_cmd(
-    config: Path, ds_config: str, *extra: str, ranks: int = 2, script: Path = ENTRY
+    config: Path,
+    ds_config: str,
+    *extra: str,
+    ranks: int = 2,
+    script: Path = ENTRY,
+    runner: str = "deepspeed",
 ) -> list[str]:
+    """`runner` is "deepspeed" (DeepSpeed's own command) or "codeparrot-launch" (it, relaying signals)."""
     return [
-        str(BIN / "deepspeed"),
+        str(BIN / runner),
         "--num_gpus",
         str(ranks),
         "--master_addr",

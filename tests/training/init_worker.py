@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from launch.env import LaunchEnv  # noqa: E402
 from model.gpt2 import GPT, init_weights  # noqa: E402
 from model.pipeline import gather_gpt_state  # noqa: E402
 from model.presets import get_preset  # noqa: E402
-from pretrain_gpt import init_distributed  # noqa: E402
 from training.config import from_dict  # noqa: E402
 from training.engine import build_model  # noqa: E402
 
@@ -34,7 +34,7 @@ def max_diff(state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor])
 
 
 def main(out: str) -> None:
-    init_distributed(False)
+    LaunchEnv.read().init_distributed()
     cfg = get_preset("tiny", vocab_size=600, n_layer=3)
     reference = GPT(cfg)
     init_weights(reference, SEED)

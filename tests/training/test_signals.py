@@ -63,37 +63,69 @@ def test_signal_saves_and_exits_zero(tiny_data, tmp_path, sig, reference):
     assert all(after[s] == reference[s] for s in after), (after, reference)
 
 
-def test_ctrl_c_to_the_launcher_saves_and_resumes(tiny_data, tmp_path, reference):
-    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: DeepSpeed's runner, its
-    per-node launcher and every rank. The ranks finish the step and save; the saved step resumes exactly."""
-    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, save_interval=100000, eval_interval=0)
+def start(cmd: list[str], tmp_path) -> subprocess.Popen:
+    """The launcher in its own process group (as a terminal runs a foreground job), logging to a file (a
+    full pipe would stall the ranks), once the run has logged 3 steps."""
     log = open(tmp_path / "launcher.log", "w")
     launcher = subprocess.Popen(
-        deepspeed_cmd(cfg, "zero2_cpu.json"),
-        cwd=ROOT,
-        env=env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal gives a foreground job
+        cmd, cwd=ROOT, env=env(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    log.close()
     metrics = tmp_path / "ckpt" / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert launcher.poll() is None, (tmp_path / "launcher.log").read_text()[-3000:]
         time.sleep(0.05)
+    return launcher
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["ctrl-c", "sigterm"],
+    ids=["Ctrl-C to the terminal's process group", "SIGTERM to the command"],
+)
+def test_signal_to_the_launch_command_saves_and_resumes(tiny_data, tmp_path, reference, how):
+    """codeparrot-launch (the `deepspeed` command, relaying signals): Ctrl-C in a terminal or SIGTERM to
+    the command asks every rank to finish its step and save; the command exits 0 with no rank left
+    running, and the saved step resumes exactly. (The plain runner exits 143 at once on SIGTERM and
+    leaves its ranks training, detached.)"""
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, save_interval=100000, eval_interval=0)
+    launcher = start(deepspeed_cmd(cfg, "zero2_cpu.json", runner="codeparrot-launch"), tmp_path)
     ranks = rank_processes(launcher)
     assert len(ranks) == 2
-    os.killpg(launcher.pid, signal.SIGINT)
+    if how == "ctrl-c":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGTERM)
     launcher.wait(timeout=120)
-    psutil.wait_procs(ranks, timeout=120)  # the ranks outlive DeepSpeed's runner by the save
-    log.close()
     out = (tmp_path / "launcher.log").read_text()
-    assert "stop requested (signal" in out and "[rank0]: Traceback" not in out, out[-3000:]
+    assert launcher.returncode == 0, out[-3000:]
+    assert not [p for p in ranks if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "a rank is left"
+    assert "every rank finishes its step, saves a checkpoint and exits" in out
+    assert out.count("stop requested (signal 10)") == 1, out[-3000:]  # SIGUSR1, logged by rank 0
     tag = (tmp_path / "ckpt" / "latest").read_text().strip()
     step = int(tag.removeprefix("global_step"))
     assert 3 <= step < STEPS
+    if how == "sigterm":
+        return  # resuming is the same for both; checked once
     result = check(run(deepspeed_cmd(cfg, "zero2_cpu.json"), tmp_path))
     assert f"resumed from {tmp_path / 'ckpt' / tag} at step {step}" in result.stdout
     after = losses(tmp_path / "ckpt")
     assert sorted(after) == list(range(1, STEPS + 1))
     assert all(after[s] == reference[s] for s in after), (after, reference)
+
+
+def test_second_ctrl_c_stops_every_rank_at_once(tiny_data, tmp_path):
+    cfg = run_config(tmp_path, tiny_data, max_steps=100000, save_interval=100000, eval_interval=0)
+    launcher = start(deepspeed_cmd(cfg, "zero2_cpu.json", runner="codeparrot-launch"), tmp_path)
+    ranks = rank_processes(launcher)
+    os.killpg(launcher.pid, signal.SIGINT)
+    time.sleep(0.3)
+    os.killpg(launcher.pid, signal.SIGINT)
+    started = time.time()
+    launcher.wait(timeout=30)
+    assert time.time() - started < 10
+    assert launcher.returncode == 130
+    gone, alive = psutil.wait_procs(ranks, timeout=10)
+    assert not alive, "a rank is left running"
+    assert "SIGINT again: stopping every rank now" in (tmp_path / "launcher.log").read_text()

@@ -1,0 +1,1 @@
+"""Launching on clusters: the launch environment, the signal-relaying runner, hostfiles, preflight."""
