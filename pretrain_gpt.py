@@ -59,6 +59,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="on CPU, build DeepSpeed's shared-memory all-reduce op (a 40-90 s compile)",
     )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the plan (world, stages and their layers, batch arithmetic) without "
+        "starting an engine",
+    )
+    p.add_argument("--world", type=int, help="with --dry-run: the number of ranks to plan for")
+    p.add_argument("--ranks-per-node", type=int, default=8, help="with --dry-run: ranks per node (8)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="with --dry-run: the device to plan for")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -88,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(launch.rank, args.verbose)
     logger.debug("launch: %s", launch.describe())
+    if args.dry_run:
+        return dry_run(args, launch)
     from training.loop import StopRequest
 
     stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM or Ctrl-C is not lost
@@ -106,6 +117,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problems:
         return _refuse(problems, launch.rank)
     return train(run, resolved, args, launch, stop)
+
+
+def dry_run(args: argparse.Namespace, launch: LaunchEnv) -> int:
+    from training.dry_run import plan_text
+
+    world, device = args.world or launch.world, args.device or launch.device_type
+    try:
+        run, resolved = preflight(args, world, device)
+    except ConfigError as e:
+        return _refuse(e.problems, 0)
+    print(plan_text(run, resolved, world, args.ranks_per_node, device))
+    return 0
 
 
 def _refuse(problems: list[str], rank: int) -> int:

@@ -19,6 +19,7 @@ Parameter names differ from the plain model only by prefix, which ``pipeline_sta
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,35 @@ def pipeline_layers(config: GPTConfig) -> list[LayerSpec]:
     blocks = [LayerSpec(Block, config) for _ in range(L)]
     final_norm = LayerSpec(LayerNorm, config.n_embd, config.layer_norm_epsilon, config.layernorm)
     return [embed, *blocks, final_norm, head]
+
+
+def stage_partition(config: GPTConfig, num_stages: int) -> list[tuple[int, int]]:
+    """The layer index range ``[start, stop)`` of each stage, as ``build_pipeline``'s default
+    ``partition_method="parameters"`` cuts it: DeepSpeed's balanced partition of each layer's trainable
+    parameter count (the tied head counts the shared embedding again, as DeepSpeed counts it). The layers
+    are built on the meta device, so this costs no memory even for the 1.5B model."""
+    from deepspeed.runtime.utils import partition_balanced
+
+    with torch.device("meta"):
+        counts = [
+            sum(p.numel() for p in spec.build(log=False).parameters()) for spec in pipeline_layers(config)
+        ]
+    bounds = partition_balanced(weights=counts, num_parts=num_stages)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def layer_name(config: GPTConfig, index: int) -> str:
+    """A pipeline layer index's name in the plain model: embed, block i, ln_f or head."""
+    L = config.n_layer
+    return (
+        "embed"
+        if index == 0
+        else f"block {index - 1}"
+        if index <= L
+        else "ln_f"
+        if index == L + 1
+        else "head"
+    )
 
 
 def build_pipeline(
