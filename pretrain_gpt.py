@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.metrics import setup_logging
 
     setup_logging(launch.rank, args.verbose)
-    logger.debug("launch: %s", launch.describe())
+    logger.info("launch: %s", launch.describe())
     if args.dry_run:
         return dry_run(args, launch)
     from training.loop import StopRequest

@@ -17,7 +17,7 @@ The arguments are the DeepSpeed runner's, unchanged; it runs as a child. What th
   session, so a terminal's Ctrl-C reaches only this command.
 - The environment of remote ranks. The runner forwards only PYTHON*, UCX*, MV2*, MLFLOW* (and NCCL* on
   GPUs) to other hosts; this writes a `.deepspeed_env` (DS_ENV_FILE) that also carries PATH,
-  LD_LIBRARY_PATH, OMP_NUM_THREADS and the GLOO_*/TORCH_*/CUDA_*/TRITON_* settings, after the lines of
+  LD_LIBRARY_PATH, OMP_NUM_THREADS and the GLOO_*/NCCL_*/TORCH_*/TRITON_* settings, after the lines of
   the user's own `.deepspeed_env`.
 - OMP_NUM_THREADS, when unset, is this host's cores divided by the ranks per host (the runner leaves it
   unset, and on CPU ranks oversubscribed threads make steps several times slower).
@@ -43,8 +43,8 @@ logger = logging.getLogger("codeparrot-launch")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Variables remote ranks need that the runner does not forward by itself.
-FORWARD = ("PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HOME", "CODEPARROT_")
-FORWARD_PREFIXES = ("GLOO_", "TORCH_", "TORCHINDUCTOR_", "CUDA_", "TRITON_", "NCCL_", "CODEPARROT_")
+FORWARD = ("PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HOME", "MASTER_PORT")
+FORWARD_PREFIXES = ("GLOO_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "NCCL_", "CODEPARROT_")
 STOP = signal.SIGUSR1  # what a rank takes as "finish the step, save, exit 0" (training.loop.StopRequest)
 
 
@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(p.slots, 1)))
         logger.info("OMP_NUM_THREADS=%s (cores / ranks per host)", env["OMP_NUM_THREADS"])
+    if p.multi_node and p.launcher != "pdsh":
+        # MPI launchers ignore --master_port; the ranks read MASTER_PORT (launch/env.py).
+        env["MASTER_PORT"] = str(p.master_port)
     with tempfile.TemporaryDirectory(prefix="codeparrot-launch-") as tmp:
         env["DS_ENV_FILE"] = str(write_env_file(env, Path(tmp)))
         cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *p.argv]

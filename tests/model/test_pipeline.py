@@ -21,6 +21,7 @@ from model.pipeline import (
     layer_states_from_gpt,
     pipeline_layers,
     pipeline_state_from_gpt,
+    stage_partition,
 )
 from model.presets import get_preset
 
@@ -108,6 +109,8 @@ def test_two_stage_pipeline_matches_plain_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["stages"] == 2
+    bounds = stage_partition(get_preset("tiny", vocab_size=509), 2)  # what --dry-run prints
+    assert r["parts"] == [bounds[0][0], *(b for _, b in bounds)]
     assert r["pipe_eval"] == pytest.approx(r["plain_eval"], abs=TOL)
     assert r["pipe_train"] == pytest.approx(r["plain_train"], abs=TOL)
     assert r["pipe_grad_norm"] == pytest.approx(r["plain_grad_norm"], rel=1e-5)

@@ -1,6 +1,6 @@
 """pretrain_gpt.py with faults injected, for tests only; run it in place of pretrain_gpt.py.
 
-The faults come from the environment variable FAULTS, a JSON object:
+The faults come from the environment variable FAULTS (or the file named by FAULTS_FILE), a JSON object:
   {"nan_loss_at_steps": [3, 4]}          the training loss of these optimizer steps (1-based) is NaN, so the
                                          non-finite gradients reach DeepSpeed as a real divergence would
   {"sigkill_at_step": [rank, step]}      that rank kills itself with SIGKILL when step `step` starts (after
@@ -46,5 +46,8 @@ def install(faults: dict) -> None:
 
 
 if __name__ == "__main__":
-    install(json.loads(os.environ.get("FAULTS", "{}")))
+    # FAULTS_FILE (a path) where the JSON must travel to other hosts: DeepSpeed's runner quotes exported
+    # values in double quotes, which JSON's own quotes would break.
+    faults = Path(os.environ["FAULTS_FILE"]).read_text() if "FAULTS_FILE" in os.environ else None
+    install(json.loads(faults or os.environ.get("FAULTS", "{}")))
     pretrain_gpt._exit_now(pretrain_gpt.main())

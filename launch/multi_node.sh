@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Several nodes from a DeepSpeed hostfile (`hostname slots=N` per line), over pdsh/ssh (the default) or
+# Open MPI. Run it on any host that reaches the others by ssh without a password; the checkout and the
+# Python environment must be at the same path on every host (a shared filesystem, or the same image).
+#   HOSTFILE=hosts bash launch/multi_node.sh --config configs/codeparrot_zero2.json --ds_config ds_configs/zero2.json
+#   LAUNCHER=openmpi IFACE=ib0 HOSTFILE=hosts bash launch/multi_node.sh ...
+#
+# HOSTFILE     the hostfile (default: ./hostfile); checked first by codeparrot-preflight
+# LAUNCHER     pdsh (default) or openmpi
+# IFACE        the network interface (or CIDR subnet) the ranks talk over: Open MPI's TCP transports are
+#              restricted to it (DeepSpeed's default, eth0, fails where eth0 does not exist) and gloo/NCCL
+#              use it too
+# MASTER_ADDR  rank 0's address as the other hosts reach it (default: the first host's, from `hostname -I`
+#              there); MASTER_PORT: default a free port on the first host
+# SAVE_DIR     the run's train.save_dir, for preflight to check it is shared by every host
+# PREFLIGHT=0  skip the preflight checks
+# The environment the remote ranks need (PATH, OMP_NUM_THREADS, ...) goes to them in a .deepspeed_env that
+# codeparrot-launch writes. Ctrl-C or SIGTERM: every rank on every host saves and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+HOSTFILE=${HOSTFILE:-hostfile}
+LAUNCHER=${LAUNCHER:-pdsh}
+args=(--hostfile "$HOSTFILE" --launcher "$LAUNCHER")
+if [ -n "${MASTER_ADDR:-}" ]; then args+=(--master_addr "$MASTER_ADDR"); fi
+if [ -n "${MASTER_PORT:-}" ]; then args+=(--master_port "$MASTER_PORT"); fi
+if [ -n "${IFACE:-}" ] && [[ "$IFACE" != */* ]]; then
+  export GLOO_SOCKET_IFNAME=$IFACE NCCL_SOCKET_IFNAME=$IFACE
+fi
+if [ "$LAUNCHER" = openmpi ]; then
+  # Without these Open MPI's TCP transports try every interface, and DeepSpeed adds eth0 where none is given.
+  IFACE=${IFACE:?set IFACE to the interface or subnet the hosts reach each other over, e.g. IFACE=ib0}
+  args+=(--launcher_args "--mca btl_tcp_if_include $IFACE --mca oob_tcp_if_include $IFACE")
+fi
+if [ "${PREFLIGHT:-1}" != 0 ]; then
+  "$PYTHON" -m launch.preflight --hostfile "$HOSTFILE" --launcher "$LAUNCHER" \
+    ${MASTER_PORT:+--master-port "$MASTER_PORT"} ${SAVE_DIR:+--save-dir "$SAVE_DIR"}
+fi
+exec "$PYTHON" -m launch.run "${args[@]}" pretrain_gpt.py "$@"

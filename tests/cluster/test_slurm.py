@@ -1,0 +1,98 @@
+"""The SLURM submission scripts of launch/slurm on a real SLURM cluster (slurmctld and two slurmd, each
+node a network-namespace host, see conftest.py): both training paths run to completion with the same
+losses, and a job signalled before its time limit saves, requeues itself and resumes to the same end."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import ROOT, losses, run_config
+
+pytestmark = pytest.mark.cluster
+
+STEPS = 24
+SRUN = ROOT / "launch" / "slurm" / "train_srun.sbatch"
+HOSTFILE = ROOT / "launch" / "slurm" / "train_hostfile.sbatch"
+
+
+def submit(slurm, hosts, tmp_path: Path, script: Path, cfg: Path, ds: str, **env: str) -> int:
+    return slurm.sbatch(
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        f"--output={tmp_path}/job-%j.out",
+        str(script),
+        "--config",
+        str(cfg),
+        "--ds_config",
+        str(ROOT / "ds_configs" / ds),
+        cwd=ROOT,
+        env=hosts.env(
+            PYTHON=str(ROOT / ".venv" / "bin" / "python"),
+            TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
+            **env,
+        ),
+    )
+
+
+def job_log(tmp_path: Path, job: int) -> str:
+    return (tmp_path / f"job-{job}.out").read_text()
+
+
+@pytest.fixture(scope="module")
+def srun_run(slurm, hosts, tiny_data, tmp_path_factory) -> tuple[Path, int]:
+    """Path (b): srun, one task per rank, ranks from SLURM's variables; run once, checked below."""
+    tmp = tmp_path_factory.mktemp("srun")
+    cfg = run_config(tmp, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
+    job = submit(slurm, hosts, tmp, SRUN, cfg, "zero2_cpu.json")
+    state = slurm.wait(job, timeout=300)
+    assert state == "COMPLETED", job_log(tmp, job)[-4000:]
+    return tmp, job
+
+
+def test_srun_path_runs_to_completion(srun_run):
+    tmp, job = srun_run
+    out = job_log(tmp, job)
+    assert "2 tasks" in out and f"launch: rank 0/2 (local 0/1) via slurm, master {slurm.nodes[0]}" in out, out[-4000:]
+    assert sorted(losses(tmp / "ckpt")) == list(range(1, STEPS + 1))
+    assert (tmp / "ckpt" / "latest").read_text().strip() == f"global_step{STEPS}"
+
+
+def test_hostfile_path_equals_the_srun_path(slurm, hosts, tiny_data, tmp_path, srun_run):
+    """Path (a): a hostfile from the allocation and the DeepSpeed runner over pdsh; the same losses."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
+    job = submit(slurm, hosts, tmp_path, HOSTFILE, cfg, "zero2_cpu.json", RANKS_PER_NODE="1")
+    state = slurm.wait(job, timeout=300)
+    out = job_log(tmp_path, job)
+    assert state == "COMPLETED", out[-4000:]
+    assert f"on {' '.join(f'{n} slots=1' for n in slurm.nodes)}" in out
+    assert "launch: rank 0/2 (local 0/1) via deepspeed" in out
+    assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
+
+
+def test_signalled_job_saves_requeues_and_resumes_to_the_same_end(
+    slurm, hosts, tiny_data, tmp_path, srun_run
+):
+    """USR1 to the batch script (what --signal=B:USR1@300 sends before the time limit): the ranks save
+    and exit 0, the job requeues itself, and the second run resumes from that checkpoint and ends with
+    the losses of the uninterrupted job."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
+    job = submit(slurm, hosts, tmp_path, SRUN, cfg, "zero2_cpu.json")
+    metrics = tmp_path / "ckpt" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline, slurm.state(job)
+        time.sleep(0.2)
+    slurm.scancel("--batch", "--signal=USR1", str(job))
+    state = slurm.wait(job, timeout=400)
+    out = job_log(tmp_path, job)
+    assert state == "COMPLETED", out[-4000:]
+    assert "requeueing job" in out and "(restart 1)" in out, out[-4000:]
+    saved = [line for line in out.splitlines() if "saved at step" in line and "exiting" in line]
+    assert saved, out[-4000:]
+    step = int(saved[0].split("saved at step ")[1].split(",")[0])
+    assert 3 <= step < STEPS
+    assert f"at step {step}" in out.split("(restart 1)")[1]  # the second run resumed from that save
+    assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
