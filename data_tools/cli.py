@@ -24,10 +24,11 @@ from data_tools.sources import (
 )
 
 
-def tool_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """A tool's parser with the input and cleaning argument groups every data tool shares."""
+def tool_parser(prog: str | None, doc: str | None, add_help: bool = True) -> argparse.ArgumentParser:
+    """A tool's parser with the input and cleaning argument groups every data tool shares (without -h:
+    a parent for subcommands' parsers)."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help
     )
     add_source_args(parser)
     add_clean_args(parser)

@@ -121,8 +121,12 @@ def tokenize_records(
     """Decode and tokenise records (already known good): token ids of all, each followed by `eod_id`,
     flat; and the per-record lengths (EOD included). Decoding again here, rather than shipping the text
     through the main process, keeps the main process's share of the work small."""
-    texts = [decode_record(rec, sources)[0] for rec in records]
-    return encode_documents(_WORKER["tokenizer"], texts, eod_id, dtype)
+    return encode_documents(_WORKER["tokenizer"], decode_records(records, sources), eod_id, dtype)
+
+
+def decode_records(records: list[Record], sources: SourceConfig) -> list[str]:
+    """The texts of records already known good."""
+    return [decode_record(rec, sources)[0] for rec in records]
 
 
 # ---- the pool ---------------------------------------------------------------------------------------
@@ -343,11 +347,7 @@ def cleaned_batches(
 ) -> Iterator[tuple[int, list[Kept], list[int]]]:
     """For each batch of records: its size, the kept documents and their content hashes, in order. Bad
     records are added to `problems` in input order."""
-    cfg = cleaner.cfg
-    submit = lambda batch: executor.submit(
-        clean_batch, batch, sources, cfg.filters, cfg.near_dedup, want_text
-    )
-    for batch, verdicts in ordered_map(submit, batches, window, records_of=lambda batch: batch):
+    for batch, verdicts in verdict_batches(executor, batches, cleaner.cfg, sources, window, want_text):
         kept, hashes = [], []
         for rec, v in zip(batch, verdicts, strict=True):
             if v.problem is not None:
@@ -356,3 +356,18 @@ def cleaned_batches(
                 kept.append(Kept(rec, v.text, v.nchars, v.nbytes))
                 hashes.append(v.content_hash)
         yield len(batch), kept, hashes
+
+
+def verdict_batches(
+    executor: Executor,
+    batches: Iterable[list[Record]],
+    cfg: CleanConfig,
+    sources: SourceConfig,
+    window: int,
+    want_text: bool = True,
+) -> Iterator[tuple[list[Record], list[Verdict]]]:
+    """Each batch of records with the workers' verdicts on it (`clean_batch`), in order; nothing decided."""
+    submit = lambda batch: executor.submit(
+        clean_batch, batch, sources, cfg.filters, cfg.near_dedup, want_text
+    )
+    yield from ordered_map(submit, batches, window, records_of=lambda batch: batch)

@@ -13,10 +13,14 @@ The output is written in units: a unit is the run of input documents whose token
 counts, hashes), each written atomically. A killed job loses at most the unit in progress: rerunning the
 same command re-reads the finished part of the input only to rebuild the duplicate index, and continues
 with the next unit. The output is identical to an uninterrupted run's.
+
+On a cluster, the same job split across SLURM array tasks: data_tools/array_job.py
+(codeparrot-preprocess-array, launch/slurm/preprocess.sh).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -27,7 +31,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -48,7 +52,7 @@ from data_tools.parallel import (
     ordered_map,
     tokenize_records,
 )
-from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records, problems_summary
 from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
 
 logger = logging.getLogger(__name__)
@@ -71,15 +75,46 @@ class PreprocessConfig:
 
     def fingerprint(self, tok_sha: str) -> str:
         """What the output depends on; a resume into a directory written differently is refused."""
-        key = {
-            "sources": self.sources.describe(),
-            "source_config": dataclasses.asdict(self.sources) | {"inputs": None},
-            "clean": self.clean.to_dict(),
+        key = self._cleaning_key() | {
             "tokenizer_sha256": tok_sha,
             "shard_tokens": self.shard_tokens,
             "batching": [BATCH_DOCS, BATCH_CHARS],
         }
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return key_digest(key)
+
+    def cleaning_fingerprint(self) -> str:
+        """What the cleaned corpus depends on: the inputs and the cleaning settings."""
+        return key_digest(self._cleaning_key())
+
+    def _cleaning_key(self) -> dict[str, Any]:
+        return {
+            "sources": self.sources.describe(),
+            "source_config": dataclasses.asdict(self.sources) | {"inputs": None},
+            "clean": self.clean.to_dict(),
+        }
+
+
+def key_digest(key: Any) -> str:
+    """A short hash of a JSON-able value: how a job's settings are compared with a directory's."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer directory's tokenizer with what the shards and the manifest need of it."""
+
+    dir: Path
+    tokenizer: Any  # tokenizers.Tokenizer
+    eod: int
+    sha256: str
+    vocab_size: int
+    dtype: np.dtype
+
+    @classmethod
+    def load(cls, tok_dir: Path) -> LoadedTokenizer:
+        tokenizer, eod = load_tokenizer(tok_dir)
+        vocab = tokenizer.get_vocab_size()
+        return cls(tok_dir, tokenizer, eod, tokenizer_sha256(tok_dir), vocab, token_dtype(vocab))
 
 
 class _Unit:
@@ -108,7 +143,7 @@ class _Unit:
             "shards": shards,
             "chars_per_token_removed": self.cpt_removed,
         }
-        _write_json_atomic(self.out / "units" / f"{self.index:05d}.json", record)
+        write_json_atomic(self.out / "units" / f"{self.index:05d}.json", record)
         return record
 
     def abort(self) -> None:
@@ -116,7 +151,8 @@ class _Unit:
             w.abort()
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` so that a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
@@ -159,13 +195,22 @@ def _clear_unfinished(out: Path, first_unfinished: int) -> None:
             path.unlink()
 
 
-class _Progress:
-    """tqdm over input documents with tokens/s and MB/s (input) in the postfix."""
+def clear_dataset(out: Path, tokenizer: bool = True) -> None:
+    """Delete a dataset written in `out`: shards (finished or not), unit records, tokenizer (unless not
+    `tokenizer`), manifest and report. Other files are left alone."""
+    for name in ("units", *(["tokenizer"] if tokenizer else []), MANIFEST, "report.json"):
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    _clear_unfinished(out, 0)
 
-    def __init__(self, enabled: bool) -> None:
+
+class Progress:
+    """tqdm over input documents with tokens/s (once there are tokens) and MB/s (input) in the postfix."""
+
+    def __init__(self, enabled: bool, desc: str = "preprocess") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(desc="preprocess", unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
+        self.bar = tqdm(desc=desc, unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
         self.start, self.tokens, self.bytes = time.perf_counter(), 0, 0
 
     def update(self, docs: int, tokens: int, input_bytes_so_far: int) -> None:
@@ -173,31 +218,34 @@ class _Progress:
         self.bytes = input_bytes_so_far
         self.bar.update(docs)
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix_str(
-            f"{self.tokens / elapsed / 1e6:.2f}M tok/s, {self.bytes / elapsed / 1e6:.1f} MB/s", refresh=False
-        )
+        rates = [f"{self.tokens / elapsed / 1e6:.2f}M tok/s"] if self.tokens else []
+        rates.append(f"{self.bytes / elapsed / 1e6:.1f} MB/s")
+        self.bar.set_postfix_str(", ".join(rates), refresh=False)
 
     def close(self) -> None:
         self.bar.close()
 
 
+# Batches of the cleaned corpus, in order: (the batch's number of input records, its kept documents, their
+# content hashes).
+Cleaned = Iterator[tuple[int, list[Kept], list[int]]]
+
+
 def _tokenize_and_write(
     cfg: PreprocessConfig,
     executor: Executor,
-    cleaner: Cleaner,
-    cleaned: Iterator[tuple[int, list[Kept], list[int]]],
+    cleaned: Cleaned,
     skip: int,
-    dtype: np.dtype,
-    eod: int,
+    tok: LoadedTokenizer,
     fingerprint: str,
     units_done: int,
+    input_bytes: Callable[[], int],
 ) -> list[dict[str, Any]]:
     """The write loop: tokenise kept documents past `skip`, apply chars/token, split, fill units."""
-    out, min_cpt = cfg.output, cfg.clean.filters.chars_per_token
+    out, min_cpt, dtype = cfg.output, cfg.clean.filters.chars_per_token, tok.dtype
     records: list[dict[str, Any]] = []
     unit = _Unit(out, units_done, dtype)
-    progress = _Progress(cfg.show_progress)
-    report = cleaner.report
+    progress = Progress(cfg.show_progress)
 
     def fresh() -> Iterator[tuple[int, list[Kept], list[int]]]:
         consumed = 0
@@ -207,7 +255,7 @@ def _tokenize_and_write(
                 yield consumed, kept, hashes
 
     submit = lambda item: executor.submit(
-        tokenize_records, [k.record for k in item[1]], cfg.sources, eod, dtype.str
+        tokenize_records, [k.record for k in item[1]], cfg.sources, tok.eod, dtype.str
     )
     last_end = skip
     try:
@@ -225,12 +273,14 @@ def _tokenize_and_write(
             for split, mask in (("train", keep & ~valid), ("valid", keep & valid)):
                 if mask.any():
                     unit.add(split, flat[np.repeat(mask, lengths)], lengths[mask])
-            progress.update(end - last_end, int(lengths[keep].sum()), report.input_bytes)
+            progress.update(end - last_end, int(lengths[keep].sum()), input_bytes())
             last_end = end
             if unit.tokens >= cfg.shard_tokens:
                 records.append(unit.finalize(end, fingerprint))
                 unit = _Unit(out, unit.index + 1, dtype)
-        if unit.writers or not (records or units_done):
+        # The last unit is kept when it has shards, or documents removed for chars/token (counted in the
+        # report from the records), or when it is the only one.
+        if unit.writers or unit.cpt_removed["docs"] or not (records or units_done):
             records.append(unit.finalize(last_end, fingerprint))
     except BaseException:
         unit.abort()
@@ -244,12 +294,8 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
     out = cfg.output
     cli.prepare_output_dir(out)
-    if overwrite and out.exists():
-        for name in ("units", "tokenizer", MANIFEST, "report.json"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        _clear_unfinished(out, 0)
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        clear_dataset(out)
     tok_dir = cfg.tokenizer or out / "tokenizer"
     trained_here = cfg.tokenizer is None and not (tok_dir / "tokenizer.json").exists()
     if trained_here:
@@ -257,50 +303,85 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
         train_on_corpus(cfg.sources, cfg.clean, tmp, cfg.vocab_size, cfg.workers, cfg.show_progress)
         os.replace(tmp, tok_dir)
-    tokenizer, eod = load_tokenizer(tok_dir)
-    tok_sha = tokenizer_sha256(tok_dir)
-    vocab = tokenizer.get_vocab_size()
-    dtype = token_dtype(vocab)
-    fingerprint = cfg.fingerprint(tok_sha)
-    done = _finished_units(out, fingerprint)
+    tok = LoadedTokenizer.load(tok_dir)
+    fingerprint = cfg.fingerprint(tok.sha256)
+    problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
+
+    def cleaned(executor: Executor) -> Cleaned:
+        batches = iter_batches(iter_records(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
+        window = 2 * max(cfg.workers, 1)
+        return cleaned_batches(executor, batches, cleaner, cfg.sources, problems, window, want_text=False)
+
+    records = write_units(cfg, tok, fingerprint, cleaned, lambda: cleaner.report.input_bytes)
+    return write_manifest(cfg, records, cleaner.to_dict(problems), tok, fingerprint)
+
+
+def write_units(
+    cfg: PreprocessConfig,
+    tok: LoadedTokenizer,
+    fingerprint: str,
+    cleaned: Callable[[Executor], Cleaned],
+    input_bytes: Callable[[], int],
+    clear_other: bool = False,
+) -> list[dict[str, Any]]:
+    """Tokenise the cleaned corpus (`cleaned(executor)`, whose workers also tokenise) into units in
+    cfg.output, after the finished units of an earlier run of the same job; returns every unit's record.
+    `input_bytes()`: the input read so far, for the progress bar. Units written by another job (another
+    fingerprint) are refused, or deleted with `clear_other`."""
+    out = cfg.output
+    try:
+        done = _finished_units(out, fingerprint)
+    except DataError:
+        if not clear_other:
+            raise
+        clear_dataset(out)
+        done = []
     _clear_unfinished(out, len(done))
     skip = done[-1]["input_docs_end"] if done else 0
     if done:
         logger.info(
-            "resuming: %d finished unit(s) kept; re-reading the first %d documents for dedup only",
+            "resuming: %d finished unit(s) kept; re-reading the first %d documents without writing them",
             len(done),
             skip,
         )
-
-    problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
-    executor = make_executor(cfg.workers, tokenizer.to_str())
+    executor = make_executor(cfg.workers, tok.tokenizer.to_str())
     try:
-        batches = iter_batches(iter_records(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
-        cleaned = cleaned_batches(
-            executor, batches, cleaner, cfg.sources, problems, 2 * max(cfg.workers, 1), want_text=False
-        )
-        records = done + _tokenize_and_write(
-            cfg, executor, cleaner, cleaned, skip, dtype, eod, fingerprint, len(done)
+        return done + _tokenize_and_write(
+            cfg, executor, cleaned(executor), skip, tok, fingerprint, len(done), input_bytes
         )
     finally:
         executor.shutdown(cancel_futures=True)
 
-    for record in records:  # chars/token removals happen after tokenisation: added to the report here
-        removed = record["chars_per_token_removed"]
-        if removed["docs"]:
-            cleaner.report.remove("chars_per_token", removed["bytes"], removed["docs"])
-    report = cleaner.to_dict(problems)
-    _write_json_atomic(out / "report.json", report)
-    if problems.counts:
-        logger.warning("%s; details in %s", problems.summary(), out / "report.json")
-    manifest = _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint)
+
+def write_manifest(
+    cfg: PreprocessConfig,
+    records: list[dict[str, Any]],
+    report: dict[str, Any],
+    tok: LoadedTokenizer,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Finish the dataset in cfg.output from its units' `records` and the cleaning `report`
+    (Cleaner.to_dict): add the chars/token removals to the report, write report.json and manifest.json.
+    Raises DataError when no document is left."""
+    out = cfg.output
+    removed = {k: sum(r["chars_per_token_removed"][k] for r in records) for k in ("docs", "bytes")}
+    if removed["docs"]:  # chars/token removals happen after tokenisation: added to the report here
+        counts = report["removed"].setdefault("chars_per_token", {"docs": 0, "bytes": 0})
+        for k, n in removed.items():
+            counts[k] += n
+            report[f"kept_{k}"] -= n
+        report["removed"] = dict(sorted(report["removed"].items()))
+    write_json_atomic(out / "report.json", report)
+    if report["bad_input"]["counts"]:
+        logger.warning("%s; details in %s", problems_summary(report["bad_input"]), out / "report.json")
+    manifest = _manifest(cfg, records, report, tok, fingerprint)
     if manifest["splits"]["train"]["documents"] + manifest["splits"]["valid"]["documents"] == 0:
         raise DataError(
             f"no documents left: {report['input_docs']} read, all removed or unreadable (see "
             f"{out / 'report.json'} for counts and examples per reason). Check --input and --text-field, "
             "or relax the filters."
         )
-    _write_json_atomic(out / MANIFEST, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     s = manifest["splits"]
     logger.info(
         "wrote %s: train %d docs / %d tokens, valid %d docs / %d tokens in %d shard pair(s)",
@@ -314,7 +395,7 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     return manifest
 
 
-def _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerprint) -> dict[str, Any]:
+def _manifest(cfg, records, report, tok: LoadedTokenizer, fingerprint) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     for split in SPLITS:
         shards = [r["shards"][split] for r in records if split in r["shards"]]
@@ -329,14 +410,14 @@ def _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerp
         "tool": "codeparrot-ds data_tools.preprocess",
         "tool_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "dtype": dtype.name,
+        "dtype": tok.dtype.name,
         "tokenizer": {
-            "path": os.path.relpath(tok_dir, cfg.output)
+            "path": os.path.relpath(tok.dir, cfg.output)
             if cfg.tokenizer is None
-            else str(Path(tok_dir).resolve()),
-            "sha256": tok_sha,
-            "vocab_size": vocab,
-            "eod_id": eod,
+            else str(Path(tok.dir).resolve()),
+            "sha256": tok.sha256,
+            "vocab_size": tok.vocab_size,
+            "eod_id": tok.eod,
         },
         "sources": cfg.sources.describe(),
         "config": {
@@ -349,8 +430,9 @@ def _manifest(cfg, records, report, tok_dir, tok_sha, vocab, eod, dtype, fingerp
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.tool_parser("codeparrot-preprocess", __doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options codeparrot-preprocess adds to the data tools' input and cleaning ones (the array job,
+    data_tools.array_job, takes the same)."""
     g = parser.add_argument_group("output")
     g.add_argument("--output", required=True, type=Path, help="dataset directory (shards, manifest, report)")
     g.add_argument("--tokenizer", type=Path, help="an existing tokenizer directory (default: train one)")
@@ -358,21 +440,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard (about)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
     cli.add_common_args(parser)
-    args = parser.parse_args(argv)
-    job = lambda: preprocess(
-        PreprocessConfig(
-            sources=cli.source_config(args),
-            clean=cli.clean_config(args),
-            output=args.output,
-            tokenizer=args.tokenizer,
-            vocab_size=args.vocab_size,
-            shard_tokens=args.shard_tokens,
-            workers=args.workers,
-            show_progress=not args.quiet,
-        ),
-        overwrite=args.overwrite,
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    return PreprocessConfig(
+        sources=cli.source_config(args),
+        clean=cli.clean_config(args),
+        output=args.output,
+        tokenizer=args.tokenizer,
+        vocab_size=args.vocab_size,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        show_progress=not args.quiet,
     )
-    return cli.run(job, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = cli.tool_parser("codeparrot-preprocess", __doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return cli.run(lambda: preprocess(config_from_args(args), overwrite=args.overwrite), args)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,14 @@ class Problems:
     def to_dict(self) -> dict[str, Any]:
         return {"counts": dict(sorted(self.counts.items())), "examples": self.examples}
 
+    def extend(self, later: dict[str, Any]) -> None:
+        """Add the problems of input read after this one (`later`: a `to_dict()`): counts add up, and
+        examples are kept as if one `Problems` had seen both inputs in order."""
+        for kind, n in later["counts"].items():
+            self.counts[kind] += n
+            examples = self.examples.setdefault(kind, [])
+            examples.extend(later["examples"].get(kind, [])[: MAX_EXAMPLES - len(examples)])
+
     def summary(self) -> str:
         return problems_summary(self.to_dict())
 
@@ -473,10 +481,13 @@ def expand_inputs(cfg: SourceConfig) -> list[tuple[str, Path]]:
     return out
 
 
-def iter_records(cfg: SourceConfig, problems: Problems) -> Iterator[Record]:
+def iter_records(
+    cfg: SourceConfig, problems: Problems, inputs: Iterable[tuple[str, Path]] | None = None
+) -> Iterator[Record]:
     """Every record of every input, in a deterministic order, undecoded where decoding is costly (JSON
-    lines, source files): the cheap, serial part of reading."""
-    for kind, path in expand_inputs(cfg):
+    lines, source files): the cheap, serial part of reading. `inputs`: read only these (a part of
+    `expand_inputs(cfg)`, in its order) instead of all."""
+    for kind, path in expand_inputs(cfg) if inputs is None else inputs:
         if kind != "hf_dataset" and (why := not_regular(path)):
             problems.add("not_regular_file", str(path), why)
             continue

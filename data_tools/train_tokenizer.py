@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,28 +158,54 @@ def train_on_corpus(
     cli.prepare_output_dir(out_dir)
     problems = Problems()
     cleaner = Cleaner(clean)
-    held_out: list[str] = []
-    held_chars = 0
 
-    def train_texts(executor) -> Iterator[str]:
-        nonlocal held_chars
+    def documents(executor) -> Iterator[tuple[str, int]]:
         batches = iter_batches(iter_records(sources, problems), 64, 1_000_000)
         for _, kept, hashes in cleaned_batches(
             executor, batches, cleaner, sources, problems, 2 * max(workers, 1)
         ):
-            for doc, h in zip(kept, hashes, strict=True):
-                if not is_valid_split(h, clean.valid_ratio):
-                    yield doc.text
-                elif held_chars < HELD_OUT_MAX_CHARS:
-                    held_out.append(doc.text)
-                    held_chars += len(doc.text)
+            yield from zip((doc.text for doc in kept), hashes, strict=True)
 
     executor = make_executor(workers)
     try:
-        report = train(train_texts(executor), out_dir, vocab_size, held_out, show_progress)
+        return train_on_documents(
+            documents(executor),
+            clean.valid_ratio,
+            out_dir,
+            vocab_size,
+            show_progress,
+            cleaning=lambda: cleaner.to_dict(problems),
+        )
     finally:
         executor.shutdown()
-    report["cleaning"] = cleaner.to_dict(problems)
+
+
+def train_on_documents(
+    documents: Iterable[tuple[str, int]],
+    valid_ratio: float,
+    out_dir: Path,
+    vocab_size: int,
+    show_progress: bool,
+    cleaning: Callable[[], dict[str, Any]],
+) -> dict[str, Any]:
+    """Train on the cleaned corpus given as (text, content hash) in corpus order: the training split
+    (by hash) is trained on, validation-split texts are held out for the chars/token figure. The report,
+    with `cleaning()` (called once the documents are consumed) under "cleaning", is returned and saved
+    as out_dir/training_report.json."""
+    held_out: list[str] = []
+    held_chars = 0
+
+    def train_texts() -> Iterator[str]:
+        nonlocal held_chars
+        for text, h in documents:
+            if not is_valid_split(h, valid_ratio):
+                yield text
+            elif held_chars < HELD_OUT_MAX_CHARS:
+                held_out.append(text)
+                held_chars += len(text)
+
+    report = train(train_texts(), out_dir, vocab_size, held_out, show_progress)
+    report["cleaning"] = cleaning()
     (out_dir / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
