@@ -61,8 +61,10 @@ setup(
             "codeparrot-clean=data_tools.clean:main",
             "codeparrot-train-tokenizer=data_tools.train_tokenizer:main",
             "codeparrot-preprocess=data_tools.preprocess:main",
+            "codeparrot-preprocess-array=data_tools.array_job:main",
             "codeparrot-shards=data_tools.indexed_dataset:main",
             "codeparrot-launch=launch.run:main",
+            "codeparrot-preflight=launch.preflight:main",
         ]
     },
 )

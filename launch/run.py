@@ -112,19 +112,12 @@ def free_port(host: str | None, ssh_port: int | None) -> int:
 
 def write_env_file(env: dict[str, str], directory: Path) -> Path:
     """The `.deepspeed_env` for remote ranks: the user's own lines first, then what they need from here."""
-    lines: dict[str, str] = {}
-    user = env.get("DS_ENV_FILE", ".deepspeed_env")
-    for base in (Path.home(), Path.cwd()):
-        path = base / user
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                key, sep, value = line.partition("=")
-                if sep:
-                    lines[key.strip()] = value.strip()
+    from launch import deepspeed_env
+
+    lines = deepspeed_env.read(env)
     for key, value in env.items():
-        if key in FORWARD or key.startswith(FORWARD_PREFIXES):
-            if "\n" not in value:
-                lines.setdefault(key, value)
+        if (key in FORWARD or key.startswith(FORWARD_PREFIXES)) and "\n" not in value:
+            lines.setdefault(key, value)
     path = directory / ".deepspeed_env"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     return path

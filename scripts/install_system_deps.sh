@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project needs (Open MPI for mpi4py; g++/ninja for DeepSpeed's JIT ops).
+# Installs the Debian packages the project needs (Open MPI for mpi4py; g++/ninja for DeepSpeed's JIT ops;
+# sshd, pdsh, SLURM, munge and iproute2 for the simulated clusters of tests/cluster).
 # Does nothing when they are already present. Needs root and apt-get; otherwise prints what to install.
 set -euo pipefail
-pkgs=(openmpi-bin libopenmpi-dev g++ ninja-build numactl)
+pkgs=(openmpi-bin libopenmpi-dev g++ ninja-build numactl
+      openssh-server openssh-client pdsh slurmd slurmctld slurm-client munge iproute2)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
