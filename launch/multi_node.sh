@@ -2,8 +2,10 @@
 # Several nodes from a DeepSpeed hostfile (`hostname slots=N` per line), over pdsh/ssh (the default) or
 # Open MPI. Run it on any host that reaches the others by ssh without a password; the checkout and the
 # Python environment must be at the same path on every host (a shared filesystem, or the same image).
-#   HOSTFILE=hosts bash launch/multi_node.sh --config configs/codeparrot_zero2.json --ds_config ds_configs/zero2.json
-#   LAUNCHER=openmpi IFACE=ib0 HOSTFILE=hosts bash launch/multi_node.sh ...
+#   export SAVE_DIR=/shared/runs/cp HOSTFILE=hosts
+#   bash launch/multi_node.sh --config configs/codeparrot_zero2.json --ds_config ds_configs/zero2.json \
+#       --set train.save_dir=$SAVE_DIR
+#   LAUNCHER=openmpi IFACE=ib0 bash launch/multi_node.sh ...
 #
 # HOSTFILE     the hostfile (default: ./hostfile); checked first by codeparrot-preflight
 # LAUNCHER     pdsh (default) or openmpi
@@ -12,8 +14,9 @@
 #              use it too
 # MASTER_ADDR  rank 0's address as the other hosts reach it (default: the first host's, from `hostname -I`
 #              there); MASTER_PORT: default a free port on the first host
-# SAVE_DIR     the run's train.save_dir, for preflight to check it is shared by every host
-# PREFLIGHT=0  skip the preflight checks
+# SAVE_DIR     the run's train.save_dir: codeparrot-preflight first checks every host (ssh, versions,
+#              master port, that SAVE_DIR is the same directory everywhere, interfaces)
+# PREFLIGHT=0  skip those checks
 # The environment the remote ranks need (PATH, OMP_NUM_THREADS, ...) goes to them in a .deepspeed_env that
 # codeparrot-launch writes. Ctrl-C or SIGTERM: every rank on every host saves and exits 0.
 set -euo pipefail
@@ -33,7 +36,13 @@ if [ "$LAUNCHER" = openmpi ]; then
   args+=(--launcher_args "--mca btl_tcp_if_include $IFACE --mca oob_tcp_if_include $IFACE")
 fi
 if [ "${PREFLIGHT:-1}" != 0 ]; then
-  "$PYTHON" -m launch.preflight --hostfile "$HOSTFILE" --launcher "$LAUNCHER" \
-    ${MASTER_PORT:+--master-port "$MASTER_PORT"} ${SAVE_DIR:+--save-dir "$SAVE_DIR"}
+  if [ -z "${SAVE_DIR:-}" ]; then
+    echo "multi_node.sh: set SAVE_DIR to the run's train.save_dir, so every host is checked first" \
+      "(PREFLIGHT=0 skips the checks)" >&2
+    exit 2
+  fi
+  "$PYTHON" -m launch.preflight --hostfile "$HOSTFILE" --save-dir "$SAVE_DIR" --launcher "$LAUNCHER" \
+    ${MASTER_PORT:+--master-port "$MASTER_PORT"} ${MASTER_ADDR:+--master-addr "$MASTER_ADDR"} \
+    ${IFACE:+--launcher-args "--mca btl_tcp_if_include $IFACE --mca oob_tcp_if_include $IFACE"}
 fi
 exec "$PYTHON" -m launch.run "${args[@]}" pretrain_gpt.py "$@"

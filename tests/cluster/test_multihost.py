@@ -61,10 +61,20 @@ def one_host(tiny_data, tmp_path_factory) -> dict[int, float]:
 
 @pytest.mark.parametrize("launcher", ["pdsh", "openmpi"])
 def test_two_hosts_train_as_one(hosts, tiny_data, tmp_path, one_host, launcher):
+    """launch/multi_node.sh: preflight, then codeparrot-launch --hostfile over pdsh or Open MPI (told the
+    interface by name for pdsh, by subnet for Open MPI)."""
     cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0)
-    proc = start(hosts, tmp_path, launch_cmd(hosts, tmp_path, cfg, "zero2_cpu.json", launcher=launcher))
+    hostfile = hosts.write_hostfile(tmp_path / "hostfile")
+    cmd = ["bash", str(ROOT / "launch" / "multi_node.sh"), "--config", str(cfg)]
+    cmd += ["--ds_config", str(ROOT / "ds_configs" / "zero2_cpu.json")]
+    iface = hosts.subnet if launcher == "openmpi" else hosts.ifname
+    env = dict(HOSTFILE=str(hostfile), LAUNCHER=launcher, IFACE=iface, SAVE_DIR=str(tmp_path / "ckpt"))
+    if launcher == "openmpi":  # the tests run as root, which mpirun refuses unless told
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = start(hosts, tmp_path, cmd, PYTHON=str(ROOT / ".venv" / "bin" / "python"), **env)
     out = finish(proc, tmp_path)
     assert proc.returncode == 0, out[-4000:]
+    assert f"via {'openmpi' if launcher == 'openmpi' else 'deepspeed'}" in out, out[-4000:]
     assert losses(tmp_path / "ckpt") == one_host
     assert not hosts.pids("pretrain_gpt.py"), "a rank is left running"
 

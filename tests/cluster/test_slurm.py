@@ -55,7 +55,8 @@ def srun_run(slurm, hosts, tiny_data, tmp_path_factory) -> tuple[Path, int]:
 def test_srun_path_runs_to_completion(slurm, srun_run):
     tmp, job = srun_run
     out = job_log(tmp, job)
-    assert "2 tasks" in out and f"launch: rank 0/2 (local 0/1) via slurm, master {slurm.nodes[0]}" in out, out[-4000:]
+    assert "2 tasks" in out, out[-4000:]
+    assert f"launch: rank 0/2 (local 0/1) via slurm, master {slurm.nodes[0]}" in out, out[-4000:]
     assert sorted(losses(tmp / "ckpt")) == list(range(1, STEPS + 1))
     assert (tmp / "ckpt" / "latest").read_text().strip() == f"global_step{STEPS}"
 

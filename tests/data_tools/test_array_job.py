@@ -1,13 +1,11 @@
-"""The array job (data_tools.array_job, launch/slurm/preprocess.sh) gives the single-process job's dataset;
-its errors name the unfinished tasks and the commands that run them; finished tasks rerun as no-ops."""
+"""The array job (data_tools.array_job) gives the single-process job's dataset; its errors name the
+unfinished tasks and the commands that run them; finished tasks rerun as no-ops. The SLURM driver
+(launch/slurm/preprocess.sh) runs on a real SLURM cluster in tests/cluster/test_slurm_preprocess.py."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,110 +97,6 @@ def assert_same_dataset(out: Path, ref: Path) -> None:
     for split in ("train", "valid"):
         assert a["splits"][split]["documents"] == b["splits"][split]["documents"] > 0
         assert a["splits"][split]["tokens"] == b["splits"][split]["tokens"]
-
-
-FAKE_SBATCH = '''\
-"""sbatch for tests: runs the script at once (each array index in turn) and prints a job id; with
-$FAKE_SBATCH_FAIL=K, the K-th submission fails."""
-import json, os, re, subprocess, sys
-from pathlib import Path
-
-state = Path(os.environ["FAKE_SLURM_STATE"])
-jobs = json.loads(state.read_text()) if state.exists() else []
-if len(jobs) + 1 == int(os.environ.get("FAKE_SBATCH_FAIL", "0")):
-    sys.exit("sbatch: error: Batch job submission failed: Invalid partition name specified")
-args, opts = sys.argv[1:], {}
-while args[0].startswith("--"):
-    key, _, value = args.pop(0)[2:].partition("=")
-    opts[key] = value
-script, script_args = args[0], args[1:]
-after = opts.get("dependency", "")
-assert not after or re.fullmatch(r"afterok:\\d+", after), after
-if after and jobs[int(after.split(":")[1]) - 1]["state"] != "COMPLETED":
-    sys.exit("sbatch: error: dependency never satisfied")
-job_id = len(jobs) + 1
-indexes = []
-if "array" in opts:
-    first, last = map(int, opts["array"].split("-"))
-    indexes = list(range(first, last + 1))
-ok = True
-for index in indexes or [None]:
-    env = dict(os.environ, SLURM_JOB_ID=str(job_id), SLURM_JOB_NAME=opts.get("job-name", "sbatch"))
-    name = opts.get("output", "slurm-%j.out").replace("%x", env["SLURM_JOB_NAME"]).replace("%j", str(job_id))
-    if index is not None:
-        env |= {"SLURM_ARRAY_JOB_ID": str(job_id), "SLURM_ARRAY_TASK_ID": str(index)}
-        env["SLURM_ARRAY_TASK_COUNT"] = str(len(indexes))
-        name = name.replace("%A", str(job_id)).replace("%a", str(index))
-    with open(name, "w") as log:
-        ok &= subprocess.run(["bash", script, *script_args], env=env, stdout=log, stderr=log).returncode == 0
-jobs.append({"id": job_id, "opts": opts, "args": script_args, "state": "COMPLETED" if ok else "FAILED"})
-state.write_text(json.dumps(jobs))
-print(f"{job_id};cluster" if "parsable" in opts else f"Submitted batch job {job_id}")
-'''
-
-
-@pytest.fixture
-def fake_slurm(tmp_path) -> dict[str, str]:
-    """The environment of a login node whose sbatch is FAKE_SBATCH."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f"#!{sys.executable}\n{FAKE_SBATCH}")
-    (bin_dir / "sbatch").chmod(0o755)
-    return dict(
-        os.environ,
-        PATH=f"{bin_dir}:{os.environ['PATH']}",
-        PYTHON=sys.executable,
-        FAKE_SLURM_STATE=str(tmp_path / "jobs.json"),
-    )
-
-
-def test_slurm_driver_runs_the_array_job_and_it_equals_the_single_process_job(
-    tmp_path, corpus, reference, fake_slurm
-):
-    env = fake_slurm
-    work, out = tmp_path / "work", tmp_path / "data"
-    cmd = [
-        "bash",
-        str(SLURM / "preprocess.sh"),
-        "--tasks",
-        str(TASKS),
-        "--work",
-        str(work),
-        "--output",
-        str(out),
-    ]
-    result = subprocess.run([*cmd, "--", *corpus], cwd=tmp_path, env=env, capture_output=True, text=True)
-    logs = "".join(p.read_text() for p in sorted((work / "logs").glob("*.out")))
-    assert result.returncode == 0, result.stderr + logs
-    assert result.stdout.splitlines()[:4] == ["scan 1", "keep 2", "encode 3", "merge 4"]
-
-    jobs = json.loads((tmp_path / "jobs.json").read_text())
-    assert [j["args"][0] for j in jobs] == ["scan", "keep", "encode", "merge"]
-    assert all(j["state"] == "COMPLETED" for j in jobs), logs
-    assert [j["opts"].get("array") for j in jobs] == ["0-2", None, "0-2", None]
-    assert [j["opts"].get("dependency") for j in jobs] == [None, "afterok:1", "afterok:2", "afterok:3"]
-    assert all(j["args"][1:7] == ["--tasks", "3", "--work", str(work), "--output", str(out)] for j in jobs)
-    assert sorted(p.name for p in (work / "logs").iterdir()) == [
-        "preprocess-encode-3_0.out",
-        "preprocess-encode-3_1.out",
-        "preprocess-encode-3_2.out",
-        "preprocess-keep-2.out",
-        "preprocess-merge-4.out",
-        "preprocess-scan-1_0.out",
-        "preprocess-scan-1_1.out",
-        "preprocess-scan-1_2.out",
-    ]
-    # Every task had inputs, and the duplicates crossed tasks.
-    scans = [json.loads((work / "scan" / f"task_{t:05d}.json").read_text()) for t in range(TASKS)]
-    assert all(s["rows"]["count"] > 0 for s in scans)
-    report = load_manifest(out)["report"]
-    assert (
-        report["removed"]["exact_duplicate"]["docs"] == 2 and report["removed"]["near_duplicate"]["docs"] == 1
-    )
-    assert {"autogenerated", "chars_per_token"} <= set(report["removed"])
-    assert report["bad_input"]["counts"] == {"malformed_json": 1}
-    assert_same_dataset(out, reference)
-    assert len(load_manifest(out)["splits"]["train"]["shards"]) > TASKS  # several shards per task
 
 
 def run(phase: str, flags: list[str], work: Path, out: Path, *extra: str) -> int:
@@ -306,26 +200,6 @@ def test_inputs_split_into_contiguous_ranges_balanced_by_size(tmp_path):
     assert ranges == [(0, 2), (2, 4), (4, 7)]  # 5,102 / 202 / 4,903 bytes (+1 each): a file is never split
     assert array_job.split_inputs(inputs[:2], 4) == [(0, 1), (1, 1), (1, 2), (2, 2)]
     assert array_job.split_inputs([], 2) == [(0, 0), (0, 0)]
-
-
-def test_slurm_driver_stops_when_sbatch_fails_and_names_the_jobs_to_cancel(tmp_path, fake_slurm):
-    cmd = [
-        "bash",
-        str(SLURM / "preprocess.sh"),
-        "--tasks",
-        "2",
-        "--work",
-        "w",
-        "--output",
-        "o",
-        "--",
-        "--quiet",
-    ]
-    env = fake_slurm | {"FAKE_SBATCH_FAIL": "2", "PYTHON": "true"}  # the scan jobs do nothing
-    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 1 and result.stdout.splitlines() == ["scan 1"]
-    assert "error: sbatch failed for the keep phase" in result.stderr
-    assert "Invalid partition name" in result.stderr and "scancel 1" in result.stderr
 
 
 def test_slurm_scripts_parse_and_show_usage():
