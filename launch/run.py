@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import os
 import shlex
@@ -188,7 +189,7 @@ class Relay:
         elif p.launcher == "pdsh":
             remote = (
                 f"cd {shlex.quote(os.getcwd())}; PYTHONPATH={shlex.quote(str(REPO_ROOT))}:$PYTHONPATH "
-                f"{shlex.quote(sys.executable)} -m launch.run --signal-ranks {int(sig)} {p.master_port}"
+                f"{shlex.quote(sys.executable)} -m launch.run --signal-ranks {int(sig)} {p.master_port} %n"
             )
             env = dict(self.env, PDSH_RCMD_TYPE="ssh")
             if p.ssh_port:
@@ -219,32 +220,45 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def signal_ranks(master_port: int, sig: int) -> int:
-    """Send `sig` to this host's ranks of the launch using `master_port`: the children of DeepSpeed's
-    per-node `deepspeed.launcher.launch` (which itself dies of SIGUSR1 and answers SIGTERM by killing its
-    ranks after 30 s, so it is not signalled). Returns how many ranks were signalled."""
+def signal_ranks(master_port: int, sig: int, node_rank: int | None = None) -> int:
+    """Send `sig` to this host's ranks of the launch using `master_port` (and, across nodes, `node_rank`,
+    which pdsh writes as --node_rank=%n): the children of DeepSpeed's per-node launcher process
+    (`python -u -m deepspeed.launcher.launch ...`). The launcher itself is not signalled: SIGUSR1 would
+    kill it, and it answers SIGTERM by killing its ranks 30 s later. pdsh and ssh, whose argument lists
+    carry the same words, are not matched. Returns how many ranks were signalled."""
     import psutil
 
-    marker = f"--master_port={master_port}"
+    wanted = {f"--master_port={master_port}"} | (
+        {f"--node_rank={node_rank}"} if node_rank is not None else set()
+    )
     count = 0
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if "deepspeed.launcher.launch" in cmdline and marker in cmdline:
-            for child in proc.children():
-                try:
-                    child.send_signal(sig)
-                    count += 1
-                except psutil.NoSuchProcess:
-                    pass
+        if not (_is_launcher(cmdline) and wanted <= set(cmdline)):
+            continue
+        for child in proc.children():
+            try:
+                child.send_signal(sig)
+                count += 1
+            except psutil.NoSuchProcess:
+                pass
     return count
+
+
+def _is_launcher(cmdline: list[str]) -> bool:
+    python = bool(cmdline) and Path(cmdline[0]).name.startswith("python")
+    return python and any(
+        a == "-m" and b == "deepspeed.launcher.launch" for a, b in itertools.pairwise(cmdline)
+    )
 
 
 def _signal_ranks_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.run --signal-ranks")
     p.add_argument("signal", type=int)
     p.add_argument("master_port", type=int)
+    p.add_argument("node_rank", type=int, nargs="?")
     a = p.parse_args(argv)
-    n = signal_ranks(a.master_port, a.signal)
+    n = signal_ranks(a.master_port, a.signal, a.node_rank)
     print(f"{os.uname().nodename}: {signal.Signals(a.signal).name} sent to {n} rank(s)")
     return 0
 

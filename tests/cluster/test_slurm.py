@@ -97,3 +97,28 @@ def test_signalled_job_saves_requeues_and_resumes_to_the_same_end(
     assert 3 <= step < STEPS
     assert f"at step {step}" in out.split("(restart 1)")[1]  # the second run resumed from that save
     assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
+
+
+def test_preempted_job_saves_on_sigterm_and_resumes_to_the_same_end(
+    slurm, hosts, tiny_data, tmp_path, srun_run
+):
+    """`scontrol requeue` of a running job is what preemption with PreemptMode=REQUEUE does: SLURM sends
+    SIGTERM to every process of the job, waits KillWait, kills, and queues the job again. Under srun every
+    rank saves on SIGTERM; the requeued job resumes from that save and ends as the uninterrupted one."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
+    job = submit(slurm, hosts, tmp_path, SRUN, cfg, "zero2_cpu.json")
+    metrics = tmp_path / "ckpt" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        assert time.time() < deadline, slurm.state(job)
+        time.sleep(0.2)
+    slurm.scontrol("requeue", str(job))
+    state = slurm.wait(job, timeout=400)
+    out = job_log(tmp_path, job)
+    assert state == "COMPLETED", out[-4000:]
+    assert "stop requested (signal 15)" in out, out[-4000:]
+    saved = [line for line in out.splitlines() if "saved at step" in line and "exiting" in line]
+    step = int(saved[0].split("saved at step ")[1].split(",")[0])
+    assert 3 <= step < STEPS
+    assert f"at step {step}" in out.split("(restart 1)")[1]
+    assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
