@@ -101,7 +101,8 @@ def free_port(host: str | None, ssh_port: int | None) -> int:
     if host is None:
         return int(subprocess.check_output([sys.executable, "-c", probe], text=True))
     ssh = ["ssh", "-o", "BatchMode=yes", *(["-p", str(ssh_port)] if ssh_port else []), host]
-    out = subprocess.run([*ssh, "python3", "-c", shlex.quote(probe)], capture_output=True, text=True)
+    python = shlex.quote(sys.executable)  # the runner starts remote ranks with this interpreter too
+    out = subprocess.run([*ssh, python, "-c", shlex.quote(probe)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(
             f"codeparrot-launch: cannot reach {host} over ssh to choose a master port "
