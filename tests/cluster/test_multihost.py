@@ -116,8 +116,11 @@ def test_signal_to_the_launch_command_saves_on_every_host(hosts, tiny_data, tmp_
     step = int(tag.removeprefix("global_step"))
     assert f"saved at step {step}, exiting" in out
     assert (tmp_path / "ckpt" / tag / "COMPLETE").exists()
-    for host in hosts.names:  # each host's rank was asked, not only the launching host's
-        assert f"{host}: SIGUSR1 sent to 1 rank(s)" in out, out[-4000:]
+    # Each host was asked (a host's rank may have saved and left already, agreeing with another's request:
+    # the stop is agreed by an all-reduce every step, so one signalled rank stops them all).
+    for host in hosts.names:
+        assert f"{host}: SIGUSR1 sent to" in out, out[-4000:]
+    assert "SIGUSR1 sent to 1 rank(s)" in out
     assert not hosts.pids("pretrain_gpt.py"), "a rank is left running"
 
 
