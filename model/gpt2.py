@@ -6,7 +6,8 @@ tied to the token embedding, GPT-2 initialisation (normal std 0.02, residual pro
 applied from outside (``model.pipeline`` cuts stages from ``Embedding``, ``Block``, ``LayerNorm`` and the
 head defined here).
 
-Shapes: B batch, T sequence length, d = n_embd, H = n_head, hd = d / H, V = vocab_size, Vp = padded vocab.
+Shapes: B batch, T sequence length, d = n_embd, H = n_head, hd = d / H, V = vocab_size, Vp = padded vocab,
+T_past tokens already in a KV cache.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from model.kernels.cross_entropy import cross_entropy_from_logits, linear_cross_
 from model.kernels.layernorm import LayerNorm
 
 INIT_STD = 0.02
+
+KV = tuple[torch.Tensor, torch.Tensor]  # one block's cached keys and values, each [B, H, T_past, hd]
 
 
 @torch.no_grad()
@@ -81,13 +84,15 @@ class Embedding(nn.Module):
         _normal_(self.wpe.weight, INIT_STD, generator)
         self.wte.weight[self.vocab_size :].zero_()
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``pos``: positions ``[B, T]`` (incremental decoding; the caller checks them), else 0..T-1."""
         T = idx.size(1)
-        if T > self.n_positions:
-            raise ValueError(
-                f"sequence length ({T}) exceeds the model's context n_positions ({self.n_positions})"
-            )
-        pos = torch.arange(T, device=idx.device)  # [T]
+        if pos is None:
+            if T > self.n_positions:
+                raise ValueError(
+                    f"sequence length ({T}) exceeds the model's context n_positions ({self.n_positions})"
+                )
+            pos = torch.arange(T, device=idx.device)  # [T]
         return self.drop(self.wte(idx) + self.wpe(pos))  # [B, T, d]
 
 
@@ -112,16 +117,38 @@ class CausalSelfAttention(nn.Module):
         _init_linear(self.c_attn, INIT_STD, generator)
         _init_linear(self.c_proj, self.residual_std, generator)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, d = x.shape
         q, k, v = self.c_attn(x).split(d, dim=2)  # 3 x [B, T, d]
         q = q.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
         k = k.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
         v = v.view(B, T, self.n_head, -1).transpose(1, 2)  # [B, H, T, hd]
+        return q, k, v
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        B, H, T, hd = y.shape
+        y = y.transpose(1, 2).reshape(B, T, H * hd)  # [B, T, d]
+        return self.resid_dropout(self.c_proj(y))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._heads(x)
         dropout_p = self.attn_pdrop if self.training else 0.0
         y = causal_attention(q, k, v, dropout_p=dropout_p, impl=self.impl)  # [B, H, T, hd]
-        y = y.transpose(1, 2).reshape(B, T, d)  # [B, T, d]
-        return self.resid_dropout(self.c_proj(y))
+        return self._merge(y)
+
+    def decode(self, x: torch.Tensor, past: KV | None, mask: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """Attention of T new tokens ``x`` ``[B, T, d]`` over the cached ``past`` and themselves.
+
+        ``mask`` ``[B, 1, T, T_past + T]`` bool, True where a query may attend (built by ``GPT.decode``).
+        Returns the output ``[B, T, d]`` and the keys and values of all ``T_past + T`` tokens. Always SDPA:
+        the reference kernel takes no mask, and SDPA is in every torch this package supports.
+        """
+        q, k, v = self._heads(x)  # [B, H, T, hd]
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # [B, H, T_past + T, hd]
+            v = torch.cat((past[1], v), dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, H, T, hd]
+        return self._merge(y), (k, v)
 
 
 class MLP(nn.Module):
@@ -162,6 +189,12 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
         return x
+
+    def decode(self, x: torch.Tensor, past: KV | None, mask: torch.Tensor) -> tuple[torch.Tensor, KV]:
+        """``forward`` for new tokens after cached ones (see ``CausalSelfAttention.decode``)."""
+        a, kv = self.attn.decode(self.ln_1(x), past, mask)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
 
 
 class LMHead(nn.Module):
@@ -276,6 +309,43 @@ class GPT(nn.Module):
         loss = None if targets is None else cross_entropy_from_logits(logits, targets)
         return logits, loss
 
+    def decode(
+        self,
+        idx: torch.Tensor,
+        past: list[KV] | None = None,
+        keep: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, list[KV]]:
+        """Incremental forward for generation (eval mode): the logits of ``idx`` ``[B, T]``, the tokens that
+        follow the ``T_past`` tokens whose keys and values ``past`` holds (one per block; None: none yet).
+
+        ``keep`` ``[B, T_past + T]`` bool is False at left padding (prompts of different lengths in one
+        batch): padded tokens take no position and no real token attends to them, so each row computes
+        what its unpadded tokens alone would, up to rounding. None: no padding.
+        Returns logits ``[B, T, V]`` (``[B, 1, V]`` with ``last_only``) and the cache of all T_past + T.
+        """
+        B, T = idx.shape
+        T_past = 0 if past is None else past[0][0].size(2)
+        if T_past + T > self.config.n_positions:
+            raise ValueError(
+                f"{T_past} cached + {T} new tokens exceed the context n_positions ({self.config.n_positions})"
+            )
+        if keep is None:
+            keep = torch.ones(B, T_past + T, dtype=torch.bool, device=idx.device)
+        pos = (keep.cumsum(1) - 1).clamp(min=0)[:, T_past:]  # [B, T]: index among the row's real tokens
+        keys = torch.arange(T_past + T, device=idx.device)  # [T_past + T]
+        queries = keys[T_past:, None]  # [T, 1]
+        # Causal over real tokens; each token also sees itself, so a padded query never has an empty row
+        # (softmax over nothing is NaN, and a NaN key would poison real rows even at zero weight).
+        mask = (keys <= queries) & (keep[:, None, None, :] | (keys == queries))  # [B, 1, T, T_past + T]
+        x = self.embed(idx, pos)  # [B, T, d]
+        cache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block.decode(x, None if past is None else past[i], mask)
+            cache.append(kv)
+        x = self.ln_f(x[:, -1:] if last_only else x)
+        return lm_logits(x, self.output_weight(), self.config.vocab_size), cache
+
     @torch.no_grad()
     def generate(
         self,
@@ -284,24 +354,57 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
+        keep: torch.Tensor | None = None,
+        stop: Callable[[torch.Tensor], bool] | None = None,
     ) -> torch.Tensor:
-        """Sample ``max_new_tokens`` tokens after ``idx`` ``[B, T0]``; returns ``[B, T0 + max_new_tokens]``.
+        """Sample ``max_new_tokens`` tokens after ``idx`` ``[B, T0]``; returns ``[B, T0 + max_new_tokens]``
+        (fewer when ``stop``, called with the sequences so far after each new token, returns True).
 
-        No KV cache: each step re-reads the last ``n_positions`` tokens (evaluation and demos, not serving).
-        temperature 0 is greedy decoding.
+        With a KV cache: one forward over the prompt, then one token per step, so a step's cost does not
+        grow with the length (but for attention over the cache). Past n_positions tokens the window
+        slides: each further step re-reads the last n_positions tokens. ``keep`` ``[B, T0]``: False at left
+        padding (see ``decode``). Sampling as ``sample``: temperature 0 is greedy.
         """
-        for _ in range(max_new_tokens):
-            context = idx[:, -self.config.n_positions :]
-            logits, _ = self(context)
-            logits = logits[:, -1, :].float()  # [B, V]
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)  # [B, 1]
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # [B, 1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]
+        n = self.config.n_positions
+        keep = torch.ones_like(idx, dtype=torch.bool) if keep is None else keep
+        logits, cache = self.decode(idx[:, -n:], keep=keep[:, -n:], last_only=True)
+        for step in range(max_new_tokens):
+            next_id = sample(logits[:, -1].float(), temperature, top_k, top_p, generator)  # [B, 1]
             idx = torch.cat((idx, next_id), dim=1)
+            keep = F.pad(keep, (0, 1), value=True)
+            if step == max_new_tokens - 1 or (stop is not None and stop(idx)):
+                break
+            if cache[0][0].size(2) < n:
+                logits, cache = self.decode(next_id, cache, keep, last_only=True)
+            else:  # the context is full: slide the window
+                logits, cache = self.decode(idx[:, -n:], keep=keep[:, -n:], last_only=True)
         return idx
+
+
+def sample(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token ids ``[B, 1]`` from ``logits`` ``[B, V]``: the argmax at temperature 0, else a draw from
+    softmax(logits / temperature) restricted to the ``top_k`` likeliest tokens, then to the smallest set of
+    likeliest tokens whose probability reaches ``top_p`` (nucleus sampling; 1.0 or None: no limit)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
+        probs = F.softmax(sorted_logits, dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass of the likelier tokens; 0 for the likeliest
+        outside = before >= top_p
+        outside[:, 0] = False  # the likeliest token always stays
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = logits.scatter(-1, order, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # [B, 1]

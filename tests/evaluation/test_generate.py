@@ -1,0 +1,192 @@
+"""KV-cache decoding and sampling (model.gpt2) and batched code completion (evaluation.generate)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+from data_tools.train_tokenizer import EOD_TOKEN, train
+from evaluation import generate as gen
+from model.gpt2 import GPT, sample
+from model.presets import get_preset
+
+ROOT = Path(__file__).resolve().parents[2]
+NO_DROPOUT = dict(embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
+
+
+def make(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(get_preset("tiny", **{**NO_DROPOUT, **overrides})).eval()
+
+
+def greedy_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """The reference: every step a full forward over the last n_positions tokens."""
+    for _ in range(max_new_tokens):
+        logits, _ = model(idx[:, -model.config.n_positions :])
+        idx = torch.cat((idx, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return idx
+
+
+# ---- the KV cache ------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_cached_logits_equal_full_forward_at_every_position() -> None:
+    model = make(vocab_size=509)
+    idx = torch.randint(0, 509, (3, 40), generator=torch.Generator().manual_seed(0))
+    full, _ = model(idx)  # [3, 40, 509]
+    logits, cache = model.decode(idx[:, :11])  # prefill, then chunks of 1 and 4 tokens
+    pieces, t = [logits], 11
+    for size in [1] * 9 + [4] * 5:
+        logits, cache = model.decode(idx[:, t : t + size], cache)
+        pieces.append(logits)
+        t += size
+    assert t == 40 and cache[0][0].shape == (3, 4, 40, 16)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    last, _ = model.decode(idx, last_only=True)
+    torch.testing.assert_close(last, full[:, -1:], rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_left_padded_rows_compute_what_they_compute_alone() -> None:
+    model = make(vocab_size=509)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 509, (n,), generator=g) for n in (5, 17, 12)]
+    idx = torch.full((3, 17), 7)
+    keep = torch.zeros(3, 17, dtype=torch.bool)
+    for r, p in enumerate(prompts):
+        idx[r, 17 - len(p) :], keep[r, 17 - len(p) :] = p, True
+    logits, cache = model.decode(idx, keep=keep)
+    nxt = torch.randint(0, 509, (3, 1), generator=g)
+    step, _ = model.decode(nxt, cache, torch.nn.functional.pad(keep, (0, 1), value=True))
+    for r, p in enumerate(prompts):
+        alone, _ = model(torch.cat((p, nxt[r])).unsqueeze(0))
+        torch.testing.assert_close(logits[r, 17 - len(p) :], alone[0, :-1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(step[r, 0], alone[0, -1], rtol=0, atol=1e-5)
+    assert torch.isfinite(logits).all()  # padded queries attend to themselves: no NaN anywhere
+
+
+def test_decode_refuses_more_than_the_context() -> None:
+    model = make(n_positions=16)
+    _, cache = model.decode(torch.zeros(1, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"16 cached \+ 1 new tokens exceed the context n_positions \(16\)"):
+        model.decode(torch.zeros(1, 1, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("prompt_len, new", [(7, 20), (20, 30)])  # the second slides past n_positions 32
+def test_greedy_generation_with_cache_equals_without(prompt_len: int, new: int) -> None:
+    model = make(vocab_size=509, n_positions=32)
+    prompt = torch.randint(0, 509, (2, prompt_len), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = greedy_without_cache(model, prompt, new)
+    assert torch.equal(model.generate(prompt, new, temperature=0), expected)
+
+
+def test_generate_stops_when_asked() -> None:
+    model = make()
+    calls = []
+    out = model.generate(
+        torch.zeros(2, 3, dtype=torch.long),
+        50,
+        temperature=0,
+        stop=lambda i: calls.append(i) or len(calls) == 4,
+    )
+    assert out.shape == (2, 7)
+
+
+# ---- sampling ----------------------------------------------------------------------------------------
+
+
+def test_sample_top_k_and_top_p_restrict_the_draws() -> None:
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample(logits, 0.0), torch.zeros(2000, 1, dtype=torch.long))
+    assert set(sample(logits, 1.0, top_k=2, generator=g).unique().tolist()) == {0, 1}
+    assert set(sample(logits, 1.0, top_p=0.75, generator=g).unique().tolist()) == {0, 1}  # 0.5 + 0.3 >= 0.75
+    assert set(sample(logits, 1.0, top_p=0.8, generator=g).unique().tolist()) == {0, 1}
+    assert set(sample(logits, 1.0, top_p=0.81, generator=g).unique().tolist()) == {0, 1, 2}
+    assert set(sample(logits, 1.0, top_p=0.0, generator=g).unique().tolist()) == {0}
+    assert set(sample(logits, 1.0, top_p=1.0, generator=g).unique().tolist()) == {0, 1, 2, 3}
+    draws = sample(logits, 1.0, top_p=0.95, generator=g).flatten()
+    assert abs((draws == 0).float().mean().item() - 0.5 / 0.95) < 0.05  # renormalised over the nucleus
+
+
+# ---- complete ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    out = tmp_path_factory.mktemp("tok")
+    texts = [p.read_text() for p in sorted((ROOT / "model").glob("*.py"))]
+    train(texts, out, vocab_size=400, show_progress=False)
+    return Tokenizer.from_file(str(out / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: Tokenizer) -> GPT:
+    return make(vocab_size=tokenizer.get_vocab_size(), n_positions=64)
+
+
+PROMPTS = ["def forward(self, x):\n", "import torch", "class Block(nn.Module):\n    def __init__(self", ""]
+
+
+def test_batched_greedy_rows_complete_as_their_prompts_alone(model: GPT, tokenizer: Tokenizer) -> None:
+    kw = dict(max_new_tokens=24, temperature=0.0, stop=())
+    batched = gen.complete(model, tokenizer, PROMPTS, batch_size=4, **kw)
+    alone = [gen.complete(model, tokenizer, [p], **kw)[0] for p in PROMPTS]
+    assert batched == alone
+    assert all(len(c) == 1 for c in batched) and batched[0][0]
+
+
+def test_sampling_is_deterministic_given_the_seed(model: GPT, tokenizer: Tokenizer) -> None:
+    kw = dict(n=3, max_new_tokens=16, temperature=1.0, top_p=0.95, stop=(), batch_size=4)
+    first = gen.complete(model, tokenizer, PROMPTS[:2], seed=5, **kw)
+    assert first == gen.complete(model, tokenizer, PROMPTS[:2], seed=5, **kw)
+    assert first != gen.complete(model, tokenizer, PROMPTS[:2], seed=6, **kw)
+    assert [len(c) for c in first] == [3, 3] and len(set(first[0])) > 1
+
+
+def test_completion_ends_at_a_stop_sequence_or_the_end_of_document(
+    model: GPT, tokenizer: Tokenizer, monkeypatch
+) -> None:
+    kw = dict(max_new_tokens=24, temperature=0.0)
+    [[text]] = gen.complete(model, tokenizer, PROMPTS[:1], stop=(), **kw)
+    stop = text[6:9]
+    assert gen.complete(model, tokenizer, PROMPTS[:1], stop=(stop,), **kw) == [[text[: text.index(stop)]]]
+    assert gen.truncate("a\ndef b\n#c", gen.CODEPARROT_STOPS) == "a"
+
+    ids = tokenizer.encode(PROMPTS[0]).ids
+    tokens = model.generate(torch.tensor([ids]), 24, temperature=0)[0, len(ids) :].tolist()
+    eod = tokens[3]  # treat the 4th greedy token as the end of document: the row ends there
+    decodes = []
+    real_decode = model.decode
+    monkeypatch.setattr(model, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    [[ended]] = gen.complete(model, tokenizer, PROMPTS[:1], stop=(), eod_id=eod, **kw)
+    assert ended == tokenizer.decode(tokens[: tokens.index(eod)])
+    assert len(decodes) == tokens.index(eod) + 1  # the prompt, then one step per token up to the end
+    assert tokenizer.token_to_id(EOD_TOKEN) is not None
+
+
+def test_cli_prints_prompt_and_completions(
+    model: GPT, tokenizer: Tokenizer, monkeypatch, capsys, tmp_path
+) -> None:
+    from evaluation import checkpoint
+
+    loaded = checkpoint.Loaded(model, model.config, tokenizer, tokenizer.token_to_id(EOD_TOKEN), "test")
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, tag=None, device="cpu": loaded)
+    args = ["--max-new-tokens", "8", "--temperature", "0", "--no-stop"]
+    [[expected]] = gen.complete(model, tokenizer, ["import torch"], max_new_tokens=8, temperature=0, stop=())
+    assert gen.main(["some/dir", "import torch", *args]) == 0
+    assert capsys.readouterr().out == "import torch" + expected + "\n"
+    (tmp_path / "p.py").write_text("import torch")
+    gen.main(["some/dir", "--file", str(tmp_path / "p.py"), *args])
+    assert capsys.readouterr().out == "import torch" + expected + "\n"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("import torch"))
+    gen.main(["some/dir", "-n", "2", *args])
+    out = capsys.readouterr().out
+    assert out.count("# ---- completion") == 2 and out.count("import torch" + expected) == 2
