@@ -1,0 +1,1 @@
+"""Evaluation of trained models: loading checkpoints, export to transformers, generation, perplexity."""

@@ -1,0 +1,152 @@
+"""codeparrot-eval: HumanEval pass@k and validation perplexity of a trained model.
+
+    codeparrot-eval humaneval MODEL --out DIR [-n 200] [--k 1 10 100] [--problems 20 | 0,5,HumanEval/7]
+    codeparrot-eval perplexity MODEL --data DATA_DIR [--split valid] [--max-batches 50]
+
+MODEL is anything `evaluation.checkpoint.load_model` accepts (a training checkpoint or an exported model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import zlib
+
+from evaluation.sandbox import SandboxUnavailable
+
+log = logging.getLogger(__name__)
+
+UNSAFE_HELP = (
+    "run candidate programs even where the sandbox cannot isolate them (not root, or no Linux namespaces). "
+    "DANGEROUS: generated code then runs with your user's rights, can open network connections, write "
+    "wherever you can, and signal or kill your other processes. Only for code you would run yourself."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codeparrot-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    he = sub.add_parser("humaneval", help="pass@k on the 164 HumanEval problems (resumable)")
+    he.add_argument("model", help="checkpoint directory or exported model")
+    he.add_argument("--tag", help="checkpoint tag (default: the latest)")
+    he.add_argument("--out", required=True, help="output directory (samples.jsonl, results.json); resumes")
+    he.add_argument("-n", "--num-samples", type=int, default=200, help="samples per problem (default 200)")
+    he.add_argument("--k", type=int, nargs="+", default=[1, 10, 100], help="pass@k for these k <= n")
+    he.add_argument("--problems", help="the first N problems, or comma-separated ids (3,HumanEval/7)")
+    he.add_argument("--temperature", type=float, default=0.2)
+    he.add_argument("--top-p", type=float, default=0.95)
+    he.add_argument("--max-new-tokens", type=int, default=256)
+    he.add_argument("--batch-size", type=int, default=16, help="sequences per generation forward pass")
+    he.add_argument("--seed", type=int, default=0)
+    he.add_argument("--workers", type=int, default=4, help="candidate programs run in parallel")
+    he.add_argument("--timeout", type=float, default=3.0, help="seconds of wall clock per candidate")
+    he.add_argument("--device", default="cpu")
+    he.add_argument("--unsafe-allow-network", action="store_true", help=UNSAFE_HELP)
+    he.set_defaults(func=humaneval_command)
+
+    ppl = sub.add_parser("perplexity", help="mean loss and perplexity on a preprocessed split")
+    ppl.add_argument("model", help="checkpoint directory or exported model")
+    ppl.add_argument("--tag", help="checkpoint tag (default: the latest)")
+    ppl.add_argument("--data", required=True, help="preprocessed data directory (codeparrot-preprocess)")
+    ppl.add_argument("--split", default="valid")
+    ppl.add_argument("--seq-len", type=int, help="default: the model's context length")
+    ppl.add_argument("--batch-size", type=int, default=8)
+    ppl.add_argument(
+        "--max-batches", type=int, help="stop after this many batches (default: the whole split)"
+    )
+    ppl.add_argument("--device", default="cpu")
+    ppl.set_defaults(func=perplexity_command)
+    return parser
+
+
+def humaneval_command(args: argparse.Namespace) -> dict:
+    from evaluation.humaneval import load_problems, run_humaneval, select_problems
+    from evaluation.sandbox import Limits, Sandbox
+
+    problems = [f"-n ({args.num_samples}) must be >= 1"] if args.num_samples < 1 else []
+    problems += [f"--k ({k}) must be >= 1" for k in args.k if k < 1]
+    problems += [f"--timeout ({args.timeout}) must be > 0"] if args.timeout <= 0 else []
+    if not any(k <= args.num_samples for k in args.k):
+        problems.append(f"no --k ({args.k}) is <= -n ({args.num_samples}): lower k or raise n")
+    if problems:
+        raise ValueError("; ".join(problems))
+    chosen = select_problems(load_problems(), args.problems)
+    # Refuse before loading the model when the sandbox cannot isolate candidates.
+    sandbox = Sandbox(Limits(timeout=args.timeout), allow_network=args.unsafe_allow_network)
+
+    from evaluation.checkpoint import load_model
+    from evaluation.generate import complete as generate
+
+    loaded = load_model(args.model, tag=args.tag, device=args.device)
+
+    def complete(prompts: list[str], n: int) -> list[list[str]]:
+        # A seed per (prompts, n): a resumed run asks again with the same arguments and gets the same samples.
+        seed = args.seed + zlib.crc32("\0".join(prompts).encode()) + n
+        return generate(
+            loaded.model,
+            loaded.tokenizer,
+            prompts,
+            n=n,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=seed,
+            batch_size=args.batch_size,
+            eod_id=loaded.eod_id,
+        )
+
+    results = run_humaneval(
+        complete,
+        args.out,
+        sandbox=sandbox,
+        n=args.num_samples,
+        ks=args.k,
+        problems=chosen,
+        workers=args.workers,
+    )
+    summary = {key: value for key, value in results.items() if key != "per_task"}
+    print(json.dumps({"model": str(loaded.source), **summary}, indent=2))
+    return results
+
+
+def perplexity_command(args: argparse.Namespace) -> dict:
+    from evaluation.checkpoint import load_model
+    from evaluation.perplexity import evaluate
+
+    loaded = load_model(args.model, tag=args.tag, device=args.device)
+    result = evaluate(
+        loaded.model,
+        args.data,
+        split=args.split,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_batches=args.max_batches,
+        device=args.device,
+    )
+    print(
+        f"{args.split}: loss {result['loss']:.4f}  perplexity {result['perplexity']:.3f}  "
+        f"({result['tokens']} tokens, {result['sequences']} sequences)"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        args.func(args)
+    except (SandboxUnavailable, ValueError) as e:
+        parser.exit(2, f"codeparrot-eval {args.command}: error: {e}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
