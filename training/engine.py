@@ -4,6 +4,8 @@ With ZeRO-3 the model is constructed under `deepspeed.zero.Init`, so parameters 
 module is built and the 1.5B is never whole on one rank. The model owns its initialisation
 (`model.gpt2.init_weights`, each module's `reset_parameters`); training calls it after the build with the
 run's seed, gathering one module at a time under ZeRO-3, so every layout starts from the same weights.
+With `train.init_from` the weights of a transformers GPT-2 directory then replace those values, by the same
+one-module-at-a-time route.
 """
 
 from __future__ import annotations
@@ -50,6 +52,52 @@ def initialise(model: nn.Module, cfg: GPTConfig, seed: int) -> None:
     init_weights(model, seed, gpt_name=name, gathered=_zero3_gathered)
 
 
+def _pretrained_state(path: str) -> dict[str, torch.Tensor]:
+    """A transformers GPT-2 directory's weights in plain GPT names, its vocabulary rows unpadded."""
+    from transformers import GPT2LMHeadModel
+
+    from model.hf import config_from_hf, from_hf_state_dict
+
+    hf_model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    own = config_from_hf(hf_model.config, pad_vocab_to_multiple=1)
+    return from_hf_state_dict(hf_model.state_dict(), own)
+
+
+@torch.no_grad()
+def load_pretrained(model: nn.Module, cfg: GPTConfig, path: str) -> None:
+    """Copy the weights of the transformers GPT-2 directory `path` (`train.init_from`, checked against `cfg`
+    by validation) into a plain GPT, a ZeRO-3-partitioned one or a pipeline stage. Where the directory's
+    vocabulary is smaller than the model's, the rows of the extra ids keep their initialisation. Under
+    ZeRO-3 only rank 0 reads the directory and writes each gathered module (see `_zero3_gathered`)."""
+    import torch.distributed as dist
+
+    from model.pipeline import pipeline_state_from_gpt
+
+    zero3 = any(hasattr(p, "ds_id") for p in model.parameters())
+    state: dict[str, torch.Tensor] = {}
+    if not zero3 or dist.get_rank() == 0:
+        state = _pretrained_state(path)
+        if not isinstance(model, GPT):
+            state = pipeline_state_from_gpt(state, cfg)
+    for module_name, module in model.named_modules():
+        own = list(module.named_parameters(prefix=module_name, recurse=False))
+        if not own:
+            continue
+        with _zero3_gathered(module) as write:
+            if write:
+                for name, param in own:
+                    source = state[name]
+                    param[: source.size(0)].copy_(source)
+    logger.info("train.init_from: weights of %s", path)
+
+
+def _starting_weights(model: nn.Module, cfg: GPTConfig, run: RunConfig) -> None:
+    """The model's own initialisation, then (with train.init_from) the pretrained weights over it."""
+    initialise(model, cfg, run.train.seed)
+    if run.train.init_from is not None:
+        load_pretrained(model, cfg, run.train.init_from)
+
+
 def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_stage: int) -> nn.Module:
     if run.train.pipeline_stages > 1:
         from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
@@ -59,20 +107,20 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
         pipe = build_pipeline(
             cfg, run.train.pipeline_stages, activation_checkpoint_func=non_reentrant_checkpoint
         )
-        initialise(pipe, cfg, run.train.seed)
+        _starting_weights(pipe, cfg, run)
         return pipe
     if zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = GPT(cfg)
-        initialise(model, cfg, run.train.seed)
+        _starting_weights(model, cfg, run)
         local = sum(p.ds_tensor.numel() for p in model.parameters())
         total = sum(p.ds_numel for p in model.parameters())
         logger.info("ZeRO-3: model built under zero.Init, %d of %d parameters on this rank", local, total)
         return model
     model = GPT(cfg)
-    initialise(model, cfg, run.train.seed)
+    _starting_weights(model, cfg, run)
     if run.train.compile:
         # In place (nn.Module.compile): parameter names and checkpoints stay those of the eager model.
         # The first step pays the compilation (tens of seconds on a CPU; cached in TORCHINDUCTOR_CACHE_DIR).

@@ -141,6 +141,41 @@ def _parallel(
     return max(world // stages, 1), problems
 
 
+def _init_from_problems(path: str, model: GPTConfig) -> list[str]:
+    """train.init_from must be a transformers GPT-2 directory of the run's model shape whose vocabulary fits
+    in the model's (extra ids keep their initialisation)."""
+    from model.hf import config_from_hf
+
+    where = Path(path)
+    fix = "export one with `codeparrot-export SAVE_DIR OUT_DIR`, or unset train.init_from"
+    if not (where / "config.json").is_file():
+        state = "does not exist" if not where.exists() else "has no config.json"
+        return [f"train.init_from {path!r} {state}: it must be a transformers GPT-2 directory; {fix}"]
+    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    if not any((where / name).is_file() for name in weights):
+        return [f"train.init_from {path!r} has no weights (none of {', '.join(weights)}); {fix}"]
+    try:
+        from transformers import GPT2Config
+
+        theirs = config_from_hf(GPT2Config.from_json_file(str(where / "config.json")))
+    except (ValueError, OSError) as e:
+        return [f"train.init_from {path!r}: its config.json is not a GPT-2 this model can load ({e})"]
+    fields = ("n_layer", "n_embd", "n_head", "n_positions", "tie_word_embeddings")
+    differ = [
+        f"{f} {getattr(theirs, f)} (run: {getattr(model, f)})"
+        for f in fields
+        if getattr(theirs, f) != getattr(model, f)
+    ]
+    if theirs.vocab_size > model.vocab_size:
+        differ.append(f"vocab_size {theirs.vocab_size} exceeds the run's {model.vocab_size}")
+    if differ:
+        return [
+            f"train.init_from {path!r} holds another model shape: {', '.join(differ)}. Set the run's model "
+            "(model.preset and overrides) to that shape, or choose a directory of this shape"
+        ]
+    return []
+
+
 def _batch(run: RunConfig, dp: int) -> tuple[int, int, list[str]]:
     """(grad_accum, global batch, problems) from micro_batch, grad_accum / global_batch and dp."""
     t = run.train
@@ -228,6 +263,8 @@ def validate(
     dp, parallel_problems = _parallel(run, model, vocab, stage, world_size, ds_path)
     accum, global_batch, batch_problems = _batch(run, dp)
     problems += parallel_problems + batch_problems
+    if run.train.init_from is not None and model is not None:
+        problems += _init_from_problems(run.train.init_from, model)
     for key in ("optimizer", "scheduler"):
         if key in ds:
             problems.append(
