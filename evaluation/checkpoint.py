@@ -20,6 +20,7 @@ import dataclasses
 import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +254,10 @@ def load_model(path: str | Path, tag: str | None = None, device: str | torch.dev
     """
     path = Path(path)
     if (path / RUN_CONFIG).exists() or not (path / HF_CONFIG).exists():
+        # DeepSpeed's logger writes to the stdout it finds when first imported; importing it here with
+        # stdout on stderr keeps a tool's own output (completions, scores) clean for pipes.
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed  # noqa: F401
         model, config, tokenizer, eod, source = _from_save_dir(path, tag)
     else:
         if tag is not None:

@@ -192,3 +192,75 @@ def test_errors_name_the_directory_and_the_fix(zero2_run, zero2_export, tmp_path
     torch.testing.assert_close(
         load_model(out).model.state_dict()["embed.wte.weight"], step2["embed.wte.weight"]
     )
+
+
+# ---- the console scripts on a checkpoint of pretrain_gpt.py and on its export ------------------------
+
+
+def test_generate_from_the_checkpoint_and_the_export_alike(zero2_run, zero2_export, tmp_path):
+    """codeparrot-generate: the prompt from an argument, a file or stdin; greedy completions of the
+    checkpoint and of its export are the same text."""
+    args = ["--max-new-tokens", "12", "--temperature", "0", "--no-stop"]
+    outs = [
+        check(run([str(BIN / "codeparrot-generate"), str(model), "def add(a, b):", *args], tmp_path)).stdout
+        for model in (zero2_run, zero2_export)
+    ]
+    assert (
+        outs[0] == outs[1] and outs[0].startswith("def add(a, b):") and len(outs[0]) > len("def add(a, b):\n")
+    )
+    (tmp_path / "prompt.py").write_text("def add(a, b):")
+    from_file = run(
+        [str(BIN / "codeparrot-generate"), str(zero2_export), "--file", str(tmp_path / "prompt.py"), *args],
+        tmp_path,
+    )
+    assert check(from_file).stdout == outs[0]
+    import subprocess
+
+    from_stdin = subprocess.run(
+        [
+            str(BIN / "codeparrot-generate"),
+            str(zero2_export),
+            "-n",
+            "2",
+            "--temperature",
+            "0.8",
+            "--max-new-tokens",
+            "8",
+        ],
+        input="import os\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert from_stdin.stdout.count("# ---- completion") == 2
+
+
+def test_perplexity_of_the_checkpoint_and_the_export_agree(zero2_run, zero2_export, tiny_data, tmp_path):  # noqa: F811
+    lines = []
+    for model in (zero2_run, zero2_export):
+        out = check(
+            run([str(BIN / "codeparrot-eval"), "perplexity", str(model), "--data", str(tiny_data)], tmp_path)
+        ).stdout
+        loss = float(re.search(r"loss ([0-9.]+)", out)[1])
+        ppl = float(re.search(r"perplexity ([0-9.]+)", out)[1])
+        assert abs(ppl - torch.tensor(loss).exp().item()) <= 1e-3 * ppl, out
+        lines.append((loss, ppl))
+    assert lines[0] == pytest.approx(lines[1], rel=1e-5)
+    assert 1 < lines[0][1] < 600  # better than uniform over the 600-id vocabulary after a few steps
+
+
+def test_humaneval_on_a_subset_with_the_export(zero2_export, tmp_path):
+    out_dir = tmp_path / "he"
+    cmd = [str(BIN / "codeparrot-eval"), "humaneval", str(zero2_export), "--out", str(out_dir)]
+    cmd += ["--problems", "3", "-n", "2", "--k", "1", "--max-new-tokens", "16", "--workers", "2"]
+    result = check(run(cmd, tmp_path))
+    samples = [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(s["verdict"] for s in samples)
+    results = json.loads((out_dir / "results.json").read_text())
+    assert 0.0 <= results["pass@1"] <= 1.0 and "pass@10" not in results, results
+    assert "pass@1" in result.stdout
+    again = check(run(cmd, tmp_path))  # everything is there already: nothing generated or judged again
+    assert [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()] == samples
+    assert "pass@1" in again.stdout

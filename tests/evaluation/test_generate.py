@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 
 import pytest
@@ -170,23 +168,3 @@ def test_completion_ends_at_a_stop_sequence_or_the_end_of_document(
     assert ended == tokenizer.decode(tokens[: tokens.index(eod)])
     assert len(decodes) == tokens.index(eod) + 1  # the prompt, then one step per token up to the end
     assert tokenizer.token_to_id(EOD_TOKEN) is not None
-
-
-def test_cli_prints_prompt_and_completions(
-    model: GPT, tokenizer: Tokenizer, monkeypatch, capsys, tmp_path
-) -> None:
-    from evaluation import checkpoint
-
-    loaded = checkpoint.Loaded(model, model.config, tokenizer, tokenizer.token_to_id(EOD_TOKEN), "test")
-    monkeypatch.setattr(checkpoint, "load_model", lambda path, tag=None, device="cpu": loaded)
-    args = ["--max-new-tokens", "8", "--temperature", "0", "--no-stop"]
-    [[expected]] = gen.complete(model, tokenizer, ["import torch"], max_new_tokens=8, temperature=0, stop=())
-    assert gen.main(["some/dir", "import torch", *args]) == 0
-    assert capsys.readouterr().out == "import torch" + expected + "\n"
-    (tmp_path / "p.py").write_text("import torch")
-    gen.main(["some/dir", "--file", str(tmp_path / "p.py"), *args])
-    assert capsys.readouterr().out == "import torch" + expected + "\n"
-    monkeypatch.setattr(sys, "stdin", io.StringIO("import torch"))
-    gen.main(["some/dir", "-n", "2", *args])
-    out = capsys.readouterr().out
-    assert out.count("# ---- completion") == 2 and out.count("import torch" + expected) == 2
