@@ -37,8 +37,7 @@ demo: $(STAMP)
 		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train
 	$(BIN)/codeparrot-eval perplexity $(OUT)/train --data $(OUT)/data
 	$(BIN)/codeparrot-export $(OUT)/train $(OUT)/hf --overwrite
-	printf 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n' | \
-		$(BIN)/codeparrot-generate $(OUT)/hf --max-new-tokens 64 --temperature 0
+	$(BIN)/codeparrot-generate $(OUT)/hf 'def fibonacci(n):' --max-new-tokens 64 --temperature 0
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
