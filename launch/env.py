@@ -139,7 +139,7 @@ def _read(env: dict[str, str]) -> dict:
             local_rank=_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
             local_world=int(local_world) if local_world else _int(env, "WORLD_SIZE"),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
+            master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(),
             launcher=launcher,
         )
     if "OMPI_COMM_WORLD_RANK" in env:
@@ -170,7 +170,7 @@ def _read(env: dict[str, str]) -> dict:
         local_rank=0,
         local_world=1,
         master_addr="127.0.0.1",
-        master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(),
+        master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(),
         launcher="none",
     )
 
@@ -232,7 +232,8 @@ def _reachable_address() -> str:
         return name
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing on this host listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -40,6 +40,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from launch.env import free_port
+
 logger = logging.getLogger("codeparrot-launch")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +83,7 @@ def plan(argv: Sequence[str]) -> Plan:
         multi = (args.force_multi or len(active) > 1) and not args.no_ssh
     port = args.master_port
     if "--master_port" not in argv and not any(a.startswith("--master_port=") for a in argv):
-        port = free_port(hosts[0] if multi else None, args.ssh_port)
+        port = choose_master_port(hosts[0] if multi else None, args.ssh_port)
         argv = ["--master_port", str(port), *argv]
     return Plan(
         hosts=hosts,
@@ -95,11 +97,11 @@ def plan(argv: Sequence[str]) -> Plan:
     )
 
 
-def free_port(host: str | None, ssh_port: int | None) -> int:
+def choose_master_port(host: str | None, ssh_port: int | None) -> int:
     """A port nothing listens on, on `host` (over ssh) or here."""
-    probe = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
     if host is None:
-        return int(subprocess.check_output([sys.executable, "-c", probe], text=True))
+        return free_port()
+    probe = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
     ssh = ["ssh", "-o", "BatchMode=yes", *(["-p", str(ssh_port)] if ssh_port else []), host]
     python = shlex.quote(sys.executable)  # the runner starts remote ranks with this interpreter too
     out = subprocess.run([*ssh, python, "-c", shlex.quote(probe)], capture_output=True, text=True)
