@@ -37,6 +37,22 @@ def submit(slurm, hosts, tmp_path: Path, script: Path, cfg: Path, ds: str, **env
     )
 
 
+def wait_for_steps(slurm, job: int, tmp_path: Path, n: int) -> None:
+    """Until the job's run has logged n steps."""
+    metrics = tmp_path / "ckpt" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= n):
+        assert time.time() < deadline, slurm.state(job)
+        time.sleep(0.2)
+
+
+def stopped_at(out: str) -> int:
+    """The step at which the first run of the job saved and stopped ("saved at step N, exiting")."""
+    saved = [line for line in out.splitlines() if "saved at step" in line and "exiting" in line]
+    assert saved, out[-4000:]
+    return int(saved[0].split("saved at step ")[1].split(",")[0])
+
+
 def job_log(tmp_path: Path, job: int) -> str:
     return (tmp_path / f"job-{job}.out").read_text()
 
@@ -81,19 +97,13 @@ def test_signalled_job_saves_requeues_and_resumes_to_the_same_end(
     the losses of the uninterrupted job."""
     cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
     job = submit(slurm, hosts, tmp_path, SRUN, cfg, "zero2_cpu.json")
-    metrics = tmp_path / "ckpt" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert time.time() < deadline, slurm.state(job)
-        time.sleep(0.2)
+    wait_for_steps(slurm, job, tmp_path, 3)
     slurm.scancel("--batch", "--signal=USR1", str(job))
     state = slurm.wait(job, timeout=400)
     out = job_log(tmp_path, job)
     assert state == "COMPLETED", out[-4000:]
     assert "requeueing job" in out and "(restart 1)" in out, out[-4000:]
-    saved = [line for line in out.splitlines() if "saved at step" in line and "exiting" in line]
-    assert saved, out[-4000:]
-    step = int(saved[0].split("saved at step ")[1].split(",")[0])
+    step = stopped_at(out)
     assert 3 <= step < STEPS
     assert f"at step {step}" in out.split("(restart 1)")[1]  # the second run resumed from that save
     assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
@@ -107,18 +117,13 @@ def test_preempted_job_saves_on_sigterm_and_resumes_to_the_same_end(
     rank saves on SIGTERM; the requeued job resumes from that save and ends as the uninterrupted one."""
     cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
     job = submit(slurm, hosts, tmp_path, SRUN, cfg, "zero2_cpu.json")
-    metrics = tmp_path / "ckpt" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        assert time.time() < deadline, slurm.state(job)
-        time.sleep(0.2)
+    wait_for_steps(slurm, job, tmp_path, 3)
     slurm.scontrol("requeue", str(job))
     state = slurm.wait(job, timeout=400)
     out = job_log(tmp_path, job)
     assert state == "COMPLETED", out[-4000:]
     assert "stop requested (signal 15)" in out, out[-4000:]
-    saved = [line for line in out.splitlines() if "saved at step" in line and "exiting" in line]
-    step = int(saved[0].split("saved at step ")[1].split(",")[0])
+    step = stopped_at(out)
     assert 3 <= step < STEPS
     assert f"at step {step}" in out.split("(restart 1)")[1]
     assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
