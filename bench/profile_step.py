@@ -1,0 +1,127 @@
+"""Where a training step's time goes, ours and transformers' GPT2LMHeadModel, and what that bounds.
+
+    python bench/profile_step.py              # model_step.py's shape, micro-batch 4, 1 thread
+    python bench/profile_step.py --width 128  # the demo's width
+
+Runs the same step as bench/model_step.py (forward, loss, backward, AdamW) under the torch profiler for both
+models, after warm-up steps, and groups the operators' self time into matmul (mm, addmm, bmm, linear),
+attention (SDPA kernels), GELU, softmax and loss, LayerNorm, optimizer, and the rest. Then prints the bound
+it implies for any ratio ours/hf at the same FLOPs:
+
+    bound = t_hf / t_ours_matmul
+
+the ratio ours would reach if every operator of its step but the matmuls took no time at all (the matmuls
+already run at the measured peak: a model cannot do the same matmuls in less time). The last line is that
+bound. Not a benchmark with a results JSON: a diagnosis for bench/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from torch.profiler import profile  # noqa: E402
+
+from bench.common import describe_machine, machine_info  # noqa: E402
+from bench.model_step import HF_KWARGS, make_step  # noqa: E402
+from model.config import GPTConfig  # noqa: E402
+from model.gpt2 import GPT  # noqa: E402
+from model.hf import to_hf  # noqa: E402
+
+CATEGORIES = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::linear")),
+    ("attention", ("scaled_dot_product",)),
+    ("gelu", ("gelu",)),
+    ("softmax+loss", ("softmax", "log_softmax", "aten::exp", "nll_loss", "cross_entropy")),
+    ("layernorm", ("layer_norm",)),
+    ("optimizer", ("_fused_adamw", "_foreach_", "aten::lerp", "aten::addcdiv", "aten::addcmul")),
+)
+
+
+def category(name: str) -> str:
+    for label, keys in CATEGORIES:
+        if any(k in name for k in keys):
+            return label
+    return "other"
+
+
+def profile_step(step, batch, steps: int) -> tuple[dict[str, float], float]:
+    """Seconds per step by category (operators' self CPU time) and in total (wall)."""
+    import time
+
+    with profile() as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(*batch).item()
+        wall = (time.perf_counter() - start) / steps
+    shares: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.key.startswith(("aten::", "Optimizer")) or "scaled_dot" in event.key:
+            shares[category(event.key)] += event.self_cpu_time_total / 1e6 / steps
+    return dict(shares), wall
+
+
+def main(argv: Sequence[str] | None = None) -> float:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ctx", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(describe_machine(machine_info()))
+    config = GPTConfig(
+        vocab_size=args.vocab,
+        n_positions=args.ctx,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=args.heads,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        resid_pdrop=0.0,
+    )
+    torch.manual_seed(0)
+    ours = GPT(config).train()
+    hf = to_hf(ours, **HF_KWARGS).train()
+    tokens = torch.randint(
+        0, args.vocab, (args.batch, args.ctx + 1), generator=torch.Generator().manual_seed(0)
+    )
+    batch = (tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous())
+    hf_batch = (tokens[:, :-1].contiguous(), tokens[:, :-1].contiguous())  # HF shifts the labels itself
+    results = {}
+    for side, model, is_hf, b in (("ours", ours, False, batch), ("hf", hf, True, hf_batch)):
+        step = make_step(model, is_hf, "fp32")
+        for _ in range(args.warmup):
+            step(*b)
+        results[side] = profile_step(step, b, args.steps)
+    labels = [c for c, _ in CATEGORIES] + ["other"]
+    print(f"{'ms per step':<14}" + "".join(f"{s:>18}" for s in results))
+    for label in labels:
+        cells = "".join(
+            f"{1e3 * shares.get(label, 0.0):>10.1f} ({shares.get(label, 0.0) / wall:5.1%})"
+            for shares, wall in results.values()
+        )
+        print(f"{label:<14}{cells}")
+    print(f"{'wall':<14}" + "".join(f"{1e3 * wall:>18.1f}" for _, wall in results.values()))
+    (ours_shares, ours_wall), (_, hf_wall) = results["ours"], results["hf"]
+    print(f"ratio ours/hf in this run: {hf_wall / ours_wall:.2f}x")
+    bound = hf_wall / ours_shares["matmul"]
+    print(f"bound on ours/hf at these FLOPs (t_hf / t_ours_matmul, every other operator free): {bound:.2f}x")
+    return bound
+
+
+if __name__ == "__main__":
+    main()
