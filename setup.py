@@ -73,6 +73,7 @@ setup(
             "codeparrot-export=evaluation.export:main",
             "codeparrot-eval=evaluation.cli:main",
             "codeparrot-generate=evaluation.generate:main",
+            "codeparrot-plan=training.planner:main",
         ]
     },
 )

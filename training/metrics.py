@@ -6,21 +6,59 @@ import json
 import logging
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-# Dense matmul peaks per device (TFLOP/s) for MFU when train.peak_tflops is not set.
+
+@dataclass(frozen=True, kw_only=True)
+class GpuSpec:
+    """One GPU model, as the vendor rates it.
+
+    ``device_name``: a substring of ``torch.cuda.get_device_name()`` that identifies it (first match wins,
+    so a more specific name comes first). ``memory_gib``: the board's memory as ``nvidia-smi`` reports its
+    total in MiB, divided by 1024 (the vendor's "40 GB" A100 is 40960 MiB, "80 GB" 81920 MiB for the A100
+    and 81559 MiB for the H100, "141 GB" H200 143771 MiB); the CUDA context and the allocator take some of
+    it. ``bf16_tflops`` / ``fp32_tflops``: dense (no sparsity) tensor-core bf16 and plain fp32 peaks.
+    """
+
+    device_name: str
+    memory_gib: float
+    bf16_tflops: float
+    fp32_tflops: float
+
+    def peak_tflops(self, precision: str) -> float:
+        return self.bf16_tflops if precision == "bf16" else self.fp32_tflops
+
+
+# The one table of GPU facts: MFU in training (peak_flops) and codeparrot-plan read it.
+GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
+    {
+        "a100-40gb": GpuSpec(
+            device_name="A100", memory_gib=40960 / 1024, bf16_tflops=312.0, fp32_tflops=19.5
+        ),
+        "a100-80gb": GpuSpec(
+            device_name="A100", memory_gib=81920 / 1024, bf16_tflops=312.0, fp32_tflops=19.5
+        ),
+        "h100-pcie": GpuSpec(
+            device_name="H100 PCIe", memory_gib=81559 / 1024, bf16_tflops=756.0, fp32_tflops=51.0
+        ),
+        "h100-sxm": GpuSpec(device_name="H100", memory_gib=81559 / 1024, bf16_tflops=989.0, fp32_tflops=67.0),
+        "h200": GpuSpec(device_name="H200", memory_gib=143771 / 1024, bf16_tflops=989.0, fp32_tflops=67.0),
+    }
+)
+
+# Dense matmul peaks per device (TFLOP/s) for MFU when train.peak_tflops is not set, derived from GPUS:
+# (device-name substring, precision) -> TFLOP/s, the more specific names first.
 KNOWN_PEAK_TFLOPS = {
-    ("H100", "bf16"): 989.0,
-    ("H200", "bf16"): 989.0,
-    ("A100", "bf16"): 312.0,
-    ("H100", "fp32"): 67.0,
-    ("H200", "fp32"): 67.0,
-    ("A100", "fp32"): 19.5,
+    (gpu.device_name, precision): gpu.peak_tflops(precision)
+    for gpu in GPUS.values()
+    for precision in ("bf16", "fp32")
 }
 
 

@@ -1,0 +1,292 @@
+"""codeparrot-plan: its memory model against DeepSpeed (2 real CPU ranks) and against a meta-device forward,
+its arithmetic from first principles, and its command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import model.gpt2 as gpt2
+from model.presets import get_preset
+from training import metrics
+from training.plan_report import main, plan_dict
+from training.planner import GIB, SAFETY_FRACTION, Gpu, Layout, block_activation_bytes, gpu_from_table, plan
+
+from .conftest import BIN, check, free_port, run
+from .memory_worker import MICRO_BATCH, MODELS, SEQ_LEN
+
+TOLERANCE = 0.15  # |predicted - measured| / measured, per rank
+# DeepSpeed JSONs as the shipped *_cpu.json, with buckets small enough not to dwarf the models measured
+# (ZeRO-3 keeps its reduce bucket for the whole run).
+DS_CONFIGS = {
+    0: {"zero_optimization": {"stage": 0}},
+    2: {
+        "zero_optimization": {
+            "stage": 2,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 200_000,
+            "allgather_bucket_size": 200_000,
+        }
+    },
+    3: {
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": False,
+            "contiguous_gradients": True,
+            "reduce_bucket_size": 200_000,
+            "stage3_prefetch_bucket_size": 200_000,
+            "stage3_param_persistence_threshold": 0,
+        }
+    },
+}
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def cli_json(capsys, *argv: str) -> dict:
+    code, out, err = cli(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def model_args(name: str) -> list[str]:
+    preset, overrides = MODELS[name]
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    return ["--preset", preset, *(["--set", *sets] if sets else [])]
+
+
+# ---- 1. model states against DeepSpeed on 2 CPU ranks ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_state_memory_matches_what_deepspeed_allocates(tmp_path, capsys):
+    paths = {}
+    for stage, ds in DS_CONFIGS.items():
+        paths[stage] = tmp_path / f"zero{stage}.json"
+        paths[stage].write_text(json.dumps({**ds, "steps_per_print": 1_000_000}))
+    out = tmp_path / "measured.json"
+    cmd = [
+        str(BIN / "deepspeed"), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port",
+        str(free_port()), str(Path(__file__).with_name("memory_worker.py")), f"--out={out}",
+        "--ds=" + ",".join(str(p) for p in paths.values()),
+    ]  # fmt: skip
+    check(run(cmd, tmp_path))
+    measured = json.loads(out.read_text())
+    rows, errors = [], []
+    for stage, path in paths.items():
+        for name in MODELS:
+            predicted = cli_json(
+                capsys, *model_args(name), "--ds_config", str(path), "--gpus", "2", "--precision", "fp32",
+                "--seq-len", str(SEQ_LEN), "--micro-batch", str(MICRO_BATCH), "--grad-accum", "1",
+            )["memory"]["resident_bytes"]  # fmt: skip
+            for rank, got in enumerate(measured[str(path)][name]):
+                error = abs(predicted - got) / got
+                rows.append(
+                    f"ZeRO-{stage} {name} rank {rank}: predicted {predicted:,} measured {got:,} ({error:.2%})"
+                )
+                errors.append(error)
+    print("\n".join(rows))
+    assert len(errors) == 2 * len(MODELS) * len(DS_CONFIGS)
+    assert max(errors) <= TOLERANCE, "\n".join(rows)
+
+
+# ---- 2. the 1.5B on the meta device -------------------------------------------------------------------
+
+
+def test_codeparrot_parameter_count_is_the_meta_builds():
+    cfg = get_preset("codeparrot")
+    with torch.device("meta"):
+        built = sum(p.numel() for p in gpt2.GPT(cfg).parameters())
+    assert plan(cfg, Layout(seq_len=1024, micro_batch=1, grad_accum=1), Gpu("x", 80, 1)).parameters == built
+    assert built == 1_529_628_800
+
+
+def _flash(q, k, v, *, dropout_p=0.0, impl="auto"):
+    # What SDPA runs on an A100/H100 in bf16; on the meta device SDPA would pick its math path, which keeps
+    # the T x T matrix that a GPU run never holds.
+    return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, True)[0]
+
+
+def saved_for_backward(block: torch.nn.Module, x: torch.Tensor, activation_checkpointing: bool) -> int:
+    """Bytes of the unique storages a forward of `block` saves for backward, parameters excluded."""
+    params = {p.untyped_storage()._cdata for p in block.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in params:
+            seen[storage._cdata] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if activation_checkpointing:
+            checkpoint(block, x, use_reentrant=False)
+        else:
+            block(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("activation_checkpointing", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_block_activation_bytes_are_what_a_meta_forward_saves(monkeypatch, activation_checkpointing, dropout):
+    monkeypatch.setattr(gpt2, "causal_attention", _flash)
+    cfg = get_preset("codeparrot", embd_pdrop=dropout, attn_pdrop=dropout, resid_pdrop=dropout)
+    B, T = 2, 1024
+    with torch.device("meta"):
+        block = gpt2.Block(cfg).to(torch.bfloat16).train()
+        x = torch.empty(B, T, cfg.n_embd, dtype=torch.bfloat16, requires_grad=True)
+    saved = saved_for_backward(block, x, activation_checkpointing)
+    # The meta (and CPU) dropout keeps its mask in the input's dtype; CUDA's fused dropout keeps bools
+    # (1 byte), which the planner assumes by default.
+    full = block_activation_bytes(cfg, B, T, act_bytes=2, mask_bytes=2)
+    predicted = B * T * cfg.n_embd * 2 if activation_checkpointing else full
+    assert abs(predicted - saved) / saved <= 0.001, (predicted, saved)
+    lay = Layout(seq_len=T, micro_batch=B, grad_accum=1, activation_checkpointing=activation_checkpointing)
+    p = plan(cfg, lay, Gpu("x", 1000, 1))
+    acts = next(t.bytes for t in p.terms if t.name == "activations")
+    assert acts == cfg.n_layer * (
+        predicted if activation_checkpointing else block_activation_bytes(cfg, B, T, 2)
+    )
+
+
+def test_zero2_32_gpus_memory_from_first_principles():
+    """codeparrot, ZeRO-2 (ds_configs/zero2.json: buckets 5e7, overlap_comm), 32 GPUs, micro 8, bf16,
+    activation checkpointing."""
+    cfg = get_preset("codeparrot")
+    N, L, d, H, V, Vp = 1_529_628_800, 48, 1600, 25, 32768, 32768
+    B, T, dp, bucket = 8, 1024, 32, 50_000_000
+    state = 2 * N + 4 * N // dp + 8 * N // dp  # bf16 params, fp32 master and Adam moments of the partition
+    BTd = B * T * d
+    block = 16 * BTd * 2 + 2 * BTd + 16 * B * T + 4 * B * H * T + 24  # a block's saved tensors, recomputed
+    chunk = 256 * 2**20 // (4 * V)  # rows of the chunked loss on CUDA
+    backward = (
+        2 * N // dp  # the bf16 gradient partition
+        + 2 * 2 * bucket  # two reduce buckets (overlap_comm)
+        + L * BTd * 2  # block inputs kept by checkpointing
+        + block  # one block recomputed
+        + BTd  # embedding dropout mask
+        + BTd * 2 + 8 * B * T  # ln_f input and statistics
+        + B * T * d * 2 + Vp * d * 2  # the head gradients the chunked loss keeps
+        + chunk * V * 6 + V * d * 6 + BTd * 2 + Vp * d * 6  # its buffers while it runs
+    )  # fmt: skip
+    step = 2 * N // dp + 4 * N // dp
+    lay = Layout(
+        seq_len=T, micro_batch=B, grad_accum=2, dp=dp, zero_stage=2, activation_checkpointing=True,
+        reduce_bucket_size=bucket, overlap_comm=True,
+    )  # fmt: skip
+    p = plan(cfg, lay, Gpu("h100-sxm", 81559 / 1024, 989))
+    assert p.resident_bytes == pytest.approx(state, abs=64)
+    assert p.peak_bytes == pytest.approx(state + max(backward, step), abs=64)
+    assert p.fits and 6 * GIB < p.peak_bytes < 7 * GIB
+
+
+def test_speed_counts_recompute_and_the_pipeline_bubble():
+    cfg = get_preset("codeparrot")
+    gpu = Gpu("g", 80, 1000)
+    base = Layout(seq_len=1024, micro_batch=4, grad_accum=8, dp=8, zero_stage=1)
+    p = plan(cfg, base, gpu, mfu=0.5)
+    tokens_per_step = 4 * 8 * 8 * 1024
+    f = plan_dict(p)["model"]["flops_per_token"]
+    assert p.step_time_s == pytest.approx(tokens_per_step * f / (8 * 1000e12 * 0.5))
+    ckpt = plan(cfg, Layout(**{**base.__dict__, "activation_checkpointing": True}), gpu, mfu=0.5)
+    recompute = 2 * 48 * (12 * 1600**2 + 13 * 1600) + 4 * 48 * 1600 * 1024  # the blocks' forward again
+    assert ckpt.step_time_s / p.step_time_s == pytest.approx((f + recompute) / f)
+    assert 1.25 < ckpt.step_time_s / p.step_time_s < 4 / 3 + 1e-9
+    piped = plan(
+        cfg, Layout(**{**base.__dict__, "pipeline_stages": 4, "dp": 2, "grad_accum": 32}), gpu, mfu=0.5
+    )
+    assert piped.bubble == pytest.approx(3 / 35)
+    assert piped.step_time_s == pytest.approx(p.step_time_s / (1 - 3 / 35))
+
+
+# ---- 3. the command line ------------------------------------------------------------------------------
+
+
+def test_pipeline_with_zero2_is_refused_naming_deepspeeds_restriction(capsys):
+    code, out, err = cli(
+        capsys, "--preset", "codeparrot", "--gpus", "8", "--pipeline-stages", "4", "--zero", "2"
+    )
+    assert code == 2 and out == ""
+    assert "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only" in err
+    assert "pipeline_stages is 4" in err and "--zero 2" in err
+
+
+def test_json_output_keys(capsys):
+    d = cli_json(
+        capsys, "--config", "configs/codeparrot_zero2.json", "--ds_config", "ds_configs/zero2.json",
+        "--gpus", "32", "--gpu", "h100-sxm", "--tokens", "30e9",
+    )  # fmt: skip
+    assert set(d) == {"model", "layout", "gpu", "memory", "speed"}
+    assert {"parameters", "flops_per_token", "preset", "n_layer"} <= set(d["model"])
+    assert d["model"]["parameters"] == 1_529_628_800
+    lay = d["layout"]
+    assert (lay["zero_stage"], lay["dp"], lay["micro_batch"], lay["grad_accum"]) == (2, 32, 8, 2)
+    assert lay["activation_checkpointing"] and lay["reduce_bucket_size"] == 50_000_000 and lay["overlap_comm"]
+    mem = d["memory"]
+    assert {"terms", "resident_bytes", "peak_bytes", "peak_gib", "usable_gib", "fits", "advice"} <= set(mem)
+    assert {"name", "bytes", "gib", "phase", "device", "note"} == set(mem["terms"][0])
+    assert mem["fits"] and mem["advice"] == []
+    assert mem["usable_gib"] == pytest.approx(81559 / 1024 * (1 - SAFETY_FRACTION))
+    speed = d["speed"]
+    assert {"tokens_per_s", "step_time_s", "tokens_per_day", "days_to_train", "mfu"} <= set(speed)
+    assert speed["days_to_train"] == pytest.approx(30e9 / speed["tokens_per_s"] / 86400)
+    assert d["gpu"] == {"name": "h100-sxm", "memory_gib": 81559 / 1024, "peak_tflops": 989.0}
+
+
+def test_a_layout_that_does_not_fit_says_why_and_what_would(capsys):
+    args = (
+        "--preset",
+        "codeparrot",
+        "--gpus",
+        "8",
+        "--zero",
+        "1",
+        "--micro-batch",
+        "16",
+        "--gpu",
+        "a100-40gb",
+    )
+    d = cli_json(capsys, *args, "--no-activation-checkpointing")
+    mem = d["memory"]
+    assert not mem["fits"] and mem["peak_gib"] > mem["usable_gib"]
+    assert mem["advice"][0].startswith("largest term: activations")
+    assert any(a.startswith("fits with --activation-checkpointing") for a in mem["advice"]), mem["advice"]
+    code, out, _ = cli(capsys, *args)
+    assert code == 0 and "DOES NOT FIT" in out
+
+
+def test_suggest_for_codeparrot_on_4_nodes_of_8_h100(capsys):
+    d = cli_json(capsys, "--preset", "codeparrot", "--suggest", "--nodes", "4", "--gpus-per-node", "8",
+                 "--gpu", "h100-sxm")  # fmt: skip
+    assert d["gpus"] == 32 and d["fitting"] >= len(d["suggestions"]) > 0
+    best = d["suggestions"][0]
+    assert best["memory"]["fits"] and best["memory"]["peak_gib"] <= best["memory"]["usable_gib"]
+    assert best["layout"]["gpus"] == 32 and best["layout"]["global_batch"] == 512
+    rates = [s["speed"]["tokens_per_s"] for s in d["suggestions"]]
+    assert rates == sorted(rates, reverse=True)
+    code, out, _ = cli(capsys, "--preset", "codeparrot", "--suggest", "--nodes", "4", "--gpu", "h100-sxm")
+    assert code == 0 and out.splitlines()[1].startswith("1. --zero ")
+
+
+def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name, key, tflops in [
+        ("NVIDIA H100 PCIe", "h100-pcie", 756.0),
+        ("NVIDIA H100 80GB HBM3", "h100-sxm", 989.0),
+        ("NVIDIA H200", "h200", 989.0),
+        ("NVIDIA A100-SXM4-40GB", "a100-40gb", 312.0),
+    ]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda n=name: n)
+        assert metrics.peak_flops("bf16", None) == tflops * 1e12, name
+        assert gpu_from_table(key, "bf16").peak_tflops == tflops
+    assert gpu_from_table("h200", "bf16").memory_gib == pytest.approx(140.4, abs=0.05)
+    assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5)

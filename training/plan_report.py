@@ -1,0 +1,446 @@
+"""codeparrot-plan's command line and what it says: the inputs (preset or run config, ds_config, overrides,
+GPU) made into a training.planner.Plan, rendered as a table or JSON; for a layout that does not fit, the
+single changes that would; with --suggest, the layouts that fit ranked by speed."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from model.config import GPTConfig
+from model.flops import flops_per_token
+from training.metrics import GPUS
+from training.planner import (
+    DEFAULT_GLOBAL_BATCH,
+    GIB,
+    SAFETY_FRACTION,
+    Gpu,
+    Layout,
+    Plan,
+    gpu_from_table,
+    plan,
+)
+from training.planner import __doc__ as PLANNER_DOC
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="codeparrot-plan", description=PLANNER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", help="model preset (tiny, codeparrot-small, codeparrot); default tiny")
+    src.add_argument("--config", help="run config JSON: its model, seq_len, batch, stages, checkpointing")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model overrides (n_layer=4), or with --config any section.key=value",
+    )
+    p.add_argument("--ds_config", help="DeepSpeed JSON: ZeRO stage, offload, bucket sizes, bf16")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--micro-batch", type=int)
+    batch = p.add_mutually_exclusive_group()
+    batch.add_argument("--grad-accum", type=int)
+    batch.add_argument(
+        "--global-batch", type=int, help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})"
+    )
+    p.add_argument("--zero", type=int, choices=(0, 1, 2, 3))
+    p.add_argument("--offload", choices=("none", "optimizer", "all"))
+    p.add_argument("--pipeline-stages", type=int)
+    world = p.add_mutually_exclusive_group()
+    world.add_argument("--dp", type=int, help="data-parallel size")
+    world.add_argument("--gpus", type=int, help="total GPUs (dp x pipeline stages)")
+    p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--precision", choices=("bf16", "fp32"))
+    p.add_argument("--gpu", choices=tuple(GPUS), help="default h100-sxm")
+    p.add_argument("--gpu-memory-gib", type=float, help="a GPU not in the table: its memory (GiB)")
+    p.add_argument("--gpu-tflops", type=float, help="... and its dense peak TFLOP/s in the run's precision")
+    p.add_argument("--mfu", type=float, default=0.45, help="fraction of peak sustained (default 0.45)")
+    p.add_argument("--tokens", type=float, help="tokens to train on, for the days it takes (e.g. 30e9)")
+    p.add_argument(
+        "--suggest", action="store_true", help="rank the layouts that fit on --nodes x --gpus-per-node"
+    )
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--top", type=int, default=5, help="with --suggest: layouts shown (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p.parse_args(argv)
+
+
+def _model_and_run(args: argparse.Namespace) -> tuple[GPTConfig, str, Any]:
+    from model.presets import get_preset
+    from training.config import load_run_config
+
+    if args.config:
+        sets = [s if "." in s.partition("=")[0] else f"model.{s}" for s in args.set]
+        run = load_run_config(args.config, sets)
+        overrides = dict(run.model.overrides)
+        if run.train.activation_checkpointing:
+            overrides["activation_checkpointing"] = True
+        return get_preset(run.model.preset, **overrides), run.model.preset, run
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r} must look like key=value (e.g. n_layer=4)")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    preset = args.preset or "tiny"
+    return get_preset(preset, **overrides), preset, None
+
+
+def _pick(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def layout_from_args(args: argparse.Namespace, model: GPTConfig, run: Any) -> tuple[Layout, str]:
+    """The layout: command-line values, then the run config's, then the ds_config's, then defaults."""
+    from training.validate import load_ds_config
+
+    ds: dict[str, Any] = load_ds_config(args.ds_config) if args.ds_config else {}
+    zo = ds.get("zero_optimization", {})
+    t = run.train if run is not None else None
+    precision = args.precision or (t.precision if t is not None and t.precision != "auto" else None)
+    precision = precision or ("bf16" if ds.get("bf16", {}).get("enabled", True) is not False else "fp32")
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: the planner models bf16 and fp32")
+    stages = _pick(args.pipeline_stages, t and t.pipeline_stages, 1)
+    gpus = args.gpus or (args.dp * stages if args.dp else stages)
+    if gpus % stages:
+        raise ValueError(f"--gpus ({gpus}) must be a multiple of the pipeline stages ({stages})")
+    dp = gpus // stages
+    micro = _pick(args.micro_batch, t and t.micro_batch, 8)
+    if args.grad_accum:
+        accum = args.grad_accum
+    else:
+        fallback = DEFAULT_GLOBAL_BATCH if t is None or t.grad_accum is None else t.grad_accum * micro * dp
+        glob = _pick(args.global_batch, t and t.global_batch, fallback)
+        if glob % (micro * dp):
+            raise ValueError(
+                f"global batch ({glob}) must be a multiple of micro batch ({micro}) x "
+                f"data-parallel size ({dp}) = {micro * dp}; change --global-batch or --micro-batch"
+            )
+        accum = glob // (micro * dp)
+    offload = "none"
+    if zo.get("offload_optimizer", {}).get("device", "none") != "none":
+        offload = "optimizer"
+    if zo.get("offload_param", {}).get("device", "none") != "none":
+        offload = "all"
+    ckpt = _pick(args.activation_checkpointing, model.activation_checkpointing)
+    defaults = Layout(seq_len=1, micro_batch=1, grad_accum=1)
+    lay = Layout(
+        seq_len=_pick(args.seq_len, run and run.data.seq_len, model.n_positions),
+        micro_batch=micro,
+        grad_accum=accum,
+        dp=dp,
+        pipeline_stages=stages,
+        zero_stage=_pick(args.zero, zo.get("stage"), 0),
+        offload=args.offload or offload,
+        activation_checkpointing=ckpt,
+        precision=precision,
+        reduce_bucket_size=int(zo.get("reduce_bucket_size", defaults.reduce_bucket_size)),
+        overlap_comm=zo.get("overlap_comm"),
+        contiguous_gradients=zo.get("contiguous_gradients", True),
+        prefetch_bucket_size=int(zo.get("stage3_prefetch_bucket_size", defaults.prefetch_bucket_size)),
+        max_live_parameters=int(zo.get("stage3_max_live_parameters", defaults.max_live_parameters)),
+        param_persistence_threshold=int(
+            zo.get("stage3_param_persistence_threshold", defaults.param_persistence_threshold)
+        ),
+    )
+    source = args.ds_config if args.zero is None and args.ds_config else f"--zero {lay.zero_stage}"
+    return lay, source
+
+
+def _gpu(args: argparse.Namespace, precision: str) -> Gpu:
+    if args.gpu_memory_gib or args.gpu_tflops:
+        if not (args.gpu_memory_gib and args.gpu_tflops):
+            raise ValueError("give both --gpu-memory-gib and --gpu-tflops for a GPU not in the table")
+        return Gpu("custom", args.gpu_memory_gib, args.gpu_tflops)
+    return gpu_from_table(args.gpu or "h100-sxm", precision)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the plan (or with --suggest the best layouts); exit status 2 with the reason on bad input."""
+    from training.config import ConfigError
+
+    args = parse_args(argv)
+    try:
+        model, preset, run = _model_and_run(args)
+        lay, source = layout_from_args(args, model, run)
+        gpu = _gpu(args, lay.precision)
+        if args.suggest:
+            gpus = args.nodes * args.gpus_per_node
+            found = suggest(
+                model, gpus, gpu, lay.global_batch, lay.seq_len, lay.precision, args.mfu, args.tokens, preset
+            )
+            if not found:
+                raise ValueError(
+                    f"no layout of ZeRO 1-3, pipeline 1-8 stages and micro-batch 1-32 fits "
+                    f"{preset} on {gpus} x {gpu.name}: use more GPUs or a larger GPU"
+                )
+            if args.json:
+                out = {
+                    "gpus": gpus,
+                    "fitting": len(found),
+                    "suggestions": [plan_dict(p) for p in distinct(found, args.top)],
+                }
+                print(json.dumps(out, indent=2))
+            else:
+                print(suggestions_text(distinct(found, args.top), gpus, len(found)))
+            return 0
+        result = plan(model, lay, gpu, mfu=args.mfu, tokens=args.tokens, preset=preset, source=source)
+    except (ValueError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan_dict(result), indent=2) if args.json else plan_text(result))
+    return 0
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:8.2f} GiB"
+
+
+def _layout_line(lay: Layout) -> str:
+    offload = "" if lay.offload == "none" else f", offload {lay.offload}"
+    ckpt = "on" if lay.activation_checkpointing else "off"
+    return (
+        f"{lay.gpus} GPU(s) = {lay.pipeline_stages} pipeline stage(s) x {lay.dp} data-parallel, ZeRO "
+        f"{lay.zero_stage}{offload}, {lay.precision}, activation checkpointing {ckpt}\n"
+        f"batch:  micro {lay.micro_batch} x grad_accum {lay.grad_accum} x dp {lay.dp} = {lay.global_batch} "
+        f"sequences of {lay.seq_len} tokens = {lay.global_batch * lay.seq_len:,} tokens per step"
+    )
+
+
+def plan_text(p: Plan) -> str:
+    """The plan as a table: model, layout, memory terms per phase, fit, speed."""
+    d = plan_dict(p)
+    m, lay, speed = p.model, p.layout, d["speed"]
+    where = f" (pipeline stage {p.stage}, the largest)" if lay.pipeline_stages > 1 else ""
+    lines = [
+        f"model:  {p.preset}, {p.parameters:,} parameters, {m.n_layer} layers x {m.n_embd} wide, "
+        f"{d['model']['flops_per_token'] / 1e9:.2f} GFLOP per token (training)",
+        f"layout: {_layout_line(lay)}",
+        f"gpu:    {p.gpu.name}, {p.gpu.memory_gib:.1f} GiB, "
+        f"{p.gpu.peak_tflops:g} TFLOP/s dense {lay.precision}",
+        "",
+        f"memory per GPU{where}:",
+    ]
+    names = {"state": "kept across steps", "backward": "forward/backward", "step": "optimizer step"}
+    for phase, title in names.items():
+        terms = [t for t in p.terms if t.phase == phase]
+        if not terms:
+            continue
+        lines.append(f"  {title}:")
+        for t in terms:
+            on = " (host)" if t.device == "cpu" else ""
+            lines.append(f"    {t.name:<28}{_gib(t.bytes)}{on}  {t.note}")
+    fit = "fits" if p.fits else "DOES NOT FIT"
+    lines += [
+        f"  {'peak (kept + the larger phase)':<30}{_gib(p.peak_bytes)}",
+        f"  {'usable':<30}{_gib(p.usable_bytes)}  ({SAFETY_FRACTION:.0%} of {p.gpu.memory_gib:.1f} GiB kept "
+        f"for the CUDA context, fragmentation, NCCL): {fit}",
+    ]
+    host = p.total(device="cpu")
+    if host:
+        lines.append(f"  {'host memory per rank':<30}{_gib(host)}")
+    lines += [f"  {a}" for a in d["memory"]["advice"]]
+    days = ""
+    if speed["days_to_train"] is not None:
+        days = f", {speed['tokens'] / 1e9:,.1f} B tokens in {speed['days_to_train']:.2f} days"
+    lines += [
+        "",
+        f"speed at {p.mfu:.0%} of peak on executed FLOPs (recompute x{speed['recompute_factor']:.2f}, "
+        f"pipeline bubble {speed['bubble_fraction']:.1%}, model FLOPs utilisation "
+        f"{speed['model_flops_utilization']:.1%}; communication not modelled):",
+        f"  step {speed['step_time_s']:.2f} s, {speed['tokens_per_s']:,.0f} tokens/s "
+        f"({speed['tokens_per_s_per_gpu']:,.0f} per GPU), "
+        f"{speed['tokens_per_day'] / 1e9:.2f} B tokens/day{days}",
+    ]
+    return "\n".join(lines)
+
+
+def _why(p: Plan) -> str:
+    lay, reasons = p.layout, []
+    reasons.append("no recompute" if not lay.activation_checkpointing else "recompute x4/3 to fit")
+    if lay.pipeline_stages > 1:
+        reasons.append(f"bubble {p.bubble:.1%}")
+    reasons.append(
+        {
+            1: "ZeRO-1: optimizer states sharded, least communication",
+            2: "ZeRO-2: gradients sharded too",
+            3: "ZeRO-3: parameters sharded, 1.5x traffic",
+        }[lay.zero_stage]
+    )
+    reasons.append(f"peak {p.peak_bytes / GIB:.1f} of {p.usable_bytes / GIB:.1f} GiB usable")
+    return "; ".join(reasons)
+
+
+def suggestions_text(plans: list[Plan], gpus: int, fitting: int) -> str:
+    first = plans[0]
+    head = (
+        f"{first.preset} on {gpus} x {first.gpu.name}, global batch {first.layout.global_batch} x "
+        f"{first.layout.seq_len} tokens: {fitting} layouts fit; the fastest of each kind:"
+    )
+    lines = [head]
+    for i, p in enumerate(plans, 1):
+        lay = p.layout
+        flag = " --activation-checkpointing" if lay.activation_checkpointing else ""
+        lines.append(
+            f"{i}. --zero {lay.zero_stage} --pipeline-stages {lay.pipeline_stages} --micro-batch "
+            f"{lay.micro_batch} (grad_accum {lay.grad_accum}){flag}: {p.tokens_per_s:,.0f} tokens/s, "
+            f"step {p.step_time_s:.2f} s\n     {_why(p)}"
+        )
+    return "\n".join(lines)
+
+
+def plan_dict(p: Plan) -> dict[str, Any]:
+    """The plan as JSON-ready data (the keys of `codeparrot-plan --json`)."""
+    lay, m = p.layout, p.model
+    model_flops = flops_per_token(m, lay.seq_len)
+    days = None if p.tokens is None else p.tokens / p.tokens_per_s / 86400
+    return {
+        "model": {
+            "preset": p.preset,
+            **m.to_dict(),
+            "parameters": p.parameters,
+            "flops_per_token": model_flops,
+        },
+        "layout": {
+            **dataclasses.asdict(lay),
+            "overlap_comm": lay.overlap,
+            "gpus": lay.gpus,
+            "global_batch": lay.global_batch,
+            "tokens_per_step": lay.global_batch * lay.seq_len,
+        },
+        "gpu": dataclasses.asdict(p.gpu),
+        "memory": {
+            "stage": p.stage,
+            "terms": [{**dataclasses.asdict(t), "gib": t.bytes / GIB} for t in p.terms],
+            "resident_bytes": p.resident_bytes,
+            "peak_bytes": p.peak_bytes,
+            "peak_gib": p.peak_bytes / GIB,
+            "usable_gib": p.usable_bytes / GIB,
+            "host_bytes": p.total(device="cpu"),
+            "fits": p.fits,
+            "advice": [] if p.fits else advice(p),
+        },
+        "speed": {
+            "mfu": p.mfu,
+            "executed_flops_per_token": p.executed_flops_per_token,
+            "recompute_factor": p.executed_flops_per_token / model_flops,
+            "bubble_fraction": p.bubble,
+            "model_flops_utilization": p.mfu * (model_flops / p.executed_flops_per_token) * (1 - p.bubble),
+            "step_time_s": p.step_time_s,
+            "tokens_per_s": p.tokens_per_s,
+            "tokens_per_s_per_gpu": p.tokens_per_s / lay.gpus,
+            "tokens_per_day": p.tokens_per_s * 86400,
+            "tokens": p.tokens,
+            "days_to_train": days,
+        },
+    }
+
+
+def advice(p: Plan) -> list[str]:
+    """Why it does not fit (the largest term) and single changes that would fit, each with its peak."""
+    biggest = max(p.terms, key=lambda t: t.bytes)
+    out = [f"largest term: {biggest.name} {biggest.bytes / GIB:.1f} GiB ({biggest.note})"]
+    lay = p.layout
+    tries: list[tuple[str, Layout]] = []
+    for z in range(lay.zero_stage + 1, 4):
+        if lay.pipeline_stages == 1 or z <= 1:
+            tries.append((f"--zero {z}", dataclasses.replace(lay, zero_stage=z)))
+    if not lay.activation_checkpointing:
+        tries.append(("--activation-checkpointing", dataclasses.replace(lay, activation_checkpointing=True)))
+    micro = lay.micro_batch
+    while micro > 1:
+        micro //= 2
+        accum = lay.grad_accum * lay.micro_batch // micro
+        tries.append(
+            (
+                f"--micro-batch {micro} (grad_accum {accum})",
+                dataclasses.replace(lay, micro_batch=micro, grad_accum=accum),
+            )
+        )
+    if lay.zero_stage >= 1:
+        for factor in (2, 4, 8):
+            dp = lay.dp * factor
+            if lay.global_batch % (lay.micro_batch * dp) == 0:
+                accum = lay.global_batch // (lay.micro_batch * dp)
+                tries.append(
+                    (
+                        f"{dp * lay.pipeline_stages} GPUs (dp {dp})",
+                        dataclasses.replace(lay, dp=dp, grad_accum=accum),
+                    )
+                )
+        if lay.offload == "none":
+            tries.append(("--offload optimizer", dataclasses.replace(lay, offload="optimizer")))
+    for label, changed in tries:
+        try:
+            q = plan(p.model, changed, p.gpu, mfu=p.mfu)
+        except ValueError:
+            continue
+        if q.fits:
+            out.append(f"fits with {label}: peak {q.peak_bytes / GIB:.1f} GiB")
+    if len(out) == 1:
+        out.append("no single change fits: combine them, or use more GPUs with a higher ZeRO stage")
+    return out
+
+
+def suggest(
+    model: GPTConfig,
+    gpus: int,
+    gpu: Gpu,
+    global_batch: int,
+    seq_len: int,
+    precision: str,
+    mfu: float = 0.45,
+    tokens: float | None = None,
+    preset: str = "custom",
+) -> list[Plan]:
+    """Every layout of ZeRO 1-3, pipeline 1/2/4/8 (ZeRO <= 1 only), micro-batch 1..32 and checkpointing on
+    or off that fits on `gpus` GPUs with the global batch fixed, fastest first (then the lower ZeRO stage,
+    which communicates less, then the larger micro-batch)."""
+    fitting = []
+    for zero in (1, 2, 3):
+        for stages in (1, 2, 4, 8):
+            if (stages > 1 and zero > 1) or gpus % stages or stages > model.n_layer:
+                continue
+            dp = gpus // stages
+            for micro in range(1, 33):
+                if global_batch % (micro * dp):
+                    continue
+                for ckpt in (False, True):
+                    lay = Layout(
+                        seq_len=seq_len,
+                        micro_batch=micro,
+                        grad_accum=global_batch // (micro * dp),
+                        dp=dp,
+                        pipeline_stages=stages,
+                        zero_stage=zero,
+                        activation_checkpointing=ckpt,
+                        precision=precision,
+                    )
+                    p = plan(model, lay, gpu, mfu=mfu, tokens=tokens, preset=preset)
+                    if p.fits:
+                        fitting.append(p)
+    fitting.sort(key=lambda p: (-round(p.tokens_per_s), p.layout.zero_stage, -p.layout.micro_batch))
+    return fitting
+
+
+def distinct(plans: list[Plan], top: int) -> list[Plan]:
+    """The first (fastest) plan of each family (ZeRO stage, pipeline stages, checkpointing), at most `top`:
+    micro-batch sizes of one family predict the same speed, so listing them all would say nothing new."""
+    seen, out = set(), []
+    for p in plans:
+        family = (p.layout.zero_stage, p.layout.pipeline_stages, p.layout.activation_checkpointing)
+        if family not in seen:
+            seen.add(family)
+            out.append(p)
+    return out[:top]
