@@ -1,0 +1,320 @@
+"""The short GPU checks of bench/gpu/gpu_bench.py, one per subcommand, each writing one JSON file:
+
+    python bench/gpu/checks.py env        --out env.json      # GPU, driver, nvcc, package versions
+    python bench/gpu/checks.py kernels    --out kernels.json  # each fused kernel against its torch reference
+    python bench/gpu/checks.py fused-adam --out adam.json     # DeepSpeed FusedAdam (JIT-built) vs torch AdamW
+    python bench/gpu/checks.py matmul     --out matmul.json   # dense bf16 matmul TFLOP/s, best of the shapes
+
+Each runs in its own process (the driver gives it a timeout). ``--device cpu`` runs the same code on the CPU
+in fp32 at toy sizes (the driver's --cpu-smoke); what needs CUDA is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PACKAGES = ("torch", "triton", "deepspeed", "transformers", "tokenizers", "numpy", "pytest")
+
+# Tolerances of fused kernel vs torch reference, as tests/model/test_gpu_kernels.py states them:
+# (output atol, gradient rtol and atol) per dtype.
+TOLERANCES = {"bfloat16": (2e-2, 5e-2), "float32": (1e-5, 1e-4)}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _command_line(cmd: Sequence[str]) -> str | None:
+    """The last non-empty line a command prints, or None when it is missing or fails."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [x.strip() for x in proc.stdout.splitlines() if x.strip()]
+    return lines[-1] if proc.returncode == 0 and lines else None
+
+
+def gpu_key(device_name: str) -> str | None:
+    """The key of training.metrics.GPUS (codeparrot-plan's --gpu) whose device name ``device_name`` holds."""
+    from training.metrics import GPUS
+
+    return next((key for key, spec in GPUS.items() if spec.device_name in device_name), None)
+
+
+def env_info(device: str) -> dict[str, Any]:
+    """GPU name, capability and memory, driver, nvcc, CUDA of torch, rated bf16 peak, package versions."""
+    import torch
+
+    from training.metrics import peak_flops
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in PACKAGES},
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+        "nvcc": _command_line(["nvcc", "--version"]),
+        "driver": _command_line(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        peak = peak_flops("bf16", None)
+        info.update(
+            gpu=props.name,
+            gpu_key=gpu_key(props.name),
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_bytes=props.total_memory,
+            rated_bf16_tflops=peak / 1e12 if peak else None,
+        )
+    else:
+        info.update(gpu=None, gpu_key=None, capability=None, gpu_memory_bytes=None, rated_bf16_tflops=None)
+    return info
+
+
+# ---- fused kernels against their references -------------------------------------------------------------
+
+
+def _max_diff(a: Any, b: Any) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def compare(
+    name: str,
+    fused: Callable[..., Any],
+    reference: Callable[..., Any],
+    inputs: list[Any],
+    dtype_name: str,
+) -> dict[str, Any]:
+    """Outputs and input gradients of ``fused`` and ``reference`` on the same leaves, within TOLERANCES."""
+    import torch
+
+    atol, grad_tol = TOLERANCES[dtype_name]
+    out, expected = fused(*inputs), reference(*inputs)
+    dy = torch.randn_like(out) if out.dim() else torch.ones_like(out)
+    grads = torch.autograd.grad(out, inputs, dy)
+    grads_ref = torch.autograd.grad(expected, inputs, dy)
+    out_ok = torch.allclose(out.float(), expected.float(), rtol=0, atol=atol)
+    grads_ok = all(
+        torch.allclose(a.float(), b.float(), rtol=grad_tol, atol=grad_tol)
+        for a, b in zip(grads, grads_ref, strict=True)
+    )
+    return {
+        "name": name,
+        "status": "ok" if out_ok and grads_ok else "failed",
+        "dtype": dtype_name,
+        "shapes": [list(x.shape) for x in inputs],
+        "max_out_diff": _max_diff(out, expected),
+        "max_grad_diff": max(_max_diff(a, b) for a, b in zip(grads, grads_ref, strict=True)),
+        "out_atol": atol,
+        "grad_rtol_atol": grad_tol,
+    }
+
+
+def kernel_checks(device: str) -> dict[str, Any]:
+    """Each fused op of model/kernels against its torch reference on ``device``: bf16 at model sizes on
+    CUDA, fp32 at toy sizes on the CPU (where the Triton kernels are skipped: they compile for CUDA only)."""
+    import torch
+
+    from model.kernels.attention import attention_reference
+    from model.kernels.bias_gelu import bias_gelu_reference
+    from model.kernels.cross_entropy import chunked_cross_entropy, cross_entropy_reference
+    from model.kernels.layernorm import layer_norm_reference
+
+    cuda = device == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    dtype_name = str(dtype).removeprefix("torch.")
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def leaves(*shapes: tuple[int, ...], scale: float = 1.0) -> list[Any]:
+        return [
+            (torch.randn(*s, generator=gen, device=device, dtype=dtype) * scale).requires_grad_()
+            for s in shapes
+        ]
+
+    # Sizes: the 1.5B model's (d 1600, 25 heads of 64, MLP 6400, vocab 32768) on CUDA; toy ones on the CPU.
+    B, H, T, hd = (4, 25, 1024, 64) if cuda else (2, 2, 32, 16)
+    rows, d, vocab = (4096, 1600, 32768) if cuda else (64, 32, 100)
+    results: list[dict[str, Any]] = []
+    sdpa = lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    results.append(
+        compare("attention (SDPA vs softmax reference)", sdpa, attention_reference,
+                leaves((B, H, T, hd), (B, H, T, hd), (B, H, T, hd)), dtype_name)
+    )  # fmt: skip
+    if cuda:
+        from model.kernels.bias_gelu_triton import triton_bias_gelu
+        from model.kernels.layernorm_triton import triton_layer_norm
+
+        results.append(
+            compare("layernorm (Triton)", lambda x, w, b: triton_layer_norm(x, w, b, 1e-5),
+                    lambda x, w, b: layer_norm_reference(x, w, b, 1e-5),
+                    leaves((rows, d), (d,), (d,)), dtype_name)
+        )  # fmt: skip
+        results.append(
+            compare("bias_gelu (Triton)", triton_bias_gelu, bias_gelu_reference,
+                    leaves((rows, 4 * d), (4 * d,)), dtype_name)
+        )  # fmt: skip
+    else:
+        for name in ("layernorm (Triton)", "bias_gelu (Triton)"):
+            results.append({"name": name, "status": "skipped", "reason": "Triton compiles for CUDA only"})
+    targets = torch.randint(0, vocab, (rows,), generator=gen, device=device)
+    hidden, weight = leaves((rows, d), (vocab, d), scale=1.0)
+
+    def under_autocast(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(h: Any, w: Any) -> Any:
+            with torch.autocast(device, dtype=dtype, enabled=cuda):
+                return fn(h, w * 0.05, targets, vocab)
+
+        return run
+
+    results.append(
+        compare("cross_entropy (chunked head + loss)", under_autocast(chunked_cross_entropy),
+                under_autocast(cross_entropy_reference), [hidden, weight], dtype_name)
+    )  # fmt: skip
+    failed = [r["name"] for r in results if r["status"] == "failed"]
+    return {"status": "failed" if failed else "ok", "failed": failed, "checks": results}
+
+
+# ---- FusedAdam ------------------------------------------------------------------------------------------
+
+
+def fused_adam_check(steps: int = 5) -> dict[str, Any]:
+    """Build DeepSpeed's FusedAdam (a JIT nvcc compile into TORCH_EXTENSIONS_DIR, or a load from it) and
+    compare ``steps`` AdamW updates with torch's on the same parameters and gradients (fp32)."""
+    import torch
+
+    start = time.perf_counter()
+    from deepspeed.ops.adam import FusedAdam
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shapes = [(1600, 4800), (6400,), (32768, 64)]
+    ours = [torch.randn(*s, generator=gen, device="cuda").requires_grad_() for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    kwargs = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    fused = FusedAdam(ours, adam_w_mode=True, **kwargs)  # the first construction builds or loads the op
+    build_s = time.perf_counter() - start
+    reference = torch.optim.AdamW(theirs, foreach=False, **kwargs)
+    for _ in range(steps):
+        for a, b in zip(ours, theirs, strict=True):
+            g = torch.randn(a.shape, generator=gen, device="cuda")
+            a.grad, b.grad = g, g.clone()
+        fused.step()
+        reference.step()
+    diff = max(_max_diff(a.detach(), b.detach()) for a, b in zip(ours, theirs, strict=True))
+    return {
+        "status": "ok" if diff < 1e-5 else "failed",
+        "build_or_load_s": build_s,
+        "steps": steps,
+        "max_param_diff_vs_torch_adamw": diff,
+        "tolerance": 1e-5,
+        "extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
+    }
+
+
+# ---- dense matmul peak ----------------------------------------------------------------------------------
+
+
+def matmul_shapes(device: str) -> list[tuple[int, int, int]]:
+    """(m, k, n): large squares, then the matmuls of codeparrot (1.5B, 8 x 1024 tokens) and
+    codeparrot-small (16 x 1024 tokens): QKV, MLP up, MLP down, LM head. Toy squares on the CPU."""
+    if device != "cuda":
+        return [(64, 64, 64), (128, 128, 128)]
+    shapes = [(4096, 4096, 4096), (8192, 8192, 8192), (16384, 16384, 16384)]
+    for rows, d in ((8192, 1600), (16384, 768)):
+        shapes += [(rows, d, 3 * d), (rows, d, 4 * d), (rows, 4 * d, d), (rows, d, 32768)]
+    return shapes
+
+
+def _tflops(fn: Callable[[], Any], flops: int, device: str, seconds: float) -> float:
+    """TFLOP/s of ``fn`` over at least ``seconds`` after 3 warm-up calls (CUDA events on the GPU)."""
+    import torch
+
+    for _ in range(3):
+        fn()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(5):
+            fn()
+        calls += 5
+        sync()
+    return flops * calls / (time.perf_counter() - start) / 1e12
+
+
+def matmul_peak(device: str, seconds: float) -> dict[str, Any]:
+    """Best bf16 (CUDA) or fp32 (CPU) dense matmul rate over ``matmul_shapes``; each shape in both layouts of
+    the second operand (``a @ b``, and ``a @ w.t()`` as nn.Linear stores it), the faster counted."""
+    import torch
+
+    from training.metrics import peak_flops
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    precision = "bf16" if device == "cuda" else "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gen = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for m, k, n in matmul_shapes(device):
+        a = torch.randn(m, k, generator=gen, device=device, dtype=dtype)
+        b = torch.randn(k, n, generator=gen, device=device, dtype=dtype)
+        w = torch.randn(n, k, generator=gen, device=device, dtype=dtype)
+        flops = 2 * m * k * n
+        layouts = {
+            "a@b": _tflops(lambda a=a, b=b: a @ b, flops, device, seconds),
+            "a@w.t()": _tflops(lambda a=a, w=w: a @ w.t(), flops, device, seconds),
+        }
+        rows.append({"shape": [m, k, n], "tflops": max(layouts.values()), "layouts": layouts})
+        del a, b, w
+    best = max(rows, key=lambda r: r["tflops"])
+    rated = peak_flops(precision, None) if device == "cuda" else None
+    return {
+        "status": "ok",
+        "precision": precision,
+        "shapes": rows,
+        "best_tflops": best["tflops"],
+        "best_shape": best["shape"],
+        "rated_tflops": rated / 1e12 if rated else None,
+        "best_vs_rated": best["tflops"] * 1e12 / rated if rated else None,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("check", choices=("env", "kernels", "fused-adam", "matmul"))
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    p.add_argument("--seconds", type=float, default=0.25, help="matmul: timing per shape and layout")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    if args.check == "env":
+        result = {"status": "ok", **env_info(args.device)}
+    elif args.check == "kernels":
+        result = kernel_checks(args.device)
+    elif args.check == "fused-adam":
+        result = fused_adam_check()
+    else:
+        result = matmul_peak(args.device, args.seconds)
+    result["seconds"] = time.perf_counter() - start
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("checks", "shapes")}))
+    return 0 if result["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
