@@ -60,7 +60,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu", choices=tuple(GPUS), help="default h100-sxm")
     p.add_argument("--gpu-memory-gib", type=float, help="a GPU not in the table: its memory (GiB)")
     p.add_argument("--gpu-tflops", type=float, help="... and its dense peak TFLOP/s in the run's precision")
-    p.add_argument("--mfu", type=float, default=0.45, help="fraction of peak sustained (default 0.45)")
+    p.add_argument(
+        "--mfu",
+        type=float,
+        default=0.45,
+        help="MFU of a layout with neither recomputation nor pipeline bubble, i.e. the fraction of "
+        "the dense peak sustained on the FLOPs executed (default 0.45); checkpointing and bubbles lower it",
+    )
     p.add_argument("--tokens", type=float, help="tokens to train on, for the days it takes (e.g. 30e9)")
     p.add_argument(
         "--suggest", action="store_true", help="rank the layouts that fit on --nodes x --gpus-per-node"
@@ -256,9 +262,9 @@ def plan_text(p: Plan) -> str:
         days = f", {speed['tokens'] / 1e9:,.1f} B tokens in {speed['days_to_train']:.2f} days"
     lines += [
         "",
-        f"speed at {p.mfu:.0%} of peak on executed FLOPs (recompute x{speed['recompute_factor']:.2f}, "
-        f"pipeline bubble {speed['bubble_fraction']:.1%}, model FLOPs utilisation "
-        f"{speed['model_flops_utilization']:.1%}; communication not modelled):",
+        f"speed at {p.mfu:.0%} of peak on the FLOPs executed (the stated MFU, without recompute or bubble; "
+        f"here recompute x{speed['recompute_factor']:.2f}, pipeline bubble {speed['bubble_fraction']:.1%}: "
+        f"MFU {speed['model_flops_utilization']:.1%}; communication not modelled):",
         f"  step {speed['step_time_s']:.2f} s, {speed['tokens_per_s']:,.0f} tokens/s "
         f"({speed['tokens_per_s_per_gpu']:,.0f} per GPU), "
         f"{speed['tokens_per_day'] / 1e9:.2f} B tokens/day{days}",

@@ -35,7 +35,8 @@ With activation checkpointing a block keeps only its input, and backward recompu
 The chunked loss (model/kernels/cross_entropy.py) keeps the head's gradients, B T d and Vp d values, and
 needs its chunk buffers and fp32 weight gradient while it runs.
 
-Speed: ``--mfu`` is the fraction of the GPU's dense peak sustained on the FLOPs actually executed.
+Speed: ``--mfu`` is the MFU a layout without recomputation or pipeline bubble reaches, i.e. the fraction of
+the GPU's dense peak sustained on the FLOPs actually executed; a layout that recomputes or idles reaches less.
 Executed FLOPs per token are model.flops.flops_per_token plus, with checkpointing, the blocks' forward
 again; a pipeline idles for the bubble (p-1)/(m+p-1) of a step with m micro-batches. Communication time
 is not modelled.
