@@ -3,6 +3,7 @@ decide duplicates and splits in corpus order in the main process.
 
     records (main) --batches--> clean_batch (workers) --> Cleaner.decide (main, in order)
                                                      --kept--> tokenize_records (workers) --> writer (main)
+    records (main) --batches--> tokenize_batch (workers: decode + tokenise, tokenize-only) --> writer (main)
 
 The main process reads records undecoded (raw JSON lines, file paths); workers decode, filter, hash and
 tokenise them and return small results (hashes, filter names, token arrays); at most
@@ -47,6 +48,11 @@ class CleanConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def tokenize_only(cls, valid_ratio: float = 0.01) -> CleanConfig:
+        """No filter, no dedup: what tokenize-only preprocessing runs (only the split remains)."""
+        return cls(filters=FilterConfig.off(), exact_dedup=False, near_dedup=False, valid_ratio=valid_ratio)
+
 
 def is_valid_split(h: int, valid_ratio: float) -> bool:
     """Deterministic split by content hash (so duplicates always land in the same split)."""
@@ -67,14 +73,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _init_worker(tokenizer_json: str | None) -> None:
+def _init_worker(tokenizer: Any | None) -> None:
     _die_with_parent()
     # Each worker is one core: tokenizers' own thread pool would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if tokenizer_json is not None:
-        from tokenizers import Tokenizer
-
-        _WORKER["tokenizer"] = Tokenizer.from_str(tokenizer_json)
+    if tokenizer is not None:
+        _WORKER["tokenizer"] = tokenizer
 
 
 class Verdict(NamedTuple):
@@ -124,6 +128,42 @@ def tokenize_records(
     return encode_documents(_WORKER["tokenizer"], decode_records(records, sources), eod_id, dtype)
 
 
+class TokenizedBatch(NamedTuple):
+    """`tokenize_batch`'s answer on one batch of records: the good ones' tokens and sizes, the bad ones'
+    problems."""
+
+    flat: np.ndarray  # token ids of the good records, each followed by the end-of-document id
+    lengths: np.ndarray  # int64 per good record: its tokens, end-of-document included
+    hashes: list[int] | None  # dedup.content_hash per good record, when asked for
+    problems: list[Problem]  # why each bad record is bad, in input order
+    docs: int  # good records
+    nbytes: int  # their UTF-8 bytes
+
+
+def tokenize_batch(
+    records: list[Record], sources: SourceConfig, eod_id: int, dtype: str, hashes: bool, tokenize: bool = True
+) -> TokenizedBatch:
+    """Decode and tokenise records in one pass, for the tokenize-only job (no filters, no dedup): every good
+    record is kept. Content hashes (`hashes`) only where a validation split needs them; without `tokenize`
+    the batch is only decoded (counts and problems: a resumed job's finished part)."""
+    texts: list[str] = []
+    problems: list[Problem] = []
+    nbytes = 0
+    for rec in records:
+        text, problem = decode_record(rec, sources)
+        if text is None:
+            problems.append(problem)
+            continue
+        texts.append(text)
+        nbytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if tokenize:
+        flat, lengths = encode_documents(_WORKER["tokenizer"], texts, eod_id, dtype)
+    else:
+        flat, lengths = np.empty(0, dtype=dtype), np.empty(0, dtype=np.int64)
+    digests = [content_hash(t) for t in texts] if hashes and tokenize else None
+    return TokenizedBatch(flat, lengths, digests, problems, len(texts), nbytes)
+
+
 def decode_records(records: list[Record], sources: SourceConfig) -> list[str]:
     """The texts of records already known good."""
     return [decode_record(rec, sources)[0] for rec in records]
@@ -150,10 +190,8 @@ class _InlineExecutor(Executor):
     (tokenizer, single-threaded tokenizers) holds only during a call, so the caller's process is left as
     it was."""
 
-    def __init__(self, tokenizer_json: str | None) -> None:
-        from tokenizers import Tokenizer
-
-        self._tokenizer = Tokenizer.from_str(tokenizer_json) if tokenizer_json is not None else None
+    def __init__(self, tokenizer: Any | None) -> None:
+        self._tokenizer = tokenizer
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
@@ -169,21 +207,23 @@ class _InlineExecutor(Executor):
         return future
 
 
-def make_executor(workers: int, tokenizer_json: str | None = None) -> Executor:
-    """A process pool of `workers` (inline for 1), started before returning.
+def make_executor(workers: int, tokenizer: Any | None = None) -> Executor:
+    """A process pool of `workers` (inline for 1), started before returning; `tokenizer` (a
+    tokenizers.Tokenizer, or None) is the one the workers' tokenising functions use.
 
-    Linux: fork, so workers start in milliseconds with the parent's modules and scripts need no
+    Linux: fork, so workers start in milliseconds with the parent's modules and its loaded tokenizer
+    (not parsed again per worker: 0.1 s of CPU each for a 32K vocabulary), and scripts need no
     `if __name__ == "__main__"` guard. tokenizers warns in a child forked after its thread pool has run
     (training in the same process); the variable set around the fork marks parallelism as configured, and
-    each worker is single-threaded anyway. Elsewhere: spawn."""
+    each worker is single-threaded anyway. Elsewhere: spawn, and the tokenizer travels pickled."""
     if workers <= 1:
-        return _InlineExecutor(tokenizer_json)
+        return _InlineExecutor(tokenizer)
     method = "fork" if sys.platform == "linux" else "spawn"
     executor = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
-        initargs=(tokenizer_json,),
+        initargs=(tokenizer,),
     )
     with _env("TOKENIZERS_PARALLELISM", "false"):
         executor.submit(int).result()  # with fork, the first submit starts every worker

@@ -2,11 +2,17 @@
 
     codeparrot-preprocess --output data/                         # the standard library, tokenizer trained
     codeparrot-preprocess --input corpus/*.jsonl.zst --tokenizer tok/ --output data/ --workers 32
+    codeparrot-preprocess --tokenize-only --input corpus.jsonl --tokenizer tok/ --output data/
 
 Steps: read the inputs (streamed), clean and deduplicate them in worker processes, train a byte-level BPE
 tokenizer on the cleaned training split unless `--tokenizer` is given, tokenise in the workers, append the
 end-of-document token, and write `train_NNNNN` / `valid_NNNNN` shard pairs (`.bin`/`.idx`), then
 `manifest.json`.
+
+`--tokenize-only` does the work of Megatron-LM's tools/preprocess_data.py: read, tokenise each document with
+the given tokenizer, append the end-of-document token, write the shards. No filters, no dedup, no tokenizer
+training; each batch of records is decoded and tokenised in one worker call, and content hashes are computed
+only for the validation split (none with `--valid-ratio 0`). Same shards, manifest and resumability.
 
 The output is written in units: a unit is the run of input documents whose tokens fill one shard
 (`--shard-tokens`). A finished unit leaves its shards and a small record `units/NNNNN.json` (input position,
@@ -34,25 +40,28 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from data_tools import __version__, cli
 from data_tools.errors import DataError
+from data_tools.filters import FILTER_NAMES
 from data_tools.indexed_dataset import IndexedDatasetWriter, token_dtype
 from data_tools.manifest import MANIFEST
 from data_tools.parallel import (
     CleanConfig,
     Cleaner,
+    CleanReport,
     Kept,
     cleaned_batches,
     is_valid_split,
     make_executor,
     ordered_map,
+    tokenize_batch,
     tokenize_records,
 )
-from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records, problems_summary
+from data_tools.sources import Problems, Record, SourceConfig, iter_batches, iter_records, problems_summary
 from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
 
 logger = logging.getLogger(__name__)
@@ -60,6 +69,8 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
 DEFAULT_SHARD_TOKENS = 256 * 2**20  # 512 MiB of uint16 per training shard
 BATCH_DOCS, BATCH_CHARS = 64, 250_000
+# Tokenize-only batches (records, payload bytes): one worker call each, decoding and tokenising.
+TOKENIZE_ONLY_BATCH = (256, 250_000)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -72,6 +83,9 @@ class PreprocessConfig:
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     workers: int = 1
     show_progress: bool = True
+    # Read, tokenise, append the end-of-document id, write: no filters, no dedup (Megatron-LM's
+    # tools/preprocess_data.py). Needs `tokenizer` and `clean` = CleanConfig.tokenize_only(valid_ratio).
+    tokenize_only: bool = False
 
     def fingerprint(self, tok_sha: str) -> str:
         """What the output depends on; a resume into a directory written differently is refused."""
@@ -80,6 +94,8 @@ class PreprocessConfig:
             "shard_tokens": self.shard_tokens,
             "batching": [BATCH_DOCS, BATCH_CHARS],
         }
+        if self.tokenize_only:  # only then: the whole job's fingerprint stays what it was
+            key |= {"tokenize_only": True, "batching": list(TOKENIZE_ONLY_BATCH)}
         return key_digest(key)
 
     def cleaning_fingerprint(self) -> str:
@@ -231,21 +247,24 @@ class Progress:
 Cleaned = Iterator[tuple[int, list[Kept], list[int]]]
 
 
-def _tokenize_and_write(
-    cfg: PreprocessConfig,
-    executor: Executor,
-    cleaned: Cleaned,
-    skip: int,
-    tok: LoadedTokenizer,
-    fingerprint: str,
-    units_done: int,
-    input_bytes: Callable[[], int],
-) -> list[dict[str, Any]]:
-    """The write loop: tokenise kept documents past `skip`, apply chars/token, split, fill units."""
-    out, min_cpt, dtype = cfg.output, cfg.clean.filters.chars_per_token, tok.dtype
-    records: list[dict[str, Any]] = []
-    unit = _Unit(out, units_done, dtype)
-    progress = Progress(cfg.show_progress)
+class Encoded(NamedTuple):
+    """One batch of tokenised documents, ready to write."""
+
+    end: int  # input records read up to the end of this batch
+    flat: np.ndarray  # the documents' token ids back to back, each followed by the end-of-document id
+    lengths: np.ndarray  # tokens per document, end-of-document included
+    valid: np.ndarray  # bool per document: goes to the validation split
+    keep: np.ndarray  # bool per document: passed the chars/token filter
+    removed_docs: int  # documents removed by the chars/token filter
+    removed_bytes: int
+
+
+def _encoded_batches(
+    cfg: PreprocessConfig, executor: Executor, cleaned: Cleaned, skip: int, tok: LoadedTokenizer
+) -> Iterator[Encoded]:
+    """The whole job's batches: tokenise the kept documents past `skip` in the workers, then apply the
+    chars/token filter and the split here."""
+    min_cpt, dtype = cfg.clean.filters.chars_per_token, tok.dtype
 
     def fresh() -> Iterator[tuple[int, list[Kept], list[int]]]:
         consumed = 0
@@ -257,26 +276,101 @@ def _tokenize_and_write(
     submit = lambda item: executor.submit(
         tokenize_records, [k.record for k in item[1]], cfg.sources, tok.eod, dtype.str
     )
+    for (end, kept, hashes), (flat, lengths) in ordered_map(
+        submit, fresh(), 2 * max(cfg.workers, 1), records_of=lambda item: [k.record for k in item[1]]
+    ):
+        keep = np.ones(len(kept), dtype=bool)
+        removed_docs = removed_bytes = 0
+        if min_cpt is not None:
+            for i, doc in enumerate(kept):
+                if doc.nchars / max(int(lengths[i]) - 1, 1) < min_cpt:
+                    keep[i] = False
+                    removed_docs += 1
+                    removed_bytes += doc.nbytes
+        valid = _valid_mask(hashes, cfg.clean.valid_ratio, len(kept))
+        yield Encoded(end, flat, lengths, valid, keep, removed_docs, removed_bytes)
+
+
+def _valid_mask(hashes: list[int] | None, valid_ratio: float, n: int) -> np.ndarray:
+    """Which of `n` documents go to the validation split, by content hash (None: no split asked for)."""
+    if hashes is None:
+        return np.zeros(n, dtype=bool)
+    return np.fromiter((is_valid_split(h, valid_ratio) for h in hashes), bool, n)
+
+
+def _tokenize_only_batches(
+    cfg: PreprocessConfig,
+    executor: Executor,
+    skip: int,
+    tok: LoadedTokenizer,
+    problems: Problems,
+    report: CleanReport,
+) -> Iterator[Encoded]:
+    """The tokenize-only job's batches: each batch of records decoded and tokenised in one worker call,
+    every good document kept. Batches before `skip` (a resumed job's finished part) are only decoded, for
+    the report's counts. Content hashes are computed only for a validation split (--valid-ratio > 0)."""
+    want_hashes = cfg.clean.valid_ratio > 0
+
+    def positioned() -> Iterator[tuple[int, list[Record]]]:
+        start = 0
+        for batch in iter_batches(iter_records(cfg.sources, problems), *TOKENIZE_ONLY_BATCH):
+            yield start, batch
+            start += len(batch)
+
+    submit = lambda item: executor.submit(
+        tokenize_batch,
+        item[1],
+        cfg.sources,
+        tok.eod,
+        tok.dtype.str,
+        want_hashes,
+        item[0] + len(item[1]) > skip,
+    )
+    for (start, batch), done in ordered_map(
+        submit, positioned(), 2 * max(cfg.workers, 1), records_of=lambda item: item[1]
+    ):
+        for problem in done.problems:
+            problems.add(*problem)
+        for counts in ("input", "kept"):
+            setattr(report, f"{counts}_docs", getattr(report, f"{counts}_docs") + done.docs)
+            setattr(report, f"{counts}_bytes", getattr(report, f"{counts}_bytes") + done.nbytes)
+        end = start + len(batch)
+        if end > skip:  # batches are deterministic: a finished unit ends on a batch boundary
+            valid = _valid_mask(done.hashes, cfg.clean.valid_ratio, done.docs)
+            yield Encoded(end, done.flat, done.lengths, valid, np.ones(done.docs, dtype=bool), 0, 0)
+
+
+def _write_batches(
+    cfg: PreprocessConfig,
+    batches: Iterator[Encoded],
+    skip: int,
+    dtype: np.dtype,
+    fingerprint: str,
+    units_done: int,
+    input_bytes: Callable[[], int],
+) -> list[dict[str, Any]]:
+    """The write loop: split each batch's documents into train and valid, fill units of about
+    cfg.shard_tokens tokens; returns the records of the units it finished."""
+    out = cfg.output
+    records: list[dict[str, Any]] = []
+    unit = _Unit(out, units_done, dtype)
+    progress = Progress(cfg.show_progress)
     last_end = skip
     try:
-        for (end, kept, hashes), (flat, lengths) in ordered_map(
-            submit, fresh(), 2 * max(cfg.workers, 1), records_of=lambda item: [k.record for k in item[1]]
-        ):
-            keep = np.ones(len(kept), dtype=bool)
-            if min_cpt is not None:
-                for i, doc in enumerate(kept):
-                    if doc.nchars / max(int(lengths[i]) - 1, 1) < min_cpt:
-                        keep[i] = False
-                        unit.cpt_removed["docs"] += 1
-                        unit.cpt_removed["bytes"] += doc.nbytes
-            valid = np.fromiter((is_valid_split(h, cfg.clean.valid_ratio) for h in hashes), bool, len(hashes))
-            for split, mask in (("train", keep & ~valid), ("valid", keep & valid)):
-                if mask.any():
-                    unit.add(split, flat[np.repeat(mask, lengths)], lengths[mask])
-            progress.update(end - last_end, int(lengths[keep].sum()), input_bytes())
-            last_end = end
+        for b in batches:
+            unit.cpt_removed["docs"] += b.removed_docs
+            unit.cpt_removed["bytes"] += b.removed_bytes
+            for split, mask in (("train", b.keep & ~b.valid), ("valid", b.keep & b.valid)):
+                if not mask.any():
+                    continue
+                if mask.all():  # the whole batch (the usual case): no copy
+                    unit.add(split, b.flat, b.lengths)
+                else:
+                    unit.add(split, b.flat[np.repeat(mask, b.lengths)], b.lengths[mask])
+            progress.update(b.end - last_end, int(b.lengths[b.keep].sum()), input_bytes())
+            last_end = b.end
             if unit.tokens >= cfg.shard_tokens:
-                records.append(unit.finalize(end, fingerprint))
+                records.append(unit.finalize(b.end, fingerprint))
                 unit = _Unit(out, unit.index + 1, dtype)
         # The last unit is kept when it has shards, or documents removed for chars/token (counted in the
         # report from the records), or when it is the only one.
@@ -292,6 +386,7 @@ def _tokenize_and_write(
 
 def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
+    check_config(cfg)
     out = cfg.output
     cli.prepare_output_dir(out)
     if overwrite:
@@ -307,13 +402,38 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     fingerprint = cfg.fingerprint(tok.sha256)
     problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
 
-    def cleaned(executor: Executor) -> Cleaned:
+    def encoded(executor: Executor, skip: int) -> Iterator[Encoded]:
+        if cfg.tokenize_only:
+            return _tokenize_only_batches(cfg, executor, skip, tok, problems, cleaner.report)
         batches = iter_batches(iter_records(cfg.sources, problems), BATCH_DOCS, BATCH_CHARS)
         window = 2 * max(cfg.workers, 1)
-        return cleaned_batches(executor, batches, cleaner, cfg.sources, problems, window, want_text=False)
+        cleaned = cleaned_batches(executor, batches, cleaner, cfg.sources, problems, window, want_text=False)
+        return _encoded_batches(cfg, executor, cleaned, skip, tok)
 
-    records = write_units(cfg, tok, fingerprint, cleaned, lambda: cleaner.report.input_bytes)
+    records = _write_units(cfg, tok, fingerprint, encoded, lambda: cleaner.report.input_bytes)
     return write_manifest(cfg, records, cleaner.to_dict(problems), tok, fingerprint)
+
+
+def check_config(cfg: PreprocessConfig) -> None:
+    """Raise DataError naming every setting that contradicts another (tokenize-only mode's needs)."""
+    if not cfg.tokenize_only:
+        return
+    wrong = []
+    if cfg.tokenizer is None:
+        wrong.append(
+            "it needs an existing tokenizer (--tokenizer DIR): it trains none. Train one with "
+            "`codeparrot-train-tokenizer`, or drop --tokenize-only to train one as part of the job"
+        )
+    c = cfg.clean
+    on = [f for f, v in dataclasses.asdict(c.filters).items() if f in FILTER_NAMES and v not in (None, False)]
+    on += [name for name, v in (("exact dedup", c.exact_dedup), ("near dedup", c.near_dedup)) if v]
+    if on:
+        wrong.append(
+            f"it runs no filters and no dedup, but these are on: {', '.join(on)} (use "
+            "CleanConfig.tokenize_only(), or drop --tokenize-only to clean the corpus)"
+        )
+    if wrong:
+        raise DataError("--tokenize-only: " + "; ".join(wrong) + ".")
 
 
 def write_units(
@@ -328,6 +448,20 @@ def write_units(
     cfg.output, after the finished units of an earlier run of the same job; returns every unit's record.
     `input_bytes()`: the input read so far, for the progress bar. Units written by another job (another
     fingerprint) are refused, or deleted with `clear_other`."""
+    encoded = lambda executor, skip: _encoded_batches(cfg, executor, cleaned(executor), skip, tok)
+    return _write_units(cfg, tok, fingerprint, encoded, input_bytes, clear_other)
+
+
+def _write_units(
+    cfg: PreprocessConfig,
+    tok: LoadedTokenizer,
+    fingerprint: str,
+    encoded: Callable[[Executor, int], Iterator[Encoded]],
+    input_bytes: Callable[[], int],
+    clear_other: bool = False,
+) -> list[dict[str, Any]]:
+    """`write_units` from tokenised batches: `encoded(executor, skip)` yields those past input record
+    `skip`."""
     out = cfg.output
     try:
         done = _finished_units(out, fingerprint)
@@ -344,11 +478,10 @@ def write_units(
             len(done),
             skip,
         )
-    executor = make_executor(cfg.workers, tok.tokenizer.to_str())
+    executor = make_executor(cfg.workers, tok.tokenizer)
     try:
-        return done + _tokenize_and_write(
-            cfg, executor, cleaned(executor), skip, tok, fingerprint, len(done), input_bytes
-        )
+        batches = encoded(executor, skip)
+        return done + _write_batches(cfg, batches, skip, tok.dtype, fingerprint, len(done), input_bytes)
     finally:
         executor.shutdown(cancel_futures=True)
 
@@ -443,23 +576,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    tokenize_only = getattr(args, "tokenize_only", False)
     return PreprocessConfig(
         sources=cli.source_config(args),
-        clean=cli.clean_config(args),
+        clean=CleanConfig.tokenize_only(args.valid_ratio) if tokenize_only else cli.clean_config(args),
         output=args.output,
         tokenizer=args.tokenizer,
         vocab_size=args.vocab_size,
         shard_tokens=args.shard_tokens,
         workers=args.workers,
         show_progress=not args.quiet,
+        tokenize_only=tokenize_only,
     )
+
+
+# Options that tokenize-only mode has no use for (it trains no tokenizer and cleans nothing); --no-filters,
+# --no-dedup and --valid-ratio agree with it.
+_NOT_FOR_TOKENIZE_ONLY = (
+    "vocab_size",
+    "disable_filter",
+    "max_control_fraction",
+    "max_line_length",
+    "mean_line_length",
+    "min_alphanumeric_fraction",
+    "min_chars_per_token",
+    "near_dedup",
+    "near_dedup_threshold",
+)
+
+
+def _check_tokenize_only_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Raise DataError naming the options given with --tokenize-only that it would ignore."""
+    given = [d for d in _NOT_FOR_TOKENIZE_ONLY if getattr(args, d) != parser.get_default(d)]
+    if given:
+        options = ", ".join("--" + d.replace("_", "-") for d in given)
+        raise DataError(
+            f"--tokenize-only writes every document's tokens, with no filter, dedup or tokenizer training: "
+            f"{options} would do nothing. Drop {'them' if len(given) > 1 else 'it'}, or drop --tokenize-only."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.tool_parser("codeparrot-preprocess", __doc__)
     add_arguments(parser)
+    parser.add_argument(
+        "--tokenize-only",
+        action="store_true",
+        help="read, tokenise with --tokenizer, append the end-of-document token, write: no filters, no "
+        "dedup, no tokenizer training (Megatron-LM's tools/preprocess_data.py); --valid-ratio still splits",
+    )
     args = parser.parse_args(argv)
-    return cli.run(lambda: preprocess(config_from_args(args), overwrite=args.overwrite), args)
+
+    def job() -> dict[str, Any]:
+        if args.tokenize_only:
+            _check_tokenize_only_args(args, parser)
+        return preprocess(config_from_args(args), overwrite=args.overwrite)
+
+    return cli.run(job, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""Samples/s per rank of the training data path against what a training step consumes: the headroom.
+
+    python bench/data_loading.py                       # seq 256, micro-batch 4, 2 ranks, 4 layers x 256
+    python bench/data_loading.py --data out/ --batches 50 --step-repeats 2    # existing shards, shorter
+
+In the same run, on the same shards (the standard library preprocessed with an 8,192-id tokenizer, as
+bench/train_throughput.py builds them; or --data):
+  ours      the batches pretrain_gpt.py trains on: `training.data.RankData(...).train_batches(0)` for each of
+            --ranks data-parallel ranks (memory-mapped shards -> packed samples -> shuffled order -> int64
+            input and target tensors), --batches micro-batches per rank after one untimed; each rank's
+            samples/s, and the slowest rank's as the figure;
+  baseline  what a training step consumes: samples/s of one step of `model.gpt2.GPT` (forward, loss,
+            backward, AdamW; dropout off) on one thread, as each rank of bench/train_throughput.py runs,
+            at the same micro-batch and sequence length; the median of --steps steps after --warmup.
+
+    headroom = slowest rank's loader samples/s / training-step samples/s
+
+A headroom >= 1 means the loader, run inline as pretrain_gpt.py runs it, can never starve the step; it is also
+the factor by which the step could get faster before the loader would. Loader and step alternate over
+--step-repeats rounds (loader, step, step, loader, ...), so that drifts in machine load hit both; the figures
+are medians over the rounds, with min and max. The headroom is printed last; the figures go to
+bench/results/data_loading_<date>_<cpu>.json (bench/common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import (  # noqa: E402
+    RESULTS_DIR,
+    Printer,
+    command_line,
+    describe_machine,
+    finish,
+    machine_info,
+    now,
+    torch_threads,
+)
+
+HOW = "slowest rank's loader samples/s / one-thread step samples/s, medians over {n} alternating rounds"
+
+
+def run_config(args: argparse.Namespace, data: Path, save_dir: Path) -> Any:
+    """The RunConfig pretrain_gpt.py would get for these settings (bench/train_throughput.py's shape)."""
+    from training.config import from_dict
+
+    return from_dict(
+        {
+            "model": {
+                "preset": "tiny",
+                "overrides": {
+                    "n_layer": args.layers,
+                    "n_embd": args.width,
+                    "n_head": args.heads,
+                    "n_positions": args.seq,
+                    "embd_pdrop": 0.0,
+                    "attn_pdrop": 0.0,
+                    "resid_pdrop": 0.0,
+                },
+            },
+            "data": {"paths": [str(data)], "seq_len": args.seq},
+            "train": {"micro_batch": args.micro, "max_steps": 10**6, "save_dir": str(save_dir)},
+        }
+    )
+
+
+def loader_rates(run: Any, ranks: int, batches: int) -> list[float]:
+    """Samples/s of each rank's training batches (one untimed micro-batch first: opening, first epoch's
+    permutation)."""
+    from training.data import RankData
+
+    rates = []
+    for rank in range(ranks):
+        it = RankData(run, rank, ranks, total_samples=10**6).train_batches(0)
+        next(it)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            x, y = next(it)
+        rates.append(batches * x.shape[0] / (time.perf_counter() - t0))
+    return rates
+
+
+class Step:
+    """One training step of our GPT on one thread: forward, loss, backward, AdamW."""
+
+    def __init__(self, run: Any, vocab_size: int) -> None:
+        import torch
+
+        from model.gpt2 import GPT
+        from model.optim import build_optimizer
+        from model.presets import get_preset
+
+        m = run.model
+        config = get_preset(m.preset, **{**m.overrides, "vocab_size": vocab_size})
+        torch.manual_seed(0)
+        self.model = GPT(config).train()
+        self.opt = build_optimizer(self.model, lr=1e-4, weight_decay=0.1, device_type="cpu")
+        gen = torch.Generator().manual_seed(0)
+        shape = (run.train.micro_batch, run.data.seq_len)
+        self.x = torch.randint(0, vocab_size, shape, generator=gen)
+        self.y = torch.randint(0, vocab_size, shape, generator=gen)
+
+    def rate(self, warmup: int, steps: int) -> float:
+        """Samples/s: the micro-batch over the median step time of `steps` steps after `warmup`."""
+        times = []
+        with torch_threads(1):
+            for k in range(warmup + steps):
+                t0 = time.perf_counter()
+                _, loss = self.model(self.x, self.y)
+                loss.backward()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                if k >= warmup:
+                    times.append(time.perf_counter() - t0)
+        return self.x.shape[0] / statistics.median(times)
+
+
+def build_data(tmp: Path) -> Path:
+    """The shards bench/train_throughput.py trains on."""
+    from bench.train_throughput import build_data as train_throughput_data
+
+    return train_throughput_data(tmp)
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    p.add_argument("--ranks", type=int, default=2, help="data-parallel ranks whose loaders are measured")
+    p.add_argument("--batches", type=int, default=200, help="timed micro-batches per rank and round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per round")
+    p.add_argument("--step-repeats", type=int, default=3, help="alternating rounds of loader and step")
+    p.add_argument("--data", type=Path, help="a preprocess output directory (default: build the shards)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the benchmark; returns the results JSON's path."""
+    from data_tools.manifest import load_manifest
+
+    args = parse_args(argv)
+    started, out = now(), Printer()
+    machine = machine_info()
+    out(describe_machine(machine))
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        if args.data is None:
+            out("building shards (standard library, 8,192-id tokenizer) ...")
+        data = args.data or build_data(tmp)
+        vocab = load_manifest(data)["tokenizer"]["vocab_size"]
+        run = run_config(args, data, tmp / "save")
+        step = Step(run, vocab)
+        out(
+            f"run: {args.ranks} ranks' loaders, micro-batch {args.micro}, seq {args.seq}; step: GPT "
+            f"{args.layers} layers x {args.width}, vocab {vocab}, 1 thread, fp32"
+        )
+        rounds: list[dict[str, Any]] = []
+        for k in range(args.step_repeats):
+            r: dict[str, Any] = {}
+            for side in ("loader", "step") if k % 2 == 0 else ("step", "loader"):
+                if side == "loader":
+                    r["loader_per_rank"] = loader_rates(run, args.ranks, args.batches)
+                else:
+                    r["step"] = step.rate(args.warmup if k == 0 else 0, args.steps)
+            r["headroom"] = min(r["loader_per_rank"]) / r["step"]
+            rounds.append(r)
+            out(
+                f"round {k + 1}: loader {', '.join(f'{v:,.0f}' for v in r['loader_per_rank'])} samples/s "
+                f"per rank | step {r['step']:.2f} samples/s | headroom {r['headroom']:,.1f}x"
+            )
+    loader = spread([min(r["loader_per_rank"]) for r in rounds])
+    step_rate = spread([r["step"] for r in rounds])
+    headroom = spread([r["headroom"] for r in rounds])
+    out(
+        f"loader (slowest rank) {loader['median']:,.0f} samples/s | step {step_rate['median']:.2f} samples/s "
+        f"| headroom {headroom['median']:,.1f}x ({headroom['min']:,.1f}-{headroom['max']:,.1f})"
+    )
+    setting = (
+        f"{args.ranks} ranks, seq {args.seq}, micro-batch {args.micro}; step: {args.layers} layers x "
+        f"{args.width}, vocab {vocab}, 1 thread, fp32"
+    )
+    table = [
+        {
+            "benchmark": "bench/data_loading.py",
+            "setting": setting,
+            "precision": "fp32",
+            "native": "native",
+            "baseline": f"training step {step_rate['median']:.2f} samples/s",
+            "ours": f"RankData {loader['median']:,.0f} samples/s per rank",
+            "ratio": round(headroom["median"], 3),
+            "how": HOW.format(n=args.step_repeats),
+        }
+    ]
+    figures = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "vocab_size": vocab,
+        "rounds": rounds,
+        "loader_samples_per_s": loader,
+        "step_samples_per_s": step_rate,
+        "headroom": headroom,
+    }
+    return finish(
+        out,
+        benchmark="data_loading",
+        command=command_line("bench/data_loading.py", argv),
+        started=started,
+        machine=machine,
+        precision=None,
+        figures=figures,
+        table=table,
+        final_line=f"headroom loader/step samples/s: {headroom['median']:.2f}x",
+        results_dir=args.results_dir,
+    )
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

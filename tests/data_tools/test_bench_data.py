@@ -1,0 +1,88 @@
+"""bench/preprocess.py and bench/data_loading.py at toy sizes, end to end: both preprocess modes against the
+limit, the loader against a training step, results JSON through bench.common.finish. No timing assertions."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from data_tools.preprocess import PreprocessConfig, preprocess
+from data_tools.sources import SourceConfig
+
+from .conftest import code_doc, write_jsonl
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def load_script(name: str, monkeypatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_preprocess_bench_measures_both_modes_and_ends_with_the_ratios(capsys, monkeypatch, tmp_path):
+    bench = load_script("preprocess", monkeypatch)
+    small = SourceConfig(
+        inputs=(str(write_jsonl(tmp_path / "c.jsonl", [{"content": code_doc(i)} for i in range(40)])),)
+    )
+    monkeypatch.setattr(
+        bench, "SourceConfig", lambda inputs=(): SourceConfig(inputs=inputs) if inputs else small
+    )  # in place of the standard library: seconds
+    assert (
+        bench.main(
+            [
+                "--copies",
+                "1",
+                "--vocab-size",
+                "300",
+                "--repeats",
+                "1",
+                "--workers",
+                "2",
+                "--results-dir",
+                str(tmp_path / "res"),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("ratio ours/limit: ") and "tokenize-only" in printed[-1]
+    (path,) = (tmp_path / "res").glob("preprocess_*.json")
+    record = json.loads(path.read_text())
+    assert len(record["table"]) == 4 and record["printed"][-1] == printed[-1]
+    for fig in record["figures"]["corpora"].values():
+        assert fig["ratio"] > 0 and fig["tokenize_only_ratio"] > 0
+        only = fig["tokenize_only"]
+        assert only["limit"]["tokens"] == only["ours"]["tokens"] > 0  # the same documents, the same tokens
+
+
+def test_data_loading_bench_ends_with_the_headroom(capsys, monkeypatch, tmp_path, small_tokenizer):
+    inp = write_jsonl(tmp_path / "c.jsonl", [{"content": code_doc(i)} for i in range(60)])
+    cfg = PreprocessConfig(
+        sources=SourceConfig(inputs=(str(inp),)),
+        output=tmp_path / "data",
+        tokenizer=small_tokenizer,
+        show_progress=False,
+    )
+    preprocess(cfg)
+    bench = load_script("data_loading", monkeypatch)
+    tiny = (
+        "--layers 1 --width 32 --heads 2 --seq 16 --micro 2 --batches 3 --warmup 1 --steps 1 --step-repeats 2"
+    )
+    path = bench.main(
+        [*tiny.split(), "--data", str(tmp_path / "data"), "--results-dir", str(tmp_path / "res")]
+    )
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("headroom loader/step samples/s: ")
+    record = json.loads(path.read_text())
+    h = record["figures"]["headroom"]
+    assert h["min"] <= h["median"] <= h["max"] and h["median"] > 0
+    assert (
+        len(record["figures"]["rounds"]) == 2 and len(record["figures"]["rounds"][0]["loader_per_rank"]) == 2
+    )
+    assert record["table"][0]["ratio"] == round(h["median"], 3)
