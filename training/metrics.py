@@ -25,12 +25,16 @@ class GpuSpec:
     total in MiB, divided by 1024 (the vendor's "40 GB" A100 is 40960 MiB, "80 GB" 81920 MiB for the A100
     and 81559 MiB for the H100, "141 GB" H200 143771 MiB); the CUDA context and the allocator take some of
     it. ``bf16_tflops`` / ``fp32_tflops``: dense (no sparsity) tensor-core bf16 and plain fp32 peaks.
+    ``intra_node_gb_s``: GB/s one GPU sends to the others of its node, per direction: NVLink through NVSwitch
+    on SXM boards (A100 300 of NVLink 3's 600 GB/s both ways, H100/H200 450 of NVLink 4's 900), PCIe Gen5
+    x16 for the H100 PCIe (64; its optional NVLink bridge joins only pairs).
     """
 
     device_name: str
     memory_gib: float
     bf16_tflops: float
     fp32_tflops: float
+    intra_node_gb_s: float
 
     def peak_tflops(self, precision: str) -> float:
         return self.bf16_tflops if precision == "bf16" else self.fp32_tflops
@@ -40,16 +44,40 @@ class GpuSpec:
 GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
     {
         "a100-40gb": GpuSpec(
-            device_name="A100", memory_gib=40960 / 1024, bf16_tflops=312.0, fp32_tflops=19.5
+            device_name="A100",
+            memory_gib=40960 / 1024,
+            bf16_tflops=312.0,
+            fp32_tflops=19.5,
+            intra_node_gb_s=300.0,
         ),
         "a100-80gb": GpuSpec(
-            device_name="A100", memory_gib=81920 / 1024, bf16_tflops=312.0, fp32_tflops=19.5
+            device_name="A100",
+            memory_gib=81920 / 1024,
+            bf16_tflops=312.0,
+            fp32_tflops=19.5,
+            intra_node_gb_s=300.0,
         ),
         "h100-pcie": GpuSpec(
-            device_name="H100 PCIe", memory_gib=81559 / 1024, bf16_tflops=756.0, fp32_tflops=51.0
+            device_name="H100 PCIe",
+            memory_gib=81559 / 1024,
+            bf16_tflops=756.0,
+            fp32_tflops=51.0,
+            intra_node_gb_s=64.0,
         ),
-        "h100-sxm": GpuSpec(device_name="H100", memory_gib=81559 / 1024, bf16_tflops=989.0, fp32_tflops=67.0),
-        "h200": GpuSpec(device_name="H200", memory_gib=143771 / 1024, bf16_tflops=989.0, fp32_tflops=67.0),
+        "h100-sxm": GpuSpec(
+            device_name="H100",
+            memory_gib=81559 / 1024,
+            bf16_tflops=989.0,
+            fp32_tflops=67.0,
+            intra_node_gb_s=450.0,
+        ),
+        "h200": GpuSpec(
+            device_name="H200",
+            memory_gib=143771 / 1024,
+            bf16_tflops=989.0,
+            fp32_tflops=67.0,
+            intra_node_gb_s=450.0,
+        ),
     }
 )
 

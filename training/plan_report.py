@@ -14,6 +14,8 @@ from typing import Any
 from model.config import GPTConfig
 from model.flops import flops_per_token
 from training.metrics import GPUS
+from training.plan_comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
+from training.plan_search import advice, distinct, suggest
 from training.planner import (
     DEFAULT_GLOBAL_BATCH,
     GIB,
@@ -61,6 +63,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gpu-memory-gib", type=float, help="a GPU not in the table: its memory (GiB)")
     p.add_argument("--gpu-tflops", type=float, help="... and its dense peak TFLOP/s in the run's precision")
     p.add_argument(
+        "--intra-node-gbs",
+        type=float,
+        help="GB/s per direction between GPUs of a node (default: the GPU table's NVLink or PCIe rate)",
+    )
+    p.add_argument(
+        "--net-gbps",
+        type=float,
+        default=DEFAULT_NET_GBPS,
+        help=f"inter-node Gb/s per GPU (default {DEFAULT_NET_GBPS:g}: one NDR InfiniBand NIC per GPU); "
+        f"collectives reach {NCCL_EFFICIENCY:.0%} of each link",
+    )
+    p.add_argument(
         "--mfu",
         type=float,
         default=0.45,
@@ -72,7 +86,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--suggest", action="store_true", help="rank the layouts that fit on --nodes x --gpus-per-node"
     )
     p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument(
+        "--gpus-per-node", type=int, default=8, help="where collectives leave the node (default 8)"
+    )
     p.add_argument("--top", type=int, default=5, help="with --suggest: layouts shown (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p.parse_args(argv)
@@ -159,6 +175,9 @@ def layout_from_args(args: argparse.Namespace, model: GPTConfig, run: Any) -> tu
         param_persistence_threshold=int(
             zo.get("stage3_param_persistence_threshold", defaults.param_persistence_threshold)
         ),
+        communication_data_type=ds.get("communication_data_type"),
+        multi_rank_bucket_allreduce=zo.get("use_multi_rank_bucket_allreduce", True),
+        gpus_per_node=args.gpus_per_node,
     )
     source = args.ds_config if args.zero is None and args.ds_config else f"--zero {lay.zero_stage}"
     return lay, source
@@ -168,8 +187,10 @@ def _gpu(args: argparse.Namespace, precision: str) -> Gpu:
     if args.gpu_memory_gib or args.gpu_tflops:
         if not (args.gpu_memory_gib and args.gpu_tflops):
             raise ValueError("give both --gpu-memory-gib and --gpu-tflops for a GPU not in the table")
-        return Gpu("custom", args.gpu_memory_gib, args.gpu_tflops)
-    return gpu_from_table(args.gpu or "h100-sxm", precision)
+        gpu = Gpu("custom", args.gpu_memory_gib, args.gpu_tflops)
+    else:
+        gpu = gpu_from_table(args.gpu or "h100-sxm", precision)
+    return dataclasses.replace(gpu, intra_node_gb_s=args.intra_node_gbs) if args.intra_node_gbs else gpu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -183,9 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gpu = _gpu(args, lay.precision)
         if args.suggest:
             gpus = args.nodes * args.gpus_per_node
-            found = suggest(
-                model, gpus, gpu, lay.global_batch, lay.seq_len, lay.precision, args.mfu, args.tokens, preset
-            )
+            found = suggest(model, gpus, gpu, lay, args.mfu, args.tokens, preset, args.net_gbps)
             if not found:
                 raise ValueError(
                     f"no layout of ZeRO 1-3, pipeline 1-8 stages and micro-batch 1-32 fits "
@@ -201,7 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(suggestions_text(distinct(found, args.top), gpus, len(found)))
             return 0
-        result = plan(model, lay, gpu, mfu=args.mfu, tokens=args.tokens, preset=preset, source=source)
+        result = plan(
+            model,
+            lay,
+            gpu,
+            mfu=args.mfu,
+            tokens=args.tokens,
+            preset=preset,
+            source=source,
+            net_gbps=args.net_gbps,
+        )
     except (ValueError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -264,12 +292,36 @@ def plan_text(p: Plan) -> str:
         "",
         f"speed at {p.mfu:.0%} of peak on the FLOPs executed (the stated MFU, without recompute or bubble; "
         f"here recompute x{speed['recompute_factor']:.2f}, pipeline bubble {speed['bubble_fraction']:.1%}: "
-        f"MFU {speed['model_flops_utilization']:.1%}; communication not modelled):",
-        f"  step {speed['step_time_s']:.2f} s, {speed['tokens_per_s']:,.0f} tokens/s "
+        f"exposed communication included: MFU {speed['model_flops_utilization']:.1%}):",
+        f"  step {speed['step_time_s']:.3f} s = compute {speed['compute_time_s']:.3f} s + exposed "
+        f"communication {speed['exposed_comm_s']:.3f} s: {speed['tokens_per_s']:,.0f} tokens/s "
         f"({speed['tokens_per_s_per_gpu']:,.0f} per GPU), "
         f"{speed['tokens_per_day'] / 1e9:.2f} B tokens/day{days}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + comm_lines(p))
+
+
+def comm_lines(p: Plan) -> list[str]:
+    """Per GPU per step: each kind of traffic, its time on the link and the part compute does not hide."""
+    if not p.comm:
+        return ["  communication: none (one GPU)"]
+    lay = p.layout
+    out = [
+        f"communication per GPU per step (ring collectives at {NCCL_EFFICIENCY:.0%} of the link: "
+        f"{p.gpu.intra_node_gb_s:g} GB/s within a node, {p.net_gbps:g} Gb/s network; "
+        f"{lay.gpus_per_node} GPUs per node; overlap_comm {str(lay.overlap).lower()}):"
+    ]
+    for t in p.comm:
+        out.append(
+            f"    {t.name:<28}{t.bytes / 1e9:8.2f} GB {t.time_s * 1e3:8.1f} ms, "
+            f"exposed {t.exposed_s * 1e3:7.1f} ms  {t.note}"
+        )
+    total = sum(t.bytes for t in p.comm)
+    time = sum(t.time_s for t in p.comm)
+    out.append(
+        f"  {'total':<30}{total / 1e9:8.2f} GB {time * 1e3:8.1f} ms, exposed {p.exposed_comm_s * 1e3:7.1f} ms"
+    )
+    return out
 
 
 def _why(p: Plan) -> str:
@@ -279,11 +331,13 @@ def _why(p: Plan) -> str:
         reasons.append(f"bubble {p.bubble:.1%}")
     reasons.append(
         {
-            1: "ZeRO-1: optimizer states sharded, least communication",
-            2: "ZeRO-2: gradients sharded too",
-            3: "ZeRO-3: parameters sharded, 1.5x traffic",
+            1: "ZeRO-1: optimizer states sharded, gradients reduced once per step",
+            2: "ZeRO-2: gradients sharded too, reduced every micro-batch",
+            3: "ZeRO-3: parameters sharded, gathered twice every micro-batch",
         }[lay.zero_stage]
     )
+    comm = sum(t.bytes for t in p.comm)
+    reasons.append(f"comm {comm / 1e9:.1f} GB/GPU/step, {p.exposed_comm_s * 1e3:.0f} ms exposed")
     reasons.append(f"peak {p.peak_bytes / GIB:.1f} of {p.usable_bytes / GIB:.1f} GiB usable")
     return "; ".join(reasons)
 
@@ -292,7 +346,8 @@ def suggestions_text(plans: list[Plan], gpus: int, fitting: int) -> str:
     first = plans[0]
     head = (
         f"{first.preset} on {gpus} x {first.gpu.name}, global batch {first.layout.global_batch} x "
-        f"{first.layout.seq_len} tokens: {fitting} layouts fit; the fastest of each kind:"
+        f"{first.layout.seq_len} tokens, overlap_comm {str(first.layout.overlap).lower()}: {fitting} layouts "
+        "fit; the fastest of each kind:"
     )
     lines = [head]
     for i, p in enumerate(plans, 1):
@@ -342,8 +397,17 @@ def plan_dict(p: Plan) -> dict[str, Any]:
             "executed_flops_per_token": p.executed_flops_per_token,
             "recompute_factor": p.executed_flops_per_token / model_flops,
             "bubble_fraction": p.bubble,
-            "model_flops_utilization": p.mfu * (model_flops / p.executed_flops_per_token) * (1 - p.bubble),
+            "model_flops_utilization": p.mfu
+            * (model_flops / p.executed_flops_per_token)
+            * (1 - p.bubble)
+            * (p.compute_time_s / p.step_time_s),
             "step_time_s": p.step_time_s,
+            "compute_time_s": p.compute_time_s,
+            "comm_bytes_per_gpu": sum(t.bytes for t in p.comm),
+            "comm_time_s": sum(t.time_s for t in p.comm),
+            "exposed_comm_s": p.exposed_comm_s,
+            "comm_terms": [dataclasses.asdict(t) for t in p.comm],
+            "net_gbps": p.net_gbps,
             "tokens_per_s": p.tokens_per_s,
             "tokens_per_s_per_gpu": p.tokens_per_s / lay.gpus,
             "tokens_per_day": p.tokens_per_s * 86400,
@@ -351,102 +415,3 @@ def plan_dict(p: Plan) -> dict[str, Any]:
             "days_to_train": days,
         },
     }
-
-
-def advice(p: Plan) -> list[str]:
-    """Why it does not fit (the largest term) and single changes that would fit, each with its peak."""
-    biggest = max(p.terms, key=lambda t: t.bytes)
-    out = [f"largest term: {biggest.name} {biggest.bytes / GIB:.1f} GiB ({biggest.note})"]
-    lay = p.layout
-    tries: list[tuple[str, Layout]] = []
-    for z in range(lay.zero_stage + 1, 4):
-        if lay.pipeline_stages == 1 or z <= 1:
-            tries.append((f"--zero {z}", dataclasses.replace(lay, zero_stage=z)))
-    if not lay.activation_checkpointing:
-        tries.append(("--activation-checkpointing", dataclasses.replace(lay, activation_checkpointing=True)))
-    micro = lay.micro_batch
-    while micro > 1:
-        micro //= 2
-        accum = lay.grad_accum * lay.micro_batch // micro
-        tries.append(
-            (
-                f"--micro-batch {micro} (grad_accum {accum})",
-                dataclasses.replace(lay, micro_batch=micro, grad_accum=accum),
-            )
-        )
-    if lay.zero_stage >= 1:
-        for factor in (2, 4, 8):
-            dp = lay.dp * factor
-            if lay.global_batch % (lay.micro_batch * dp) == 0:
-                accum = lay.global_batch // (lay.micro_batch * dp)
-                tries.append(
-                    (
-                        f"{dp * lay.pipeline_stages} GPUs (dp {dp})",
-                        dataclasses.replace(lay, dp=dp, grad_accum=accum),
-                    )
-                )
-        if lay.offload == "none":
-            tries.append(("--offload optimizer", dataclasses.replace(lay, offload="optimizer")))
-    for label, changed in tries:
-        try:
-            q = plan(p.model, changed, p.gpu, mfu=p.mfu)
-        except ValueError:
-            continue
-        if q.fits:
-            out.append(f"fits with {label}: peak {q.peak_bytes / GIB:.1f} GiB")
-    if len(out) == 1:
-        out.append("no single change fits: combine them, or use more GPUs with a higher ZeRO stage")
-    return out
-
-
-def suggest(
-    model: GPTConfig,
-    gpus: int,
-    gpu: Gpu,
-    global_batch: int,
-    seq_len: int,
-    precision: str,
-    mfu: float = 0.45,
-    tokens: float | None = None,
-    preset: str = "custom",
-) -> list[Plan]:
-    """Every layout of ZeRO 1-3, pipeline 1/2/4/8 (ZeRO <= 1 only), micro-batch 1..32 and checkpointing on
-    or off that fits on `gpus` GPUs with the global batch fixed, fastest first (then the lower ZeRO stage,
-    which communicates less, then the larger micro-batch)."""
-    fitting = []
-    for zero in (1, 2, 3):
-        for stages in (1, 2, 4, 8):
-            if (stages > 1 and zero > 1) or gpus % stages or stages > model.n_layer:
-                continue
-            dp = gpus // stages
-            for micro in range(1, 33):
-                if global_batch % (micro * dp):
-                    continue
-                for ckpt in (False, True):
-                    lay = Layout(
-                        seq_len=seq_len,
-                        micro_batch=micro,
-                        grad_accum=global_batch // (micro * dp),
-                        dp=dp,
-                        pipeline_stages=stages,
-                        zero_stage=zero,
-                        activation_checkpointing=ckpt,
-                        precision=precision,
-                    )
-                    p = plan(model, lay, gpu, mfu=mfu, tokens=tokens, preset=preset)
-                    if p.fits:
-                        fitting.append(p)
-    fitting.sort(key=lambda p: (-round(p.tokens_per_s), p.layout.zero_stage, -p.layout.micro_batch))
-    return fitting
-
-
-def distinct(plans: list[Plan], top: int) -> list[Plan]:
-    """The first (fastest) plan of each family (ZeRO stage, pipeline stages, checkpointing), at most `top`:
-    micro-batch sizes of one family predict the same speed, so listing them all would say nothing new."""
-    seen, out = set(), []
-    for p in plans:
-        family = (p.layout.zero_stage, p.layout.pipeline_stages, p.layout.activation_checkpointing)
-        if family not in seen:
-            seen.add(family)
-            out.append(p)
-    return out[:top]

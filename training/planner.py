@@ -38,8 +38,9 @@ needs its chunk buffers and fp32 weight gradient while it runs.
 Speed: ``--mfu`` is the MFU a layout without recomputation or pipeline bubble reaches, i.e. the fraction of
 the GPU's dense peak sustained on the FLOPs actually executed; a layout that recomputes or idles reaches less.
 Executed FLOPs per token are model.flops.flops_per_token plus, with checkpointing, the blocks' forward
-again; a pipeline idles for the bubble (p-1)/(m+p-1) of a step with m micro-batches. Communication time
-is not modelled.
+again; a pipeline idles for the bubble (p-1)/(m+p-1) of a step with m micro-batches. The step adds the
+communication that compute does not hide (training/plan_comm.py: bytes per collective, link rates from the
+GPU table and ``--net-gbps``, overlap with ``overlap_comm``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from typing import Literal
 from model.config import GPTConfig
 from model.flops import block_params, flops_per_token, param_count
 from training.metrics import GPUS
+from training.plan_comm import DEFAULT_NET_GBPS, CommTerm, comm_terms
 
 GIB = 2**30
 SAFETY_FRACTION = 0.10  # of GPU memory kept free for the CUDA context, fragmentation and NCCL buffers
@@ -80,6 +82,9 @@ class Layout:
     prefetch_bucket_size: int = 50_000_000
     max_live_parameters: int = 1_000_000_000
     param_persistence_threshold: int = 100_000
+    communication_data_type: Literal["bf16", "fp16", "fp32"] | None = None  # None: the training dtype
+    multi_rank_bucket_allreduce: bool = True  # ZeRO 1/2 reduce buckets with all-reduce (DeepSpeed default)
+    gpus_per_node: int = 8
 
     @property
     def gpus(self) -> int:
@@ -128,6 +133,7 @@ class Gpu:
     name: str
     memory_gib: float
     peak_tflops: float
+    intra_node_gb_s: float = 64.0  # GB/s per direction per GPU within a node; PCIe Gen5 x16 if not known
 
 
 def gpu_from_table(key: str, precision: str) -> Gpu:
@@ -136,7 +142,7 @@ def gpu_from_table(key: str, precision: str) -> Gpu:
             f"unknown --gpu {key!r}; known: {', '.join(GPUS)} (or --gpu-memory-gib/--gpu-tflops)"
         )
     spec = GPUS[key]
-    return Gpu(key, spec.memory_gib, spec.peak_tflops(precision))
+    return Gpu(key, spec.memory_gib, spec.peak_tflops(precision), spec.intra_node_gb_s)
 
 
 # ---- parameters per pipeline stage -----------------------------------------------------------------
@@ -319,6 +325,7 @@ class Plan:
     tokens: float | None
     terms: list[Term]
     stage: int  # the pipeline stage whose rank needs the most memory
+    net_gbps: float = DEFAULT_NET_GBPS  # inter-node bandwidth per GPU, Gb/s
 
     @property
     def parameters(self) -> int:
@@ -361,10 +368,38 @@ class Plan:
         return (p - 1) / (m + p - 1)
 
     @property
-    def step_time_s(self) -> float:
+    def compute_time_s(self) -> float:
+        """A step's compute at the stated MFU, the pipeline bubble included."""
         lay = self.layout
         flops = lay.global_batch * lay.seq_len * self.executed_flops_per_token
         return flops / (lay.gpus * self.gpu.peak_tflops * 1e12 * self.mfu) / (1 - self.bubble)
+
+    @functools.cached_property
+    def comm(self) -> list[CommTerm]:
+        """Communication per GPU per step (training/plan_comm.py), for the stage with the most parameters."""
+        m, lay = self.model, self.layout
+        rate = lay.pipeline_stages * self.gpu.peak_tflops * 1e12 * self.mfu
+        tokens = lay.micro_batch * lay.seq_len
+        forward = tokens * flops_per_token(m, lay.seq_len) / 3 / rate  # 2 N + 4 L d T of 6 N + 12 L d T
+        return comm_terms(
+            m,
+            lay,
+            max(stage_params(m, lay.pipeline_stages)),
+            resident=zero3_resident_params(m, lay.param_persistence_threshold),
+            intra_gb_s=self.gpu.intra_node_gb_s,
+            net_gbps=self.net_gbps,
+            forward_s=forward,
+            backward_s=tokens * self.executed_flops_per_token / rate - forward,
+        )
+
+    @property
+    def exposed_comm_s(self) -> float:
+        return sum(t.exposed_s for t in self.comm)
+
+    @property
+    def step_time_s(self) -> float:
+        """Compute plus the communication it does not hide."""
+        return self.compute_time_s + self.exposed_comm_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -380,6 +415,7 @@ def plan(
     tokens: float | None = None,
     preset: str = "custom",
     source: str = "--zero",
+    net_gbps: float = DEFAULT_NET_GBPS,
 ) -> Plan:
     """The prediction for `lay`; raises ValueError listing what DeepSpeed or the model would refuse."""
     problems = lay.problems(model, source)
@@ -391,14 +427,15 @@ def plan(
         blocks = [max(0, min(b, model.n_layer + 1) - max(a, 1)) for a, b in _stage_bounds(model, p)]
     else:
         blocks = [model.n_layer]
+    make = functools.partial(
+        Plan, model=model, preset=preset, layout=lay, gpu=gpu, mfu=mfu, tokens=tokens, net_gbps=net_gbps
+    )
     for s in range(p):
         in_flight = min(p - s, lay.grad_accum)
         terms = model_state_terms(model, lay, counts[s]) + activation_terms(
             model, lay, blocks[s], in_flight, first=s == 0, last=s == p - 1
         )
-        candidate = Plan(
-            model=model, preset=preset, layout=lay, gpu=gpu, mfu=mfu, tokens=tokens, terms=terms, stage=s
-        )
+        candidate = make(terms=terms, stage=s)
         if worst is None or candidate.peak_bytes > worst.peak_bytes:
             worst = candidate
     assert worst is not None

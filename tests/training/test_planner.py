@@ -11,8 +11,10 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import model.gpt2 as gpt2
+from model.flops import flops_per_token
 from model.presets import get_preset
 from training import metrics
+from training.plan_comm import NCCL_EFFICIENCY
 from training.plan_report import main, plan_dict
 from training.planner import GIB, SAFETY_FRACTION, Gpu, Layout, block_activation_bytes, gpu_from_table, plan
 
@@ -196,19 +198,84 @@ def test_speed_counts_recompute_and_the_pipeline_bubble():
     p = plan(cfg, base, gpu, mfu=0.5)
     tokens_per_step = 4 * 8 * 8 * 1024
     f = plan_dict(p)["model"]["flops_per_token"]
-    assert p.step_time_s == pytest.approx(tokens_per_step * f / (8 * 1000e12 * 0.5))
+    assert p.compute_time_s == pytest.approx(tokens_per_step * f / (8 * 1000e12 * 0.5))
+    assert p.step_time_s == pytest.approx(p.compute_time_s + p.exposed_comm_s) and p.exposed_comm_s > 0
     ckpt = plan(cfg, Layout(**{**base.__dict__, "activation_checkpointing": True}), gpu, mfu=0.5)
     recompute = 2 * 48 * (12 * 1600**2 + 13 * 1600) + 4 * 48 * 1600 * 1024  # the blocks' forward again
-    assert ckpt.step_time_s / p.step_time_s == pytest.approx((f + recompute) / f)
-    assert 1.25 < ckpt.step_time_s / p.step_time_s < 4 / 3 + 1e-9
+    assert ckpt.compute_time_s / p.compute_time_s == pytest.approx((f + recompute) / f)
+    assert 1.25 < ckpt.compute_time_s / p.compute_time_s < 4 / 3 + 1e-9
     piped = plan(
         cfg, Layout(**{**base.__dict__, "pipeline_stages": 4, "dp": 2, "grad_accum": 32}), gpu, mfu=0.5
     )
     assert piped.bubble == pytest.approx(3 / 35)
-    assert piped.step_time_s == pytest.approx(p.step_time_s / (1 - 3 / 35))
+    assert piped.compute_time_s == pytest.approx(p.compute_time_s / (1 - 3 / 35))
 
 
-# ---- 3. the command line ------------------------------------------------------------------------------
+# ---- 3. communication ---------------------------------------------------------------------------------
+
+H100 = Gpu("h100-sxm", 81559 / 1024, 989, 450)
+ZERO2_32 = Layout(
+    seq_len=1024, micro_batch=8, grad_accum=2, dp=32, zero_stage=2, activation_checkpointing=True,
+    reduce_bucket_size=50_000_000, overlap_comm=True,
+)  # fmt: skip
+
+
+def test_zero2_traffic_on_4_nodes_by_hand():
+    """codeparrot, ZeRO-2 as ds_configs/zero2.json on 4 x 8 GPUs: DeepSpeed all-reduces each bf16 gradient
+    bucket in every micro-batch (use_multi_rank_bucket_allreduce), then all-gathers the bf16 parameters."""
+    cfg, N, n, m = get_preset("codeparrot"), 1_529_628_800, 32, 2
+    p = plan(cfg, ZERO2_32, H100, mfu=0.45)
+    grads = m * int(2 * (n - 1) / n * 2 * N)  # ring all-reduce, 2 bytes per gradient, x2 micro-batches
+    params = int((n - 1) / n * 2 * N)  # ring all-gather of the updated bf16 parameters
+    assert [(t.name, t.bytes) for t in p.comm] == [
+        ("gradient all-reduce", grads),
+        ("parameter all-gather", params),
+    ]
+    net = 400e9 / 8 * NCCL_EFFICIENCY  # the group spans nodes: one 400 Gb/s NIC per GPU
+    assert [t.time_s for t in p.comm] == pytest.approx([grads / net, params / net])
+    micro = p.compute_time_s / m
+    forward = micro * flops_per_token(cfg, 1024) / 3 / p.executed_flops_per_token
+    last_bucket = 2 * (n - 1) / n * 2 * 50_000_000 / net
+    hidden = max(grads / net - m * (micro - forward), m * last_bucket)  # overlapped with backward
+    assert p.exposed_comm_s == pytest.approx(hidden + params / net)
+    assert p.step_time_s == pytest.approx(p.compute_time_s + p.exposed_comm_s)
+    speed = plan_dict(p)["speed"]
+    assert speed["comm_bytes_per_gpu"] == grads + params
+    assert speed["exposed_comm_s"] == pytest.approx(p.exposed_comm_s)
+    one_node = plan(cfg, Layout(**{**ZERO2_32.__dict__, "dp": 8, "grad_accum": 8}), H100)
+    assert one_node.comm[0].time_s == pytest.approx(one_node.comm[0].bytes / (450e9 * NCCL_EFFICIENCY))
+
+
+def test_zero3_sends_more_than_zero2_and_zero1_amortises_over_grad_accum():
+    cfg = get_preset("codeparrot")
+    z2 = plan(cfg, ZERO2_32, H100)
+    z3 = plan(cfg, Layout(**{**ZERO2_32.__dict__, "zero_stage": 3}), H100)
+    assert [t.name for t in z3.comm] == [
+        "parameter all-gather (fwd)", "parameter all-gather (bwd)", "gradient reduce-scatter",
+    ]  # fmt: skip
+    assert sum(t.bytes for t in z3.comm) > sum(t.bytes for t in z2.comm)
+    # The same global batch in more, smaller micro-batches: ZeRO-1's traffic stays, ZeRO-3's grows.
+    traffic, step = {}, {}
+    for zero in (1, 3):
+        for micro, accum in ((8, 2), (1, 16)):
+            changes = {"zero_stage": zero, "micro_batch": micro, "grad_accum": accum}
+            q = plan(cfg, Layout(**{**ZERO2_32.__dict__, **changes}), H100)
+            traffic[zero, accum], step[zero, accum] = sum(t.bytes for t in q.comm), q.step_time_s
+    assert traffic[1, 2] == traffic[1, 16]
+    assert traffic[3, 16] == pytest.approx(8 * traffic[3, 2], rel=1e-6)
+    assert step[3, 16] > step[1, 16]
+
+
+def test_a_single_gpu_does_not_communicate(capsys):
+    p = plan(get_preset("codeparrot-small"), Layout(seq_len=1024, micro_batch=8, grad_accum=4), H100)
+    assert p.comm == [] and p.exposed_comm_s == 0 and p.step_time_s == p.compute_time_s
+    d = cli_json(capsys, "--preset", "codeparrot-small", "--gpus", "1", "--zero", "2")
+    speed = d["speed"]
+    assert speed["comm_bytes_per_gpu"] == 0 and speed["comm_time_s"] == speed["exposed_comm_s"] == 0
+    assert speed["model_flops_utilization"] == pytest.approx(speed["mfu"] / speed["recompute_factor"])
+
+
+# ---- 4. the command line ------------------------------------------------------------------------------
 
 
 def test_pipeline_with_zero2_is_refused_naming_deepspeeds_restriction(capsys):
@@ -239,7 +306,10 @@ def test_json_output_keys(capsys):
     speed = d["speed"]
     assert {"tokens_per_s", "step_time_s", "tokens_per_day", "days_to_train", "mfu"} <= set(speed)
     assert speed["days_to_train"] == pytest.approx(30e9 / speed["tokens_per_s"] / 86400)
-    assert d["gpu"] == {"name": "h100-sxm", "memory_gib": 81559 / 1024, "peak_tflops": 989.0}
+    assert {"comm_bytes_per_gpu", "comm_time_s", "exposed_comm_s", "compute_time_s"} <= set(speed)
+    assert speed["step_time_s"] == pytest.approx(speed["compute_time_s"] + speed["exposed_comm_s"])
+    gpu = {"name": "h100-sxm", "memory_gib": 81559 / 1024, "peak_tflops": 989.0, "intra_node_gb_s": 450.0}
+    assert d["gpu"] == gpu
 
 
 def test_a_layout_that_does_not_fit_says_why_and_what_would(capsys):
@@ -273,8 +343,25 @@ def test_suggest_for_codeparrot_on_4_nodes_of_8_h100(capsys):
     assert best["layout"]["gpus"] == 32 and best["layout"]["global_batch"] == 512
     rates = [s["speed"]["tokens_per_s"] for s in d["suggestions"]]
     assert rates == sorted(rates, reverse=True)
-    code, out, _ = cli(capsys, "--preset", "codeparrot", "--suggest", "--nodes", "4", "--gpu", "h100-sxm")
+    # ZeRO-3 repeats its traffic every micro-batch: it can lead only where one micro-batch makes the step.
+    first_12 = next(i for i, s in enumerate(d["suggestions"]) if s["layout"]["zero_stage"] < 3)
+    assert all(s["layout"]["grad_accum"] == 1 for s in d["suggestions"][:first_12])
+    # Four times the batch (grad_accum >= 4 wherever the 1.5B fits): ZeRO-1 or 2 comes first.
+    args = (
+        "--preset",
+        "codeparrot",
+        "--suggest",
+        "--nodes",
+        "4",
+        "--gpu",
+        "h100-sxm",
+        "--global-batch",
+        "2048",
+    )
+    assert cli_json(capsys, *args)["suggestions"][0]["layout"]["zero_stage"] in (1, 2)
+    code, out, _ = cli(capsys, *args)
     assert code == 0 and out.splitlines()[1].startswith("1. --zero ")
+    assert "exposed" in out.splitlines()[2]
 
 
 def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
@@ -289,4 +376,5 @@ def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
         assert metrics.peak_flops("bf16", None) == tflops * 1e12, name
         assert gpu_from_table(key, "bf16").peak_tflops == tflops
     assert gpu_from_table("h200", "bf16").memory_gib == pytest.approx(140.4, abs=0.05)
-    assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5)
+    assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5, 300.0)
+    assert gpu_from_table("h100-pcie", "bf16").intra_node_gb_s == 64.0
