@@ -126,24 +126,33 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
         self._tb = None
+        self._tb_dir = run_dir / "tensorboard"
+        self._tb_tried = False
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
             self._jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+
+    def _tensorboard(self) -> Any:
+        """The SummaryWriter, made at the first write: importing torch.utils.tensorboard costs about 0.35 s,
+        which would otherwise come before the first step."""
+        if not self._tb_tried:
+            self._tb_tried = True
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self._tb_dir))
             except ImportError:
                 logger.warning(
                     "tensorboard is not installed: no TensorBoard events (pip install tensorboard)"
                 )
+        return self._tb
 
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
+        if self._tensorboard() is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)

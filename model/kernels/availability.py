@@ -8,8 +8,6 @@ import logging
 import os
 from collections.abc import Callable
 
-import torch
-
 
 @functools.cache
 def triton_importable() -> bool:
@@ -61,10 +59,14 @@ def kernel_choice(fn: Callable[[str, str], str]) -> Callable[[str, str], str]:
     """
     cached = functools.cache(fn)
 
-    @torch.compiler.assume_constant_result
     @functools.wraps(fn)
     def resolve(requested: str, device_type: str) -> str:
         return cached(requested, device_type)
 
+    # What torch.compiler.assume_constant_result(resolve) does (torch 2.1-2.13 set this one attribute),
+    # without importing torch._dynamo, which costs 2-4 s at `import model.gpt2` in every tool that never
+    # compiles (generation, export, evaluation). tests/model/test_gpt2.py checks that the model still
+    # traces without graph breaks.
+    resolve._dynamo_marked_constant = True  # type: ignore[attr-defined]
     resolve.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     return resolve
