@@ -1,7 +1,8 @@
-# The two commands of the README:
+# The commands of the README:
 #   make demo   run the main job on the embedded corpus (the Python standard library)
 #   make test   run the test suite
-# Both create .venv on first use. GPU users: create .venv with your CUDA torch installed first,
+#   make bench  run every benchmark and write one report, bench/results/suite_<date>_<cpu>.json
+# Each creates .venv on first use. GPU users: create .venv with your CUDA torch installed first,
 # then edit constraints.txt to pin that build; everything else installs against it.
 
 PY      ?= python3
@@ -12,8 +13,9 @@ OUT     ?= runs/demo
 RANKS   ?= 2
 PORT    ?= 29517
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: demo test setup lint clean-demo
+.PHONY: demo test bench setup lint clean-demo
 
 setup: $(STAMP)
 
@@ -41,6 +43,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# About 20 minutes on 2 cores; BENCH_ARGS="--only generate,startup" runs some, "--quick" at toy sizes.
+bench: $(STAMP)
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,25 +1,36 @@
 """Greedy generation time per new token with the KV cache (`GPT.generate`) vs without (a full forward over
-the whole sequence at every step, the baseline written out below), same model, same prompt, same process.
+the whole sequence at every step, the baseline written out below), and vs transformers'
+`GPT2LMHeadModel.generate` with its own KV cache: same weights (model.hf.to_hf), same prompt, same process.
 
 With the cache a step runs the model on one token (plus attention over the cached keys), so the time per
 token stays about flat as the generation grows; without it, step t runs the model on T0 + t tokens, so the
-time per token grows with the length. Both sides must produce the same tokens (checked).
+time per token grows with the length. transformers' model runs greedy (do_sample=False, one beam), with
+"gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op: its fastest form of our activation) and its
+default attention (SDPA), for exactly as many new tokens (no end-of-text id). All three must produce the
+same tokens (checked and printed; a difference at a near-tie of two logits is reported, not hidden).
+
+Per length, each side runs --repeats times in an order that alternates (cache, no cache, transformers,
+then the reverse, ...); a side's figure is its median time / new tokens, the spread min-max.
 
     python bench/generate.py                  # 4 layers, width 128, vocab 4096, prompt 16, 64..512 new tokens
     python bench/generate.py --threads 1      # on a machine shared with other jobs (2 threads contend)
     python bench/generate.py --layers 12 --width 768 --heads 12 --vocab 32768   # codeparrot-small's shape
 
-Prints a line per length, writes bench/results/generate_<date>_<cpu>.json, and ends with the ratio at the
-longest length, e.g. ``ratio no-cache/cache (512 new tokens): 9.5x``.
+Prints a line per length, writes bench/results/generate_<date>_<cpu>.json, and ends with the ratio
+transformers/ours at the longest length (above 1: ours faster), e.g.
+``ratio transformers/ours (KV cache both, 512 new tokens): 1.40x``; the line before it holds the ratio
+no-cache/cache.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -38,8 +49,15 @@ from bench.common import (  # noqa: E402
 )
 from model.config import GPTConfig  # noqa: E402
 from model.gpt2 import GPT  # noqa: E402
+from model.hf import to_hf  # noqa: E402
 
-HOW = "wall time of one greedy generation of each kind, after a warm-up; per token = time / new tokens"
+HOW = (
+    "median over {n} greedy generations of each kind (order alternating, after a warm-up) of wall time / "
+    "new tokens"
+)
+SIDES = ("cache", "no_cache", "hf")
+LABELS = {"cache": "KV cache", "no_cache": "no cache", "hf": "transformers"}
+HF_KWARGS = dict(activation_function="gelu_pytorch_tanh")
 
 
 @torch.no_grad()
@@ -51,10 +69,96 @@ def generate_without_cache(model: GPT, idx: torch.Tensor, max_new_tokens: int) -
     return idx
 
 
+@torch.no_grad()
+def generate_hf(hf_model, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """transformers' greedy generation with its KV cache, exactly ``max_new_tokens`` tokens."""
+    out = hf_model.generate(
+        input_ids=idx,
+        attention_mask=torch.ones_like(idx),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=0,
+    )
+    if out.shape[1] != idx.shape[1] + max_new_tokens:
+        raise RuntimeError(
+            f"transformers generated {out.shape[1] - idx.shape[1]} tokens, not {max_new_tokens}"
+        )
+    return out
+
+
 def timed(fn, *args) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     out = fn(*args)
     return time.perf_counter() - start, out
+
+
+def measure_length(runners: dict, prompt: torch.Tensor, n: int, repeats: int) -> dict[str, Any]:
+    """Every side ``repeats`` times at ``n`` new tokens, order alternating; per side median and spread of
+    ms per token; the ratios no-cache/cache and transformers/cache; whether the tokens agree."""
+    times: dict[str, list[float]] = {s: [] for s in SIDES}
+    tokens: dict[str, torch.Tensor] = {}
+    for r in range(repeats):
+        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+            t, tokens[side] = timed(runners[side], prompt, n)
+            times[side].append(t)
+    row: dict[str, Any] = {"new_tokens": n, "repeats": repeats}
+    for side in SIDES:
+        ms = [1e3 * t / n for t in times[side]]
+        row[side] = {
+            "seconds": times[side],
+            "ms_per_token": statistics.median(ms),
+            "min_ms_per_token": min(ms),
+            "max_ms_per_token": max(ms),
+        }
+    row["ratio"] = row["no_cache"]["ms_per_token"] / row["cache"]["ms_per_token"]
+    row["hf_ratio"] = row["hf"]["ms_per_token"] / row["cache"]["ms_per_token"]
+    row["same_tokens"] = bool(torch.equal(tokens["cache"], tokens["no_cache"]))
+    row["hf_same_tokens"] = bool(torch.equal(tokens["cache"], tokens["hf"]))
+    return row
+
+
+def length_line(row: dict[str, Any]) -> str:
+    def ms(side: str) -> str:
+        x = row[side]
+        return f"{x['ms_per_token']:7.2f} ({x['min_ms_per_token']:.2f}-{x['max_ms_per_token']:.2f}) ms/token"
+
+    return (
+        f"{row['new_tokens']:4d} new tokens: cache {ms('cache')} | no cache {ms('no_cache')} | transformers "
+        f"{ms('hf')} | no-cache/cache {row['ratio']:5.2f}x | transformers/ours {row['hf_ratio']:5.2f}x | "
+        f"same tokens: no cache {row['same_tokens']}, transformers {row['hf_same_tokens']}"
+    )
+
+
+def table_rows(row: dict[str, Any], setting: str, repeats: int) -> list[dict[str, Any]]:
+    """Two README rows per length: ours vs no cache, ours vs transformers' generate."""
+
+    def cell(side: str) -> str:
+        x = row[side]
+        return (
+            f"{LABELS[side]} {x['ms_per_token']:.2f} ms/token "
+            f"({x['min_ms_per_token']:.2f}-{x['max_ms_per_token']:.2f})"
+        )
+
+    n, how = row["new_tokens"], HOW.format(n=repeats)
+    common = {"benchmark": "bench/generate.py", "precision": "fp32", "native": "native", "how": how}
+    return [
+        {
+            **common,
+            "setting": f"{setting}, {n} new tokens",
+            "baseline": cell("no_cache"),
+            "ours": cell("cache"),
+            "ratio": round(row["ratio"], 3),
+        },
+        {
+            **common,
+            "setting": f"{setting}, {n} new tokens, vs transformers' generate",
+            "baseline": cell("hf") + " (GPT2LMHeadModel.generate, its KV cache)",
+            "ours": cell("cache"),
+            "ratio": round(row["hf_ratio"], 3),
+        },
+    ]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,10 +171,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens")
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512], help="new tokens")
+    p.add_argument("--repeats", type=int, default=3, help="generations per side and length, alternating")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats ({args.repeats}) must be at least 1")
     if args.prompt + max(args.lengths) > args.ctx:
         p.error(
             f"--prompt ({args.prompt}) + the longest length ({max(args.lengths)}) exceed --ctx ({args.ctx})"
@@ -107,48 +214,30 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"batch {args.batch}, prompt {args.prompt}, fp32, {torch.get_num_threads()} threads"
     )
     out(f"model: {setting}; greedy")
-    model.generate(prompt, 8, temperature=0)  # warm-up: allocator, kernels
-    generate_without_cache(model, prompt, 8)
+    hf = to_hf(model, **HF_KWARGS).eval()
+    runners = {
+        "cache": lambda p, n: model.generate(p, n, 0.0),
+        "no_cache": lambda p, n: generate_without_cache(model, p, n),
+        "hf": lambda p, n: generate_hf(hf, p, n),
+    }
+    for run in runners.values():  # warm-up: allocator, kernels, transformers' generation set-up
+        run(prompt, 8)
     rows, table = [], []
     for n in args.lengths:
-        t_cache, ours = timed(model.generate, prompt, n, 0.0)
-        t_base, base = timed(generate_without_cache, model, prompt, n)
-        same = bool(torch.equal(ours, base))
-        row = {
-            "new_tokens": n,
-            "cache_s": t_cache,
-            "no_cache_s": t_base,
-            "cache_ms_per_token": 1e3 * t_cache / n,
-            "no_cache_ms_per_token": 1e3 * t_base / n,
-            "ratio": t_base / t_cache,
-            "same_tokens": same,
-        }
+        row = measure_length(runners, prompt, n, args.repeats)
         rows.append(row)
-        out(
-            f"{n:4d} new tokens: cache {row['cache_ms_per_token']:7.2f} ms/token | no cache "
-            f"{row['no_cache_ms_per_token']:7.2f} ms/token | ratio no-cache/cache {row['ratio']:5.2f}x | "
-            f"same tokens: {same}"
-        )
-        table.append(
-            {
-                "benchmark": "bench/generate.py",
-                "setting": f"{setting}, {n} new tokens",
-                "precision": "fp32",
-                "native": "native",
-                "baseline": f"no cache {row['no_cache_ms_per_token']:.2f} ms/token",
-                "ours": f"KV cache {row['cache_ms_per_token']:.2f} ms/token",
-                "ratio": round(row["ratio"], 3),
-                "how": HOW,
-            }
-        )
+        out(length_line(row))
+        table += table_rows(row, setting, args.repeats)
     first, last = rows[0], rows[-1]
     out(
-        f"per-token time from {first['new_tokens']} to {last['new_tokens']} new tokens: cache x"
-        f"{last['cache_ms_per_token'] / first['cache_ms_per_token']:.2f}, no cache x"
-        f"{last['no_cache_ms_per_token'] / first['no_cache_ms_per_token']:.2f}"
+        f"per-token time from {first['new_tokens']} to {last['new_tokens']} new tokens: "
+        + ", ".join(f"{LABELS[s]} x{last[s]['ms_per_token'] / first[s]['ms_per_token']:.2f}" for s in SIDES)
     )
     if not all(r["same_tokens"] for r in rows):
         out("WARNING: cached and uncached greedy tokens differ (float rounding between shapes near a tie)")
+    if not all(r["hf_same_tokens"] for r in rows):
+        out("WARNING: our and transformers' greedy tokens differ (float rounding between kernels near a tie)")
+    out(f"ratio no-cache/cache ({last['new_tokens']} new tokens): {last['ratio']:.2f}x")
     return finish(
         out,
         benchmark="generate",
@@ -158,10 +247,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         precision=None,
         figures={
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "hf_kwargs": HF_KWARGS,
             "rows": rows,
         },
         table=table,
-        final_line=f"ratio no-cache/cache ({last['new_tokens']} new tokens): {last['ratio']:.2f}x",
+        final_line=f"ratio transformers/ours (KV cache both, {last['new_tokens']} new tokens): "
+        f"{last['hf_ratio']:.2f}x",
         results_dir=args.results_dir,
     )
 

@@ -1,0 +1,550 @@
+"""The whole benchmark suite in one command, one JSON report: `make bench`.
+
+    python bench/suite.py                          # every benchmark, about 20 minutes on 2 cores
+    python bench/suite.py --only generate,startup  # some of them
+    python bench/suite.py --quick --only generate  # toy sizes: a smoke test of the suite itself
+
+Runs each benchmark as its own subprocess, one after another, in this order: bench/preprocess.py,
+bench/data_loading.py, bench/model_step.py, bench/train_throughput.py (eager, then --compile),
+bench/startup.py, bench/generate.py. The settings below keep the whole suite near 20 minutes on a 2-core
+machine; every figure keeps its spread (at least 2 runs or launches per side, where the benchmark has
+repeats). Each benchmark writes its own results JSON (bench/common.finish, the path printed as
+`results: <path>`); the suite reads it back and writes
+
+    bench/results/suite_<date>_<cpu tag>.json
+
+with the machine and versions, the command, and per benchmark: its status (ok, failed with its stderr's
+tail, timeout, or missing when the script does not exist), its results path, its final line and its
+ratios with their spreads. The summary lists every ratio against its target:
+
+    preprocess   tokenize-only >= 0.9x the limit; the whole job >= 0.75x
+    data loading headroom >= 1.0x (batches delivered at least as fast as training consumes them)
+    model step   (no target: recorded)
+    training     eager >= 1.3x HF+DeepSpeed eager; compiled >= 1.1x HF+DeepSpeed compiled;
+                 MFU >= 75% of the measured matmul peak
+    start-up     <= 1.2x a no-op DeepSpeed launch
+    generation   transformers/ours >= 1.0x and no-cache/cache >= 1.0x at every length
+
+Prints each benchmark's output as it runs, then the summary table and the report's path; the last line
+sums it up. Exits 1 when a benchmark failed or timed out, else 0 (a missed target is reported, not an
+error). A failing benchmark does not stop the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import operator
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TIMEOUT_S = 1800  # per benchmark
+QUICK_TIMEOUT_S = 600
+STDERR_TAIL = 3000  # characters of a failed benchmark's stderr kept in the report
+RESULTS_LINE = re.compile(r"^results: (\S.*)$")
+RATIO_IN_LINE = re.compile(r"(\d+(?:\.\d+)?)x\s*$")
+OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Target:
+    op: str  # ">=" or "<="
+    value: float
+    unit: str = "x"  # "x" (a ratio) or "%" (value is a fraction shown in percent)
+
+    def met(self, x: float) -> bool:
+        return OPS[self.op](x, self.value)
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:.0%}" if self.unit == "%" else f"{self.op} {self.value:g}x"
+
+
+TARGETS = {
+    "preprocess_tokenize": Target(op=">=", value=0.9),
+    "preprocess_full": Target(op=">=", value=0.75),
+    "data_loading_headroom": Target(op=">=", value=1.0),
+    "train_eager": Target(op=">=", value=1.3),
+    "train_compiled": Target(op=">=", value=1.1),
+    "train_mfu": Target(op=">=", value=0.75, unit="%"),
+    "startup": Target(op="<=", value=1.2),
+    "generate_hf": Target(op=">=", value=1.0),
+    "generate_cache": Target(op=">=", value=1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Benchmark:
+    name: str
+    script: str  # relative to the repository root
+    args: tuple[str, ...]
+    quick_args: tuple[str, ...]
+    ratios: Callable[[dict[str, Any]], list[dict[str, Any]]]  # results JSON -> summary entries
+
+
+# ---- a benchmark's results JSON -> its ratios ------------------------------------------------------------
+
+
+def entry(
+    figure: str,
+    value: float | None,
+    target: str | None,
+    spread: Sequence[float] | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One summary line: a figure, its spread (min-max, None where the benchmark keeps none), its target
+    and whether it is met ("met", "missed", "not reported" when absent, "no target")."""
+    t = TARGETS.get(target) if target else None
+    if value is None:
+        status = "not reported"
+    elif t is None:
+        status = "no target"
+    else:
+        status = "met" if t.met(value) else "missed"
+    return {
+        "figure": figure,
+        "value": value,
+        "unit": t.unit if t else "x",
+        "spread": list(spread) if spread is not None else None,
+        "target": str(t) if t else None,
+        "target_key": target,
+        "status": status,
+        "note": note,
+    }
+
+
+def _find_keys(tree: Any, pattern: re.Pattern, path: str = "") -> list[tuple[str, float]]:
+    """(path, value) of every number in ``tree`` whose key path matches ``pattern``."""
+    found = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            found += _find_keys(v, pattern, f"{path}.{k}" if path else str(k))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool) and pattern.search(path):
+        found.append((path, float(tree)))
+    return found
+
+
+def preprocess_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per corpus: the whole job / the limit, and tokenize-only / the limit where the benchmark ran that
+    mode (a figure whose key names tokenize/tokenise and ratio); the spread from every run of each side
+    where the record keeps them."""
+    corpora = record["figures"].get("corpora", {})
+    out = []
+    for name, fig in corpora.items():
+        note = f"each side its best of {fig.get('repeats', '?')} runs"
+        for _, value in _find_keys(fig, re.compile(r"tokeni[sz].*ratio|ratio.*tokeni[sz]", re.I)):
+            spread = _best_of_spread(fig.get("tokenize_only"))
+            out.append(entry(f"{name}: tokenize-only / limit", value, "preprocess_tokenize", spread, note))
+        spread = _best_of_spread(fig.get("whole_job"))
+        out.append(entry(f"{name}: whole job / limit", fig.get("ratio"), "preprocess_full", spread, note))
+    if not any(e["target_key"] == "preprocess_tokenize" for e in out):
+        out.insert(0, entry("tokenize-only / limit", None, "preprocess_tokenize"))
+    return out
+
+
+def _best_of_spread(mode: dict[str, Any] | None) -> list[float] | None:
+    """[slowest ours / fastest limit, fastest ours / slowest limit] over the runs of one corpus and mode."""
+    try:
+        walls = {side: [r["wall_s"] for r in mode[side]["runs"]] for side in ("ours", "limit")}
+        tokens = {side: mode[side]["tokens"] for side in ("ours", "limit")}
+    except (TypeError, KeyError):
+        return None
+    rate = {side: (tokens[side] / max(w), tokens[side] / min(w)) for side, w in walls.items()}
+    return [rate["ours"][0] / rate["limit"][1], rate["ours"][1] / rate["limit"][0]]
+
+
+def data_loading_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headroom: figures named headroom (a number, or a dict with ratio/median and min/max), else the
+    table's ratios, else the final line's."""
+    figures = record.get("figures", {})
+    out = []
+    for path, value in _find_keys(figures, re.compile(r"headroom(\.(ratio|median\w*))?$", re.I)):
+        parent = figures
+        for part in path.split(".")[:-1]:
+            parent = parent.get(part, {}) if isinstance(parent, dict) else {}
+        lo = parent.get("min") if isinstance(parent, dict) else None
+        hi = parent.get("max") if isinstance(parent, dict) else None
+        spread = [lo, hi] if lo is not None and hi is not None else None
+        out.append(entry(f"headroom ({path})", value, "data_loading_headroom", spread))
+    if not out:
+        for row in record.get("table", []):
+            out.append(entry(f"{row['setting']}", row["ratio"], "data_loading_headroom", note=row["how"]))
+    if not out:
+        out.append(entry("headroom (final line)", final_ratio(record), "data_loading_headroom"))
+    return out
+
+
+def model_step_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for p, fig in record["figures"]["precisions"].items():
+        for mode, m in fig["modes"].items():
+            note = "" if fig.get("native", True) else "not native here (reduced size)"
+            out.append(entry(f"{p} {mode}: ours/hf step", m["ratio"], None, note=note))
+    return out
+
+
+def train_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    compiled = bool(record["figures"]["args"].get("compile"))
+    mode = "compiled" if compiled else "eager"
+    out = []
+    for p, r in record["figures"]["precisions"].items():
+        o, h = r["sides"]["ours"], r["sides"]["hf"]
+        note = "" if r["native"] else "not native here (reduced size)"
+        spread = [o["min_tps"] / h["max_tps"], o["max_tps"] / h["min_tps"]]
+        out.append(entry(f"{p} {mode}: ours/hf tok/s", r["ratio"], f"train_{mode}", spread, note))
+        mfu_note = f"peak {r['peak']['best_gflops']:,.1f} GFLOP/s measured; {note}".rstrip("; ")
+        out.append(entry(f"{p} {mode}: MFU of ours", o["mfu"], "train_mfu", note=mfu_note))
+    return out
+
+
+def startup_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    f = record["figures"]
+    n, o = f["sides"]["noop"], f["sides"]["ours"]
+    note = f"no-op {n['median_s']:.1f} s, ours to step 1 {o['median_s']:.1f} s (medians of {n['n']})"
+    out = [entry("launch to step 1 / no-op launch", f["ratio"], "startup", f["ratio_min_max"], note)]
+    if "ratio_to_barrier" in f:
+        out.append(
+            entry("launch to step 1 / no-op to its barrier", f["ratio_to_barrier"], None, note="stricter")
+        )
+    if "cpu_ratio" in f:
+        out.append(
+            entry("CPU s of a launch, ours / no-op", f["cpu_ratio"], None, note="launcher and ranks, to exit")
+        )
+    return out
+
+
+def generate_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for row in record["figures"]["rows"]:
+        n, c = row["new_tokens"], row["cache"]
+        for key, side, target, same in (
+            ("hf_ratio", "hf", "generate_hf", "hf_same_tokens"),
+            ("ratio", "no_cache", "generate_cache", "same_tokens"),
+        ):
+            b = row[side]
+            spread = [
+                b["min_ms_per_token"] / c["max_ms_per_token"],
+                b["max_ms_per_token"] / c["min_ms_per_token"],
+            ]
+            label = "transformers/ours" if side == "hf" else "no-cache/cache"
+            note = "same tokens" if row[same] else "tokens differ"
+            out.append(entry(f"{n} new tokens: {label}", row[key], target, spread, note))
+    return out
+
+
+def final_ratio(record: dict[str, Any]) -> float | None:
+    m = RATIO_IN_LINE.search((record.get("printed") or [""])[-1])
+    return float(m[1]) if m else None
+
+
+# ---- the suite ---------------------------------------------------------------------------------------------
+
+# Toy model sizes for --quick (seconds per benchmark where the benchmark allows it).
+TINY_TRAIN = ("--layers", "1", "--width", "32", "--heads", "2", "--seq", "32", "--micro", "1")
+
+BENCHMARKS = (
+    Benchmark(
+        name="preprocess",
+        script="bench/preprocess.py",
+        args=("--repeats", "2"),
+        quick_args=("--copies", "1", "--vocab-size", "512", "--repeats", "1"),
+        ratios=preprocess_ratios,
+    ),
+    Benchmark(
+        name="data_loading",
+        script="bench/data_loading.py",
+        args=(),
+        quick_args=(*TINY_TRAIN, "--batches", "5", "--warmup", "1", "--steps", "1", "--step-repeats", "2"),
+        ratios=data_loading_ratios,
+    ),
+    Benchmark(
+        name="model_step",
+        script="bench/model_step.py",
+        args=(),
+        quick_args=(
+            *(
+                "--layers",
+                "1",
+                "--width",
+                "32",
+                "--heads",
+                "2",
+                "--ctx",
+                "16",
+                "--vocab",
+                "100",
+                "--batch",
+                "2",
+            ),
+            *("--warmup", "1", "--steps", "2", "--rounds", "1"),
+        ),
+        ratios=model_step_ratios,
+    ),
+    Benchmark(
+        name="train_throughput",
+        script="bench/train_throughput.py",
+        args=(),
+        quick_args=(*TINY_TRAIN, "--steps", "2", "--warmup", "1", "--repeats", "1", "--precision", "fp32"),
+        ratios=train_ratios,
+    ),
+    Benchmark(
+        name="train_throughput_compiled",
+        script="bench/train_throughput.py",
+        # The compiled pair in the precision auto picks here ({auto}), 2 launches per side: the first
+        # launch compiles cold (about a minute on 2 cores), the later ones from the shared cache.
+        args=("--compile", "--repeats", "2", "--precision", "{auto}"),
+        quick_args=(
+            *TINY_TRAIN,
+            "--compile",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--precision",
+            "fp32",
+        ),
+        ratios=train_ratios,
+    ),
+    Benchmark(
+        name="startup",
+        script="bench/startup.py",
+        args=("--repeats", "3"),
+        quick_args=(*TINY_TRAIN, "--repeats", "1", "--warmup", "0", "--precision", "fp32"),
+        ratios=startup_ratios,
+    ),
+    Benchmark(
+        name="generate",
+        script="bench/generate.py",
+        args=("--repeats", "3"),
+        quick_args=(
+            *("--layers", "1", "--width", "32", "--heads", "2", "--vocab", "64", "--ctx", "64"),
+            *("--prompt", "4", "--lengths", "4", "8", "--repeats", "2"),
+        ),
+        ratios=generate_ratios,
+    ),
+)
+
+
+def auto_precision() -> str:
+    """What train.precision "auto" picks here for bench/train_throughput.py's model (1 thread per rank)."""
+    from bench.common import precision_support
+
+    _, auto = precision_support(256, 4 * 256, threads=1)
+    return auto.precision
+
+
+def run_one(
+    bench: Benchmark, args: list[str], results_dir: Path | None, timeout: float, out
+) -> dict[str, Any]:
+    """Run one benchmark as a subprocess, its output echoed; its record for the report."""
+    script = ROOT / bench.script
+    cmd = [sys.executable, bench.script, *args]
+    record: dict[str, Any] = {"name": bench.name, "script": bench.script, "command": cmd[1:], "results": None}
+    if not script.exists():
+        out(f"== {bench.name}: {bench.script} does not exist: recorded as missing")
+        return {**record, "status": "missing", "seconds": 0.0, "ratios": []}
+    if results_dir is not None and "--results-dir" in script.read_text():
+        cmd += ["--results-dir", str(results_dir)]
+        record["command"] = cmd[1:]
+    out(f"== {bench.name}: {' '.join(cmd[1:])}")
+    start = time.perf_counter()
+    results, lines = None, []
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+        timer = _Deadline(proc, timeout)
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            lines.append(line)
+            print(f"   {line}", flush=True)
+            m = RESULTS_LINE.match(line)
+            if m:
+                results = m[1]
+        code = proc.wait()
+        timer.cancel()
+        err.seek(0)
+        stderr_tail = err.read()[-STDERR_TAIL:]
+    seconds = time.perf_counter() - start
+    record.update(seconds=seconds, final_line=lines[-1] if lines else None)
+    if timer.fired:
+        out(f"== {bench.name}: ran over {timeout:.0f} s, killed")
+        return {**record, "status": "timeout", "stderr_tail": stderr_tail, "ratios": []}
+    if code != 0 or results is None:
+        why = f"exited {code}" if code else "printed no 'results: <path>' line"
+        out(f"== {bench.name}: failed ({why}) after {seconds:.0f} s; stderr tail:\n{stderr_tail[-800:]}")
+        return {**record, "status": "failed", "exit_code": code, "stderr_tail": stderr_tail, "ratios": []}
+    path = Path(results) if Path(results).is_absolute() else ROOT / results
+    try:
+        ratios = bench.ratios(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        out(f"== {bench.name}: its results {path} could not be read: {type(e).__name__}: {e}")
+        return {
+            **record,
+            "status": "failed",
+            "results": results,
+            "stderr_tail": f"{type(e).__name__}: {e}",
+            "ratios": [],
+        }
+    out(f"== {bench.name}: done in {seconds:.0f} s")
+    return {**record, "status": "ok", "results": results, "ratios": ratios}
+
+
+class _Deadline:
+    """Kills ``proc`` after ``seconds`` (then ``fired``)."""
+
+    def __init__(self, proc: subprocess.Popen, seconds: float) -> None:
+        import threading
+
+        self.fired = False
+        self._proc = proc
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._proc.kill()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+def format_value(e: dict[str, Any]) -> str:
+    if e["value"] is None:
+        return "-"
+    pct = e["unit"] == "%"
+    v = f"{e['value']:.1%}" if pct else f"{e['value']:.2f}x"
+    if e["spread"]:
+        lo, hi = e["spread"]
+        v += f" ({lo:.1%}-{hi:.1%})" if pct else f" ({lo:.2f}-{hi:.2f})"
+    return v
+
+
+def summary_rows(benchmarks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for b in benchmarks:
+        if b["status"] != "ok":
+            last = (b.get("stderr_tail") or "").strip().splitlines()[-1:] or [f"{b['script']} not found"]
+            why = last[0][:100]
+            rows.append(
+                {"benchmark": b["name"], **entry(b["status"], None, None, note=why), "status": b["status"]}
+            )
+            continue
+        rows += [{"benchmark": b["name"], **e} for e in b["ratios"]]
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]]) -> list[str]:
+    cols = [
+        (r["benchmark"], r["figure"], format_value(r), r["target"] or "-", r["status"], r["note"])
+        for r in rows
+    ]
+    head = ("benchmark", "figure", "value (spread)", "target", "status", "note")
+    widths = [max(len(str(c[i])) for c in [head, *cols]) for i in range(5)]
+    fmt = lambda c: "  ".join(str(x).ljust(w) for x, w in zip(c[:5], widths, strict=True)) + f"  {c[5]}"  # noqa: E731
+    return [fmt(head).rstrip(), "  ".join("-" * w for w in widths), *(fmt(c).rstrip() for c in cols)]
+
+
+def one_line(benchmarks: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path) -> str:
+    count = lambda key, items, value: sum(1 for x in items if x[key] == value)  # noqa: E731
+    ran = ", ".join(f"{count('status', benchmarks, s)} {s}" for s in ("ok", "failed", "timeout", "missing"))
+    targets = [r for r in rows if r.get("target_key") and r["status"] in ("met", "missed", "not reported")]
+    met = ", ".join(f"{count('status', targets, s)} {s}" for s in ("met", "missed", "not reported"))
+    return f"suite: {len(benchmarks)} benchmarks ({ran}); targets: {met}; report {path.name}"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    names = [b.name for b in BENCHMARKS]
+    p.add_argument("--only", help=f"comma-separated benchmarks to run, of: {', '.join(names)}")
+    p.add_argument("--quick", action="store_true", help="toy sizes and one repeat: a smoke test, not figures")
+    p.add_argument(
+        "--results-dir", type=Path, default=None, help="where every results JSON and the report go"
+    )
+    args = p.parse_args(argv)
+    if args.only:
+        args.only = [x.strip() for x in args.only.split(",") if x.strip()]
+        unknown = [x for x in args.only if x not in names]
+        if unknown:
+            p.error(f"--only: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    return args
+
+
+def git_commit() -> str | None:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha.stdout.strip() + (" (uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def main(argv: Sequence[str] | None = None, benchmarks: Sequence[Benchmark] = BENCHMARKS) -> int:
+    args = parse_args(argv)
+    from bench.common import (
+        RESULTS_DIR,
+        Printer,
+        command_line,
+        describe_machine,
+        machine_info,
+        now,
+        results_path,
+    )
+
+    started, out = now(), Printer()
+    machine = machine_info()
+    out(describe_machine(machine))
+    chosen = [b for b in benchmarks if not args.only or b.name in args.only]
+    auto = None
+    results_dir = args.results_dir or RESULTS_DIR
+    records = []
+    for bench in chosen:
+        bench_args = list(bench.quick_args if args.quick else bench.args)
+        if any("{auto}" in a for a in bench_args):
+            auto = auto or auto_precision()
+            bench_args = [a.replace("{auto}", auto) for a in bench_args]
+        timeout = QUICK_TIMEOUT_S if args.quick else TIMEOUT_S
+        records.append(run_one(bench, bench_args, results_dir, timeout, out))
+    rows = summary_rows(records)
+    for line in summary_table(rows):
+        out(line)
+    path = results_path(results_dir, "suite", started, machine["cpu_tag"])
+    report = {
+        "schema": 1,
+        "benchmark": "suite",
+        "command": command_line("bench/suite.py", argv),
+        "started": started,
+        "finished": now(),
+        "machine": machine,
+        "git_commit": git_commit(),
+        "quick": args.quick,
+        "only": args.only,
+        "auto_precision": auto,
+        "targets": {k: str(t) for k, t in TARGETS.items()},
+        "benchmarks": records,
+        "summary": rows,
+        "table": [],  # bench/report.py reads every results JSON; the rows come from each benchmark's own
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    resolved = path.resolve()
+    out(f"report: {resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else resolved}")
+    print(one_line(records, rows, path), flush=True)
+    return 1 if any(r["status"] in ("failed", "timeout") for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
