@@ -1,10 +1,11 @@
 """Training-step throughput of our GPT vs transformers' GPT2LMHeadModel, same shape, same process.
 
-One step = forward + loss + backward + AdamW step (torch AdamW, foreach, the same parameter groups for both
-models), on the same weights (ours exported to HF) and the same batches. HF runs with its default attention
-(SDPA), "gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op; "gelu_new" computes the same function from
-several) and use_cache=False, as for training. With --compile both models also run under torch.compile,
-timed beside the eager pair: eager is compared with eager, compiled with compiled.
+One step = forward + loss + backward + AdamW step (model.optim's torch AdamW, fused on CPU, the same
+parameter groups for both models), on the same weights (ours exported to HF) and the same batches. HF runs
+with its default attention (SDPA), "gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op; "gelu_new"
+computes the same function from several) and use_cache=False, as for training. With --compile both models
+also run under torch.compile, timed beside the eager pair: eager is compared with eager, compiled with
+compiled.
 
 Per precision (fp32, bf16 autocast): warm-up steps, then rounds over the timed batches. On each batch every
 model steps once, in an order that alternates from batch to batch (ours first, then HF first, ...) so that
