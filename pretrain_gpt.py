@@ -183,7 +183,6 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
             with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
                 json.dump(resolved.ds_config, f, indent=2)
         steps = total_steps(run, resolved.ds_config["train_batch_size"])
-        startup.defer_deepspeed_muon_compile()  # before deepspeed.initialize: no inductor import
         engine = build_engine(
             run, resolved.model, resolved.ds_config, resolved.zero_stage, steps, launch.device_type
         )

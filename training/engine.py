@@ -10,8 +10,10 @@ one-module-at-a-time route.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -129,6 +131,48 @@ def build_model(run: RunConfig, cfg: GPTConfig, ds_config: dict[str, Any], zero_
     return model
 
 
+DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.original_muon"
+
+
+def defer_deepspeed_muon_compile() -> None:
+    """Import DeepSpeed's Muon optimizer module with its kernels compiled on their first call, not at import.
+
+    DeepSpeed (0.19) imports that module during `deepspeed.initialize` and in every ZeRO-1/2 gradient
+    reduction, whatever the optimizer, and its module-level ``@torch.compile`` decorators import torch's
+    inductor: 3.6 s of import per rank on a 2-core CPU host (python -X importtime), about 1.8 CPU s per
+    rank of a 2-rank launch (bench/startup.py). The run's optimizer is AdamW (model.optim) or DeepSpeed's
+    CPU Adam, never Muon (training.validate refuses a DeepSpeed JSON that names an optimizer), so the
+    kernels are never called; were they, they would compile then. Only that module is affected:
+    DeepSpeed's ``compiler.compile`` is restored before this returns. Nothing to do when the module is
+    already imported (then inductor is too).
+    """
+    if DEEPSPEED_MUON in sys.modules:
+        return
+    from deepspeed.runtime import compiler
+
+    eager = compiler.compile
+    compiler.compile = lambda: _compile_on_first_call
+    try:
+        __import__(DEEPSPEED_MUON)
+    finally:
+        compiler.compile = eager
+
+
+def _compile_on_first_call(fn: Callable) -> Callable:
+    """``torch.compile(fn)``, built when first called (inside a compiled caller: ``fn`` itself, traced)."""
+    compiled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return fn(*args, **kwargs)
+        if not compiled:
+            compiled.append(torch.compile(fn))
+        return compiled[0](*args, **kwargs)
+
+    return call
+
+
 def build_engine(
     run: RunConfig,
     cfg: GPTConfig,
@@ -140,6 +184,7 @@ def build_engine(
     """deepspeed.initialize with AdamW (no decay on biases/LayerNorm) and warmup + cosine."""
     import deepspeed
 
+    defer_deepspeed_muon_compile()  # before deepspeed.initialize: no inductor import
     model = build_model(run, cfg, ds_config, zero_stage)
     o = run.optim
     offload = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")

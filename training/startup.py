@@ -6,10 +6,7 @@ one ConfigError paragraph that rank 0 prints."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,47 +19,6 @@ from training.run_lock import RunLock
 from training.validate import Resolved, load_ds_config, validate
 
 logger = logging.getLogger(__name__)
-
-DEEPSPEED_MUON = "deepspeed.runtime.zero.muon.original_muon"
-
-
-def defer_deepspeed_muon_compile() -> None:
-    """Import DeepSpeed's Muon optimizer module with its kernels compiled on their first call, not at import.
-
-    DeepSpeed (0.19) imports that module during `deepspeed.initialize` and in every ZeRO-1/2 gradient
-    reduction, whatever the optimizer, and its module-level ``@torch.compile`` decorators import torch's
-    inductor: 3.6 s of import per rank on a 2-core CPU host (python -X importtime), about 1.8 CPU s per
-    rank of a 2-rank launch (bench/startup.py). The run's optimizer is AdamW (model.optim) or DeepSpeed's
-    CPU Adam, never Muon (training.validate refuses a DeepSpeed JSON that names an optimizer), so the
-    kernels are never called; were they, they would compile then. Only that module is affected:
-    DeepSpeed's ``compiler.compile`` is restored before this returns. Nothing to do when the module is
-    already imported (then inductor is too).
-    """
-    if DEEPSPEED_MUON in sys.modules:
-        return
-    from deepspeed.runtime import compiler
-
-    eager = compiler.compile
-    compiler.compile = lambda: _compile_on_first_call
-    try:
-        __import__(DEEPSPEED_MUON)
-    finally:
-        compiler.compile = eager
-
-
-def _compile_on_first_call(fn: Callable) -> Callable:
-    """``torch.compile(fn)``, built when first called (inside a compiled caller: ``fn`` itself, traced)."""
-    compiled: list[Callable] = []
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        if torch.compiler.is_compiling():
-            return fn(*args, **kwargs)
-        if not compiled:
-            compiled.append(torch.compile(fn))
-        return compiled[0](*args, **kwargs)
-
-    return call
 
 
 def agreed_problems(problems: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""training.startup.defer_deepspeed_muon_compile: DeepSpeed's Muon module imported without torch's inductor,
+"""training.engine.defer_deepspeed_muon_compile: DeepSpeed's Muon module imported without torch's inductor,
 its kernels compiled on first call, DeepSpeed's compile helper restored."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from training import startup
+from training import engine
 
 from .conftest import ROOT
 
@@ -16,16 +16,16 @@ CHECK = """
 import sys
 import deepspeed
 from deepspeed.runtime import compiler
-from training import startup
+from training import engine
 before = compiler.compile
-startup.defer_deepspeed_muon_compile()
-assert startup.DEEPSPEED_MUON in sys.modules
+engine.defer_deepspeed_muon_compile()
+assert engine.DEEPSPEED_MUON in sys.modules
 assert "torch._inductor.compile_fx" not in sys.modules, "inductor was imported"
 assert compiler.compile is before
 from deepspeed.runtime.zero.muon.original_muon import muon_update
 assert muon_update.__wrapped__ is not None
 from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
-startup.defer_deepspeed_muon_compile()  # again: nothing to do
+engine.defer_deepspeed_muon_compile()  # again: nothing to do
 print("ok")
 """
 
@@ -44,7 +44,7 @@ def test_kernels_compile_on_first_call_once(monkeypatch) -> None:
         return lambda *a, **k: ("compiled", fn(*a, **k))
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    kernel = startup._compile_on_first_call(lambda x, y=1: x + y)
+    kernel = engine._compile_on_first_call(lambda x, y=1: x + y)
     assert compiled == []  # nothing at decoration
     assert kernel(1, y=2) == ("compiled", 3)
     assert kernel(2) == ("compiled", 3)
