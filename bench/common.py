@@ -259,6 +259,43 @@ def rated_peak_tflops(precision: str) -> float | None:
     return next((t for (gpu, p), t in KNOWN_PEAK_TFLOPS.items() if gpu in name and p == precision), None)
 
 
+# ---- the benchmarks' model ---------------------------------------------------------------------------
+
+
+def gpt_config(args: Any, dropout: float = 0.0) -> Any:
+    """The GPTConfig of a benchmark's ``--layers --width --heads --ctx --vocab``, with every dropout
+    ``dropout``."""
+    from model.config import GPTConfig
+
+    return GPTConfig(
+        vocab_size=args.vocab,
+        n_positions=args.ctx,
+        n_embd=args.width,
+        n_layer=args.layers,
+        n_head=args.heads,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        resid_pdrop=dropout,
+    )
+
+
+def run_config_model(args: Any) -> dict[str, Any]:
+    """The ``model`` section of the run config a training benchmark gives pretrain_gpt.py: its ``--layers
+    --width --heads --seq`` over the tiny preset (the vocabulary comes from the data), dropout off."""
+    return {
+        "preset": "tiny",
+        "overrides": {
+            "n_layer": args.layers,
+            "n_embd": args.width,
+            "n_head": args.heads,
+            "n_positions": args.seq,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "resid_pdrop": 0.0,
+        },
+    }
+
+
 # ---- printing and the results JSON -------------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ from bench.common import (  # noqa: E402
     finish,
     machine_info,
     now,
+    run_config_model,
     torch_threads,
 )
 
@@ -57,18 +58,7 @@ def run_config(args: argparse.Namespace, data: Path, save_dir: Path) -> Any:
 
     return from_dict(
         {
-            "model": {
-                "preset": "tiny",
-                "overrides": {
-                    "n_layer": args.layers,
-                    "n_embd": args.width,
-                    "n_head": args.heads,
-                    "n_positions": args.seq,
-                    "embd_pdrop": 0.0,
-                    "attn_pdrop": 0.0,
-                    "resid_pdrop": 0.0,
-                },
-            },
+            "model": run_config_model(args),
             "data": {"paths": [str(data)], "seq_len": args.seq},
             "train": {"micro_batch": args.micro, "max_steps": 10**6, "save_dir": str(save_dir)},
         }

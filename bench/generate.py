@@ -44,10 +44,10 @@ from bench.common import (  # noqa: E402
     command_line,
     describe_machine,
     finish,
+    gpt_config,
     machine_info,
     now,
 )
-from model.config import GPTConfig  # noqa: E402
 from model.gpt2 import GPT  # noqa: E402
 from model.hf import to_hf  # noqa: E402
 
@@ -194,16 +194,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out = Printer()
     machine = machine_info()
     out(describe_machine(machine))
-    config = GPTConfig(
-        vocab_size=args.vocab,
-        n_positions=args.ctx,
-        n_embd=args.width,
-        n_layer=args.layers,
-        n_head=args.heads,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-    )
+    config = gpt_config(args)
     torch.manual_seed(args.seed)
     model = GPT(config).eval()
     prompt = torch.randint(

@@ -51,12 +51,12 @@ from bench.common import (  # noqa: E402
     command_line,
     describe_machine,
     finish,
+    gpt_config,
     machine_info,
     now,
     precision_record,
     precision_support,
 )
-from model.config import GPTConfig  # noqa: E402
 from model.gpt2 import GPT  # noqa: E402
 from model.hf import to_hf  # noqa: E402
 from model.optim import build_optimizer  # noqa: E402
@@ -150,9 +150,7 @@ def time_step(runner: Runner, batch: tuple[torch.Tensor, torch.Tensor]) -> float
 
 def build_runners(args: argparse.Namespace, precision: str) -> list[Runner]:
     """Fresh models (same weights) and optimizers: ours and HF eager, then (--compile) both compiled."""
-    shape = dict(vocab_size=args.vocab, n_positions=args.ctx, n_embd=args.width, n_layer=args.layers)
-    drop = dict(embd_pdrop=args.dropout, attn_pdrop=args.dropout, resid_pdrop=args.dropout)
-    config = GPTConfig(**shape, **drop, n_head=args.heads)
+    config = gpt_config(args, args.dropout)
     runners = []
     for mode in ("eager", "compiled") if args.compile else ("eager",):
         torch.manual_seed(args.seed)

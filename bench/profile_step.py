@@ -30,9 +30,8 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
-from bench.common import describe_machine, machine_info  # noqa: E402
+from bench.common import describe_machine, gpt_config, machine_info  # noqa: E402
 from bench.model_step import HF_KWARGS, make_step  # noqa: E402
-from model.config import GPTConfig  # noqa: E402
 from model.gpt2 import GPT  # noqa: E402
 from model.hf import to_hf  # noqa: E402
 
@@ -83,16 +82,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(describe_machine(machine_info()))
-    config = GPTConfig(
-        vocab_size=args.vocab,
-        n_positions=args.ctx,
-        n_embd=args.width,
-        n_layer=args.layers,
-        n_head=args.heads,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        resid_pdrop=0.0,
-    )
+    config = gpt_config(args)
     torch.manual_seed(0)
     ours = GPT(config).train()
     hf = to_hf(ours, **HF_KWARGS).train()

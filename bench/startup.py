@@ -90,19 +90,10 @@ def noop_rank() -> None:
 
 def run_config(args: argparse.Namespace, data: Path, save_dir: Path) -> dict[str, Any]:
     """One step of bench/train_throughput.py's run (same model, data and batch), logged at step 1."""
+    from bench.common import run_config_model
+
     return {
-        "model": {
-            "preset": "tiny",
-            "overrides": {
-                "n_layer": args.layers,
-                "n_embd": args.width,
-                "n_head": args.heads,
-                "n_positions": args.seq,
-                "embd_pdrop": 0.0,
-                "attn_pdrop": 0.0,
-                "resid_pdrop": 0.0,
-            },
-        },
+        "model": run_config_model(args),
         "data": {"paths": [str(data)], "seq_len": args.seq},
         "train": {
             "micro_batch": args.micro,

@@ -95,19 +95,10 @@ def plan_for(args: argparse.Namespace, support: Any) -> Plan:
 
 
 def run_config(args: argparse.Namespace, plan: Plan, data: Path, save_dir: Path) -> dict:
+    from bench.common import run_config_model
+
     return {
-        "model": {
-            "preset": "tiny",
-            "overrides": {
-                "n_layer": args.layers,
-                "n_embd": args.width,
-                "n_head": args.heads,
-                "n_positions": args.seq,
-                "embd_pdrop": 0.0,
-                "attn_pdrop": 0.0,
-                "resid_pdrop": 0.0,
-            },
-        },
+        "model": run_config_model(args),
         "data": {"paths": [str(data)], "seq_len": args.seq},
         "train": {
             "micro_batch": plan.micro,
