@@ -10,7 +10,7 @@ from training.config import ConfigError, from_dict
 from training.metrics import setup_logging
 from training.validate import load_ds_config, validate
 
-from .test_suite import load_script
+from .loader import load_script
 
 
 def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypatch, tmp_path) -> None:

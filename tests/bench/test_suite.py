@@ -3,21 +3,10 @@ benchmark are recorded as such and the suite goes on. No timing assertions."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_script(name: str, monkeypatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from .loader import load_script
 
 
 def test_quick_suite_runs_generate_and_writes_one_report(capsys, monkeypatch, tmp_path) -> None:

@@ -3,26 +3,13 @@ limit, the loader against a training step, results JSON through bench.common.fin
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 from data_tools.preprocess import PreprocessConfig, preprocess
 from data_tools.sources import SourceConfig
 
+from ..bench.loader import load_script
 from .conftest import code_doc, write_jsonl
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def load_script(name: str, monkeypatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_preprocess_bench_measures_both_modes_and_ends_with_the_ratios(capsys, monkeypatch, tmp_path):

@@ -5,26 +5,16 @@ No timing assertions: the figures only have to exist, be positive and agree with
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
+from tests.bench.loader import load_script
 from training.precision import DeviceInfo, MatmulFigures, cpu_model_and_flags, decide
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 TINY = "--layers 1 --width 32 --heads 2 --ctx 16 --vocab 100 --batch 2 --warmup 1 --steps 2 --rounds 1"
-
-
-def load_script(name: str, monkeypatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_model_step_measures_every_precision_and_ends_with_the_ratio(capsys, monkeypatch, tmp_path) -> None:
