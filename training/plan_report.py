@@ -18,6 +18,7 @@ from training.plan_comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
 from training.plan_search import advice, distinct, suggest
 from training.planner import (
     DEFAULT_GLOBAL_BATCH,
+    DEFAULT_MFU,
     GIB,
     SAFETY_FRACTION,
     Gpu,
@@ -77,9 +78,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--mfu",
         type=float,
-        default=0.45,
-        help="MFU of a layout with neither recomputation nor pipeline bubble, i.e. the fraction of "
-        "the dense peak sustained on the FLOPs executed (default 0.45); checkpointing and bubbles lower it",
+        default=DEFAULT_MFU,
+        help="MFU of a layout with neither recomputation nor pipeline bubble, i.e. the fraction of the "
+        "dense peak sustained on the FLOPs executed (default %(default)s); recompute and bubbles lower it",
     )
     p.add_argument("--tokens", type=float, help="tokens to train on, for the days it takes (e.g. 30e9)")
     p.add_argument(

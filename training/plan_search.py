@@ -7,7 +7,7 @@ import dataclasses
 
 from model.config import GPTConfig
 from training.plan_comm import DEFAULT_NET_GBPS
-from training.planner import GIB, Gpu, Layout, Plan, plan
+from training.planner import DEFAULT_MFU, GIB, Gpu, Layout, Plan, plan
 
 
 def advice(p: Plan) -> list[str]:
@@ -61,7 +61,7 @@ def suggest(
     gpus: int,
     gpu: Gpu,
     base: Layout,
-    mfu: float = 0.45,
+    mfu: float = DEFAULT_MFU,
     tokens: float | None = None,
     preset: str = "custom",
     net_gbps: float = DEFAULT_NET_GBPS,

@@ -57,6 +57,7 @@ from training.metrics import GPUS
 from training.plan_comm import DEFAULT_NET_GBPS, CommTerm, comm_terms
 
 GIB = 2**30
+DEFAULT_MFU = 0.45  # the stated MFU when none is given: a layout without recompute or bubble
 SAFETY_FRACTION = 0.10  # of GPU memory kept free for the CUDA context, fragmentation and NCCL buffers
 DEFAULT_GLOBAL_BATCH = 512  # sequences, as the shipped 1.5B configs
 Phase = Literal["state", "backward", "step"]
@@ -411,7 +412,7 @@ def plan(
     lay: Layout,
     gpu: Gpu,
     *,
-    mfu: float = 0.45,
+    mfu: float = DEFAULT_MFU,
     tokens: float | None = None,
     preset: str = "custom",
     source: str = "--zero",
