@@ -73,7 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_NET_GBPS,
         help=f"inter-node Gb/s per GPU (default {DEFAULT_NET_GBPS:g}: one NDR InfiniBand NIC per GPU); "
-        f"collectives reach {NCCL_EFFICIENCY:.0%} of each link",
+        f"collectives reach {NCCL_EFFICIENCY:.0%}% of each link",  # %% for argparse
     )
     p.add_argument(
         "--mfu",

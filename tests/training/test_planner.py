@@ -378,3 +378,14 @@ def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
     assert gpu_from_table("h200", "bf16").memory_gib == pytest.approx(140.4, abs=0.05)
     assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5, 300.0)
     assert gpu_from_table("h100-pcie", "bf16").intra_node_gb_s == 64.0
+
+
+def test_help_lists_every_option(capsys):
+    """argparse %-formats every help text: a bare percent sign in one makes --help itself crash."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "collectives reach 70% of each link" in " ".join(out.split())
+    for option in ("--mfu", "--net-gbps", "--suggest", "--gpu-memory-gib", "--offload"):
+        assert option in out
