@@ -279,6 +279,16 @@ def gpt_config(args: Any, dropout: float = 0.0) -> Any:
     )
 
 
+def add_training_shape_args(p: Any) -> None:
+    """``--layers --width --heads --seq --micro`` with the defaults the training benchmarks share
+    (train_throughput, startup, data_loading): 4 layers x 256, 4 heads, seq 256, micro-batch 4."""
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+
+
 def run_config_model(args: Any) -> dict[str, Any]:
     """The ``model`` section of the run config a training benchmark gives pretrain_gpt.py: its ``--layers
     --width --heads --seq`` over the tiny preset (the vocabulary comes from the data), dropout off."""

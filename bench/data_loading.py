@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
 from bench.common import (  # noqa: E402
     RESULTS_DIR,
     Printer,
+    add_training_shape_args,
     command_line,
     describe_machine,
     finish,
@@ -129,11 +130,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    add_training_shape_args(p)
     p.add_argument("--ranks", type=int, default=2, help="data-parallel ranks whose loaders are measured")
     p.add_argument("--batches", type=int, default=200, help="timed micro-batches per rank and round")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps")

@@ -224,13 +224,11 @@ def measure(args: argparse.Namespace, data: Path, tmp: Path, out: Any) -> dict[s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from bench.common import add_training_shape_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    add_training_shape_args(p)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
     p.add_argument("--ds", default="ds_configs/zero2_cpu.json")
     p.add_argument("--repeats", type=int, default=5, help="timed launches per side, alternating")

@@ -370,12 +370,10 @@ def args_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from bench.common import add_training_shape_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    add_training_shape_args(p)
     p.add_argument("--steps", type=int, default=3, help="timed steps per launch")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per launch")
     p.add_argument("--repeats", type=int, default=3, help="launches per side, alternating")
