@@ -94,6 +94,11 @@ class Verdict(NamedTuple):
     problem: Problem | None = None  # why the record is bad input, or None
 
 
+def utf8_bytes(text: str) -> int:
+    """The document's size in UTF-8 bytes, as the report counts it (ASCII: its length, without encoding)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def clean_batch(
     records: list[Record], sources: SourceConfig, filters: FilterConfig, near: bool, want_text: bool
 ) -> list[Verdict]:
@@ -104,7 +109,7 @@ def clean_batch(
         if text is None:
             out.append(Verdict(problem=problem))
             continue
-        nbytes = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        nbytes = utf8_bytes(text)
         failing = first_failing_filter(text, filters)
         out.append(
             Verdict(
@@ -155,7 +160,7 @@ def tokenize_batch(
             problems.append(problem)
             continue
         texts.append(text)
-        nbytes += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        nbytes += utf8_bytes(text)
     if tokenize:
         flat, lengths = encode_documents(_WORKER["tokenizer"], texts, eod_id, dtype)
     else:

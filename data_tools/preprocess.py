@@ -331,9 +331,10 @@ def _tokenize_only_batches(
     ):
         for problem in done.problems:
             problems.add(*problem)
-        for counts in ("input", "kept"):
-            setattr(report, f"{counts}_docs", getattr(report, f"{counts}_docs") + done.docs)
-            setattr(report, f"{counts}_bytes", getattr(report, f"{counts}_bytes") + done.nbytes)
+        report.input_docs += done.docs  # every good document is kept
+        report.kept_docs += done.docs
+        report.input_bytes += done.nbytes
+        report.kept_bytes += done.nbytes
         end = start + len(batch)
         if end > skip:  # batches are deterministic: a finished unit ends on a batch boundary
             valid = _valid_mask(done.hashes, cfg.clean.valid_ratio, done.docs)
