@@ -248,15 +248,11 @@ def matmul_sweep(
 
 
 def rated_peak_tflops(precision: str) -> float | None:
-    """The rated dense peak of this process's GPU (training.metrics.KNOWN_PEAK_TFLOPS), None for CPUs."""
-    import torch
+    """The rated dense peak of this process's GPU (training.metrics.GPUS), None for CPUs and unknown GPUs."""
+    from training.metrics import peak_flops
 
-    from training.metrics import KNOWN_PEAK_TFLOPS
-
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((t for (gpu, p), t in KNOWN_PEAK_TFLOPS.items() if gpu in name and p == precision), None)
+    peak = peak_flops(precision, None)
+    return peak / 1e12 if peak else None
 
 
 # ---- the benchmarks' model ---------------------------------------------------------------------------

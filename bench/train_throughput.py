@@ -21,7 +21,7 @@ deepspeed.initialize); the first step compiles and is a warm-up step.
 MFU = tokens/s x FLOPs per token (6N + 12 L d T, model.flops) / peak, where the peak is measured: the best
 dense matmul throughput in that precision over a sweep of shapes (squares 256-2048 and the model's own
 matmuls), run on every rank at once with one thread per rank as in training, summed over the ranks. CPUs
-have no rated peak; for a known GPU the rated one (training.metrics.KNOWN_PEAK_TFLOPS) is printed beside.
+have no rated peak; for a known GPU the rated one (training.metrics.GPUS) is printed beside.
 
 A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16, see training/precision.py) is
 still measured and marked, but at --emulated-micro sequences, --emulated-repeats launches per side and

@@ -81,13 +81,18 @@ GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
     }
 )
 
-# Dense matmul peaks per device (TFLOP/s) for MFU when train.peak_tflops is not set, derived from GPUS:
-# (device-name substring, precision) -> TFLOP/s, the more specific names first.
-KNOWN_PEAK_TFLOPS = {
-    (gpu.device_name, precision): gpu.peak_tflops(precision)
-    for gpu in GPUS.values()
-    for precision in ("bf16", "fp32")
-}
+
+def gpu_key(device_name: str, memory_bytes: int | None = None) -> str | None:
+    """The key of `GPUS` (codeparrot-plan's --gpu) for a ``torch.cuda.get_device_name()``: the first entry
+    whose device name it holds; among entries of the same name (A100 40 and 80 GB) the one whose memory is
+    nearest ``memory_bytes`` when given. None for a GPU not in the table."""
+    matches = [key for key, spec in GPUS.items() if spec.device_name in device_name]
+    if not matches:
+        return None
+    same = [key for key in matches if GPUS[key].device_name == GPUS[matches[0]].device_name]
+    if memory_bytes is None:
+        return same[0]
+    return min(same, key=lambda key: abs(GPUS[key].memory_gib * 2**30 - memory_bytes))
 
 
 def setup_logging(rank: int, verbose: bool = False) -> None:
@@ -107,10 +112,9 @@ def peak_flops(precision: str, override_tflops: float | None) -> float | None:
     if override_tflops:
         return override_tflops * 1e12
     if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for (gpu, prec), tflops in KNOWN_PEAK_TFLOPS.items():
-            if gpu in name and prec == precision:
-                return tflops * 1e12
+        key = gpu_key(torch.cuda.get_device_name())
+        if key is not None:
+            return GPUS[key].peak_tflops(precision) * 1e12
     return None
 
 

@@ -51,18 +51,11 @@ def _command_line(cmd: Sequence[str]) -> str | None:
     return lines[-1] if proc.returncode == 0 and lines else None
 
 
-def gpu_key(device_name: str) -> str | None:
-    """The key of training.metrics.GPUS (codeparrot-plan's --gpu) whose device name ``device_name`` holds."""
-    from training.metrics import GPUS
-
-    return next((key for key, spec in GPUS.items() if spec.device_name in device_name), None)
-
-
 def env_info(device: str) -> dict[str, Any]:
     """GPU name, capability and memory, driver, nvcc, CUDA of torch, rated bf16 peak, package versions."""
     import torch
 
-    from training.metrics import peak_flops
+    from training.metrics import gpu_key, peak_flops
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -78,7 +71,7 @@ def env_info(device: str) -> dict[str, Any]:
         peak = peak_flops("bf16", None)
         info.update(
             gpu=props.name,
-            gpu_key=gpu_key(props.name),
+            gpu_key=gpu_key(props.name, props.total_memory),
             capability=f"{props.major}.{props.minor}",
             gpu_memory_bytes=props.total_memory,
             rated_bf16_tflops=peak / 1e12 if peak else None,

@@ -378,6 +378,10 @@ def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
     assert gpu_from_table("h200", "bf16").memory_gib == pytest.approx(140.4, abs=0.05)
     assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5, 300.0)
     assert gpu_from_table("h100-pcie", "bf16").intra_node_gb_s == 64.0
+    assert metrics.gpu_key("NVIDIA A100-SXM4-80GB", 81920 * 2**20) == "a100-80gb"
+    assert metrics.gpu_key("NVIDIA A100-SXM4-40GB", 40960 * 2**20) == "a100-40gb"
+    assert metrics.gpu_key("NVIDIA H100 PCIe", 81559 * 2**20) == "h100-pcie"
+    assert metrics.gpu_key("NVIDIA L4") is None
 
 
 def test_help_lists_every_option(capsys):
