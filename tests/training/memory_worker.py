@@ -5,7 +5,8 @@ does (`training.engine.build_engine`), runs one training step on a random batch,
 and sums the bytes of every tensor storage alive on the rank that was not alive before the engine was built
 (unique storages, found through gc.get_objects()). Earlier engines stay referenced, so their memory is
 neither counted again nor reused. Rank 0 writes {PATH: {model: [bytes of rank 0, bytes of rank 1, ...]}}
-as JSON to --out=PATH.
+as JSON to --out=PATH. --precisions=fp32,bf16 (default fp32) are the runs' precisions (and the JSON's bf16),
+each measured in turn: the JSON is then {precision: {PATH: {model: [...]}}}.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def live_storages() -> dict[int, int]:
     return out
 
 
-def measure(name: str, ds_json: dict[str, Any], keep: list[Any]) -> int:
+def measure(name: str, ds_json: dict[str, Any], keep: list[Any], precision: str) -> int:
     import torch
 
     from model.presets import get_preset
@@ -53,7 +54,7 @@ def measure(name: str, ds_json: dict[str, Any], keep: list[Any]) -> int:
         {
             "model": {"preset": preset, "overrides": overrides},
             "data": {"seq_len": SEQ_LEN},
-            "train": {"micro_batch": MICRO_BATCH, "precision": "fp32"},
+            "train": {"micro_batch": MICRO_BATCH, "precision": precision},
         }
     )
     ds = copy.deepcopy(ds_json)
@@ -62,7 +63,7 @@ def measure(name: str, ds_json: dict[str, Any], keep: list[Any]) -> int:
         train_micro_batch_size_per_gpu=MICRO_BATCH, gradient_accumulation_steps=1, gradient_clipping=1.0
     )
     ds["train_batch_size"] = MICRO_BATCH * torch.distributed.get_world_size()
-    ds["bf16"], ds["fp16"] = {"enabled": False}, {"enabled": False}
+    ds["bf16"], ds["fp16"] = {"enabled": precision == "bf16"}, {"enabled": False}
     stage = int(ds.get("zero_optimization", {}).get("stage", 0))
     gc.collect()
     before = live_storages()
@@ -79,7 +80,7 @@ def measure(name: str, ds_json: dict[str, Any], keep: list[Any]) -> int:
     return sum(n for ptr, n in after.items() if ptr not in before)
 
 
-def main(out: str, ds_paths: list[str]) -> None:
+def main(out: str, ds_paths: list[str], precisions: list[str]) -> None:
     import torch.distributed as dist
 
     from launch.env import LaunchEnv
@@ -87,14 +88,21 @@ def main(out: str, ds_paths: list[str]) -> None:
 
     LaunchEnv.read().init_distributed()
     keep: list[Any] = []
-    mine = {path: {name: measure(name, load_ds_config(path), keep) for name in MODELS} for path in ds_paths}
-    every: list[dict[str, dict[str, int]]] = [{} for _ in range(dist.get_world_size())]
+    mine: dict[str, dict[str, dict[str, int]]] = {}
+    for prec in precisions:
+        for path in ds_paths:
+            ds = load_ds_config(path)
+            mine.setdefault(prec, {})[path] = {name: measure(name, ds, keep, prec) for name in MODELS}
+    every: list[dict[str, dict[str, dict[str, int]]]] = [{} for _ in range(dist.get_world_size())]
     dist.all_gather_object(every, mine)
     if dist.get_rank() == 0:
-        result = {path: {name: [r[path][name] for r in every] for name in MODELS} for path in ds_paths}
+        result = {
+            prec: {path: {name: [r[prec][path][name] for r in every] for name in MODELS} for path in ds_paths}
+            for prec in precisions
+        }
         Path(out).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
     args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-    main(args["out"], args["ds"].split(","))
+    main(args["out"], args["ds"].split(","), args.get("precisions", "fp32").split(","))
