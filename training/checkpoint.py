@@ -110,6 +110,9 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     """Collective: every rank writes its part, then rank 0 moves `latest` and prunes old tags."""
     tag = f"global_step{step}"
     rank = dist.get_rank()
+    if rank == 0:
+        _clear_tag(save_dir, tag)
+    dist.barrier()  # no rank writes into the tag before its old marker and files are gone
     try:
         engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
         (save_dir / tag).mkdir(parents=True, exist_ok=True)
@@ -124,9 +127,7 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     dist.barrier()  # every rank's files are complete
     if rank == 0:
         _write_file_record(save_dir / tag)
-        tmp = save_dir / f".{LATEST}.tmp"
-        tmp.write_text(tag + "\n")
-        os.replace(tmp, save_dir / LATEST)
+        _write_latest(save_dir, tag)
         for broken in save_dir.glob("global_step*"):  # saves that crashed before completing
             broken_step = tag_step(broken.name)
             if broken_step is not None and broken_step < step and not (broken / COMPLETE).exists():
@@ -138,6 +139,32 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
     dist.barrier()
     logger.info("saved checkpoint %s", save_dir / tag)
     return tag
+
+
+def _clear_tag(save_dir: Path, tag: str) -> None:
+    """Rank 0, before a save into `tag`: a tag of that name from an earlier save (a run resumed with
+    `--resume-from` an older tag, keep_last 0) is removed with its universal conversion, after `latest`
+    was moved to the newest other complete tag. A crash mid-save then leaves a tag without COMPLETE (never
+    chosen) and `latest` on a checkpoint that is whole, instead of old COMPLETE and files.json over a mix
+    of old and new files of equal sizes."""
+    if not (save_dir / tag).exists():
+        return
+    others = [t for t in complete_tags(save_dir) if t != tag]
+    if latest_tag(save_dir) == tag:
+        if others:
+            _write_latest(save_dir, others[-1])
+        else:
+            (save_dir / LATEST).unlink(missing_ok=True)
+    logger.info("replacing the checkpoint %s of an earlier save", save_dir / tag)
+    (save_dir / tag / COMPLETE).unlink(missing_ok=True)  # first: a crash in rmtree leaves it incomplete
+    shutil.rmtree(save_dir / tag)
+    shutil.rmtree(save_dir / f"{tag}{UNIVERSAL_SUFFIX}", ignore_errors=True)
+
+
+def _write_latest(save_dir: Path, tag: str) -> None:
+    tmp = save_dir / f".{LATEST}.tmp"
+    tmp.write_text(tag + "\n")
+    os.replace(tmp, save_dir / LATEST)
 
 
 def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -5,6 +5,9 @@ The faults come from the environment variable FAULTS (or the file named by FAULT
                                          non-finite gradients reach DeepSpeed as a real divergence would
   {"sigkill_at_step": [rank, step]}      that rank kills itself with SIGKILL when step `step` starts (after
                                          writing the time to save_dir/sigkilled_at)
+  {"sigkill_in_save": [rank, step]}      that rank kills itself with SIGKILL in the middle of the save at step
+                                         `step`: after DeepSpeed wrote every rank's files, before its own
+                                         RNG state (so the tag holds files of this save and older ones)
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import pretrain_gpt  # noqa: E402
 from model.gpt2 import GPT  # noqa: E402
+from training import checkpoint  # noqa: E402
 from training.loop import Trainer  # noqa: E402
 
 
@@ -43,6 +47,24 @@ def install(faults: dict) -> None:
         return train_step(self, it)
 
     GPT.forward, Trainer.train_step = faulty_forward, faulty_train_step
+    if faults.get("sigkill_in_save"):
+        _kill_in_save(*faults["sigkill_in_save"])
+
+
+def _kill_in_save(rank: int, step: int) -> None:
+    save, rng_state = Trainer.save, checkpoint.rng_state
+    saving = {"step": 0}
+
+    def tracked_save(self):
+        saving["step"] = self.step if self.rank == rank else 0
+        return save(self)
+
+    def rng_state_or_die():
+        if saving["step"] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rng_state()
+
+    Trainer.save, checkpoint.rng_state = tracked_save, rng_state_or_die
 
 
 if __name__ == "__main__":
