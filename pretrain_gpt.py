@@ -21,13 +21,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from launch.env import LaunchEnv, LaunchError, finalize_mpi
+from training.arg_types import OneLineParser, positive_int
 from training.config import ConfigError, load_run_config
 
 logger = logging.getLogger("pretrain_gpt")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="run config JSON (sections: model, data, optim, train)")
     p.add_argument(
         "--ds_config",
@@ -65,8 +66,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="validate and print the plan (world, stages and their layers, batch arithmetic) without "
         "starting an engine",
     )
-    p.add_argument("--world", type=int, help="with --dry-run: the number of ranks to plan for")
-    p.add_argument("--ranks-per-node", type=int, default=8, help="with --dry-run: ranks per node (8)")
+    p.add_argument("--world", type=positive_int, help="with --dry-run: the number of ranks to plan for")
+    p.add_argument(
+        "--ranks-per-node", type=positive_int, default=8, help="with --dry-run: ranks per node (8)"
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), help="with --dry-run: the device to plan for")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     p.add_argument("--verbose", action="store_true")

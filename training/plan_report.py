@@ -13,6 +13,7 @@ from typing import Any
 
 from model.config import GPTConfig
 from model.flops import flops_per_token
+from training.arg_types import OneLineParser, fraction, positive_float, positive_int
 from training.metrics import GPUS
 from training.plan_comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
 from training.plan_search import advice, distinct, suggest
@@ -31,7 +32,7 @@ from training.planner import __doc__ as PLANNER_DOC
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="codeparrot-plan", description=PLANNER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     src = p.add_mutually_exclusive_group()
@@ -45,52 +46,58 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="model overrides (n_layer=4), or with --config any section.key=value",
     )
     p.add_argument("--ds_config", help="DeepSpeed JSON: ZeRO stage, offload, bucket sizes, bf16")
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--seq-len", type=positive_int)
+    p.add_argument("--micro-batch", type=positive_int)
     batch = p.add_mutually_exclusive_group()
-    batch.add_argument("--grad-accum", type=int)
+    batch.add_argument("--grad-accum", type=positive_int)
     batch.add_argument(
-        "--global-batch", type=int, help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})"
+        "--global-batch", type=positive_int, help=f"sequences per step (default {DEFAULT_GLOBAL_BATCH})"
     )
     p.add_argument("--zero", type=int, choices=(0, 1, 2, 3))
     p.add_argument("--offload", choices=("none", "optimizer", "all"))
-    p.add_argument("--pipeline-stages", type=int)
+    p.add_argument("--pipeline-stages", type=positive_int)
     world = p.add_mutually_exclusive_group()
-    world.add_argument("--dp", type=int, help="data-parallel size")
-    world.add_argument("--gpus", type=int, help="total GPUs (dp x pipeline stages)")
+    world.add_argument("--dp", type=positive_int, help="data-parallel size")
+    world.add_argument("--gpus", type=positive_int, help="total GPUs (dp x pipeline stages)")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--precision", choices=("bf16", "fp32"))
     p.add_argument("--gpu", choices=tuple(GPUS), help="default h100-sxm")
-    p.add_argument("--gpu-memory-gib", type=float, help="a GPU not in the table: its memory (GiB)")
-    p.add_argument("--gpu-tflops", type=float, help="... and its dense peak TFLOP/s in the run's precision")
+    p.add_argument(
+        "--gpu-memory-gib", type=positive_float, help="a GPU not in the table: its memory (GiB)"
+    )
+    p.add_argument(
+        "--gpu-tflops", type=positive_float, help="... and its dense peak TFLOP/s in the run's precision"
+    )
     p.add_argument(
         "--intra-node-gbs",
-        type=float,
+        type=positive_float,
         help="GB/s per direction between GPUs of a node (default: the GPU table's NVLink or PCIe rate)",
     )
     p.add_argument(
         "--net-gbps",
-        type=float,
+        type=positive_float,
         default=DEFAULT_NET_GBPS,
         help=f"inter-node Gb/s per GPU (default {DEFAULT_NET_GBPS:g}: one NDR InfiniBand NIC per GPU); "
         f"collectives reach {NCCL_EFFICIENCY:.0%}% of each link",  # %% for argparse
     )
     p.add_argument(
         "--mfu",
-        type=float,
+        type=fraction,
         default=DEFAULT_MFU,
         help="MFU of a layout with neither recomputation nor pipeline bubble, i.e. the fraction of the "
         "dense peak sustained on the FLOPs executed (default %(default)s); recompute and bubbles lower it",
     )
-    p.add_argument("--tokens", type=float, help="tokens to train on, for the days it takes (e.g. 30e9)")
+    p.add_argument(
+        "--tokens", type=positive_float, help="tokens to train on, for the days it takes (e.g. 30e9)"
+    )
     p.add_argument(
         "--suggest", action="store_true", help="rank the layouts that fit on --nodes x --gpus-per-node"
     )
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=positive_int, default=1)
     p.add_argument(
-        "--gpus-per-node", type=int, default=8, help="where collectives leave the node (default 8)"
+        "--gpus-per-node", type=positive_int, default=8, help="where collectives leave the node (default 8)"
     )
-    p.add_argument("--top", type=int, default=5, help="with --suggest: layouts shown (default 5)")
+    p.add_argument("--top", type=positive_int, default=5, help="with --suggest: layouts shown (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p.parse_args(argv)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -60,3 +62,21 @@ def test_world_that_does_not_divide_the_batch_is_refused(tiny_data, capsys, monk
         "train.global_batch (512) must equal micro_batch (8) x grad_accum (2) x data-parallel size (24)"
         in out
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("--world", "-4"), "argument --world: -4 is not positive"),
+        (("--world", "0"), "argument --world: 0 is not positive"),
+        (("--world", "four"), "argument --world: 'four' is not a whole number"),
+        (("--ranks-per-node", "0"), "argument --ranks-per-node: 0 is not positive"),
+    ],
+)
+def test_a_world_that_is_not_positive_is_refused_in_one_line(argv, says):
+    """Before, --world -4 printed a plan for -4 ranks and --world 0 planned the launcher's world (1)."""
+    cmd = [sys.executable, str(ROOT / "pretrain_gpt.py"), "--dry-run", *argv,
+           "--ds_config", str(ROOT / "ds_configs" / "zero2_cpu.json")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"pretrain_gpt.py: error: {says}: give 1 or more (see --help)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -398,3 +399,52 @@ def test_help_lists_every_option(capsys):
     assert "collectives reach 70% of each link" in " ".join(out.split())
     for option in ("--mfu", "--net-gbps", "--suggest", "--gpu-memory-gib", "--offload"):
         assert option in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "option", "says"),
+    [
+        (("--gpus", "-8", "--micro-batch", "-1"), "--gpus", "-8 is not positive"),
+        (("--gpus", "0"), "--gpus", "0 is not positive"),
+        (("--micro-batch", "-1"), "--micro-batch", "-1 is not positive"),
+        (("--dp", "0"), "--dp", "0 is not positive"),
+        (("--pipeline-stages", "0"), "--pipeline-stages", "0 is not positive"),
+        (("--seq-len", "0"), "--seq-len", "0 is not positive"),
+        (("--grad-accum", "-2"), "--grad-accum", "-2 is not positive"),
+        (("--global-batch", "0"), "--global-batch", "0 is not positive"),
+        (("--suggest", "--nodes", "0"), "--nodes", "0 is not positive"),
+        (("--gpus-per-node", "-8"), "--gpus-per-node", "-8 is not positive"),
+        (("--top", "0"), "--top", "0 is not positive"),
+        (("--gpus", "2.5"), "--gpus", "'2.5' is not a whole number"),
+        (("--mfu", "0"), "--mfu", "0 is not in (0, 1]"),
+        (("--mfu", "1.5"), "--mfu", "1.5 is not in (0, 1]"),
+        (("--mfu", "nan"), "--mfu", "nan is not a finite number"),
+        (("--gpu-memory-gib", "nan", "--gpu-tflops", "9"), "--gpu-memory-gib", "nan is not a finite number"),
+        (("--gpu-memory-gib", "-80", "--gpu-tflops", "100"), "--gpu-memory-gib", "-80 is not positive"),
+        (("--gpu-memory-gib", "80", "--gpu-tflops", "0"), "--gpu-tflops", "0 is not positive"),
+        (("--net-gbps", "-400"), "--net-gbps", "-400 is not positive"),
+        (("--net-gbps", "inf"), "--net-gbps", "inf is not a finite number"),
+        (("--intra-node-gbs", "0"), "--intra-node-gbs", "0 is not positive"),
+        (("--tokens=-30e9",), "--tokens", "-30e9 is not positive"),
+    ],
+)
+def test_counts_and_rates_that_must_be_positive_are_refused_in_one_line(capsys, argv, option, says):
+    """Before, --gpus -8 --micro-batch -1 printed negative speeds, --gpus 0 planned one GPU, --mfu 0 divided
+    by zero and a NaN memory gave a plan."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "codeparrot-small", *argv])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"codeparrot-plan: error: argument {option}: {says}"), lines
+
+
+def test_refusal_from_the_installed_command_is_one_line_and_exit_2():
+    proc = subprocess.run(
+        [str(BIN / "codeparrot-plan"), "--gpus", "-8", "--micro-batch", "-1"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (
+        "codeparrot-plan: error: argument --gpus: -8 is not positive: give 1 or more (see --help)\n"
+    )
