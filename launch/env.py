@@ -4,16 +4,19 @@ Every way a rank is started is read here and nowhere else:
 
     deepspeed runner, torchrun   RANK WORLD_SIZE LOCAL_RANK LOCAL_SIZE; MASTER_ADDR MASTER_PORT
     Open MPI (mpirun, deepspeed  OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE}; MASTER_ADDR, else rank 0's
-      --launcher openmpi)          host shared with mpi4py; MASTER_PORT, else 29500
+      --launcher openmpi)          host shared with mpi4py; MASTER_PORT, else a free port on rank 0's host
+                                   shared with mpi4py
     MPICH / Intel MPI (PMI)      PMI_RANK PMI_SIZE MPI_LOCALRANKID MPI_LOCALNRANKS; master as Open MPI
     SLURM srun, a task per rank  SLURM_PROCID SLURM_STEP_NUM_TASKS SLURM_LOCALID SLURM_STEP_TASKS_PER_NODE;
-                                   the first host of the step's nodelist, a port from the job id
+                                   the first host of the step's nodelist; MASTER_PORT, else the step's
+                                   reserved port (srun --resv-ports)
     PMIx alone                   PMIX_RANK; the rest from mpi4py
     nothing (python script.py)   one rank, 127.0.0.1, a free port
 
-`LaunchEnv.read()` returns one typed value; `export()` writes the canonical variables (RANK, LOCAL_RANK,
-WORLD_SIZE, LOCAL_SIZE, MASTER_ADDR, MASTER_PORT) that torch.distributed's env:// and DeepSpeed read, so
-DeepSpeed never runs its own MPI discovery (which takes rank 0's first `hostname -I` address and port 29500).
+The master port follows one rule, launch/ports.py's. `LaunchEnv.read()` returns one typed value; `export()`
+writes the canonical variables (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_SIZE, MASTER_ADDR, MASTER_PORT) that
+torch.distributed's env:// and DeepSpeed read, so DeepSpeed never runs its own MPI discovery (which takes rank
+0's first `hostname -I` address and port 29500).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import socket
 import subprocess
 from collections.abc import Mapping
 
-DEFAULT_PORT = 29500
+from launch.ports import PortError, free_port, reserved_port
 
 
 class LaunchError(RuntimeError):
@@ -83,8 +86,12 @@ class LaunchEnv:
             MASTER_PORT=str(self.master_port),
         )
 
-    def init_distributed(self, cpu_shm_allreduce: bool = False) -> None:
-        """Join the process group through DeepSpeed (gloo on CPU, NCCL on CUDA)."""
+    def init_distributed(self, cpu_shm_allreduce: bool = False, timeout_s: float | None = None) -> None:
+        """Join the process group through DeepSpeed (gloo on CPU, NCCL on CUDA). `timeout_s`: how long a
+        collective (and the rendezvous) may wait for a rank; None keeps DeepSpeed's default (10 minutes,
+        or DEEPSPEED_TIMEOUT minutes)."""
+        import datetime
+
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -95,8 +102,9 @@ class LaunchEnv:
             # deepspeed/comm/torch.py builds it when ops.__compatible_ops__["deepspeed_shm_comm"] is true,
             # and that dict persists edits. gloo's all-reduce is used instead.
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
         deepspeed.init_distributed(
-            dist_backend=get_accelerator().communication_backend_name(), auto_mpi_discovery=False
+            dist_backend=get_accelerator().communication_backend_name(), auto_mpi_discovery=False, **timeout
         )
 
     def describe(self) -> str:
@@ -180,40 +188,61 @@ def _slurm(env: dict[str, str]) -> dict:
     nodes = expand_hostlist(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
     node_id = _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
     per_node = expand_counts(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1"))
-    job_id = _int(env, "SLURM_JOB_ID") if "SLURM_JOB_ID" in env else 0
     return dict(
         rank=_int(env, "SLURM_PROCID"),
         world=_int(env, "SLURM_STEP_NUM_TASKS"),
         local_rank=_int(env, "SLURM_LOCALID"),
         local_world=per_node[node_id] if node_id < len(per_node) else 1,
         master_addr=env.get("MASTER_ADDR", nodes[0]),
-        # One port per job, so two jobs sharing a node do not collide (the range avoids ephemeral ports).
-        master_port=_int(env, "MASTER_PORT") if "MASTER_PORT" in env else 15000 + job_id % 15000,
+        master_port=_slurm_port(env),
         launcher="slurm",
     )
 
 
+def _slurm_port(env: dict[str, str]) -> int:
+    """Every task of the step must compute the same port with no way to talk yet: MASTER_PORT (which
+    launch/slurm/train_srun.sbatch probes on the first node), else the step's reserved port. A port derived
+    from the job id would collide for jobs whose ids differ by the modulus on a shared node."""
+    if "MASTER_PORT" in env:
+        return _int(env, "MASTER_PORT")
+    try:
+        port = reserved_port(env)
+    except PortError as e:
+        raise LaunchError(str(e)) from None
+    if port is None:
+        raise LaunchError(
+            "srun started the ranks without MASTER_PORT and without reserved ports: export "
+            "MASTER_PORT=$(python -m launch.ports) before srun (launch/slurm/train_srun.sbatch does), or "
+            "use `srun --resv-ports=1` where the cluster sets MpiParams=ports=..."
+        )
+    return port
+
+
 def _mpi(env: dict[str, str], launcher: str, **known: int | None) -> dict:
-    """An MPI launch: what the launcher's variables do not say (world, local rank, master address) comes
-    from mpi4py: rank 0's hostname broadcast to every rank."""
+    """An MPI launch: what the launcher's variables do not say (world, local rank, master address and port)
+    comes from mpi4py: rank 0's hostname and a port free there, broadcast to every rank."""
     fields = dict(known)
     addr = env.get("MASTER_ADDR")
-    if addr is None or None in fields.values():
+    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else None
+    if addr is None or port is None or None in fields.values():
         try:
             from mpi4py import MPI
         except ImportError:
             raise LaunchError(
-                f"started by {launcher} without MASTER_ADDR: install mpi4py (pip install mpi4py) so rank 0's "
-                "address can be shared, or export MASTER_ADDR (and MASTER_PORT) to every rank"
+                f"started by {launcher} without MASTER_ADDR or MASTER_PORT: install mpi4py (pip install "
+                "mpi4py) so rank 0's address and port can be shared, or export both to every rank"
             ) from None
         comm = MPI.COMM_WORLD
-        hosts = comm.allgather(MPI.Get_processor_name())
-        fields["rank"], fields["world"] = comm.Get_rank(), comm.Get_size()
-        me = hosts[fields["rank"]]
-        fields["local_rank"] = hosts[: fields["rank"]].count(me)
-        fields["local_world"] = hosts.count(me)
-        addr = addr or comm.bcast(_reachable_address() if fields["rank"] == 0 else None, root=0)
-    port = _int(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_PORT
+        rank = comm.Get_rank()
+        if None in fields.values():
+            hosts = comm.allgather(MPI.Get_processor_name())
+            me = hosts[rank]
+            fields.update(rank=rank, world=comm.Get_size(), local_rank=hosts[:rank].count(me))
+            fields["local_world"] = hosts.count(me)
+        # rank 0's host is where the process group listens: its address and a port free there
+        mine = (_reachable_address(), free_port()) if rank == 0 else None
+        addr0, port0 = comm.bcast(mine, root=0)
+        addr, port = addr or addr0, port if port is not None else port0
     return dict(**fields, master_addr=addr, master_port=port, launcher=launcher)
 
 
@@ -230,13 +259,6 @@ def _reachable_address() -> str:
         return subprocess.check_output(["hostname", "-I"], text=True).split()[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
         return name
-
-
-def free_port() -> int:
-    """A TCP port nothing on this host listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def expand_hostlist(hostlist: str) -> list[str]:

@@ -71,6 +71,16 @@ def read_hostfile(path: str | Path) -> Hostfile:
     except FileNotFoundError:
         fix = "pass the path of a file with a line `hostname slots=N` per host"
         raise HostfileError(str(path), [Problem(0, "", "no such file", fix)]) from None
+    except IsADirectoryError:
+        fix = "pass the hostfile inside it, a file with a line `hostname slots=N` per host"
+        raise HostfileError(str(path), [Problem(0, "", "a directory, not a file", fix)]) from None
+    except UnicodeDecodeError as e:
+        what = f"not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8)"
+        fix = "pass a text file with a line `hostname slots=N` per host"
+        raise HostfileError(str(path), [Problem(0, "", what, fix)]) from None
+    except OSError as e:
+        fix = "make it readable by this user"
+        raise HostfileError(str(path), [Problem(0, "", f"cannot be read ({e.strerror})", fix)]) from None
     return parse_hostfile(text, str(path))
 
 

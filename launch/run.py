@@ -8,39 +8,52 @@
 The arguments are the DeepSpeed runner's, unchanged; it runs as a child. What this adds:
 
 - Signals. Ctrl-C (SIGINT), SIGTERM or SIGUSR1 to this command asks every rank on every host to finish its
-  step, save a checkpoint and exit 0; the command then exits 0. A second SIGINT or SIGTERM stops every rank
-  at once (exit 130 or 143). The plain runner cannot do this: on one node SIGTERM ends the runner at once
-  and leaves the ranks training, detached; across nodes it terminates the ranks one after another with
-  30 s of grace each, so a longer save is killed. The request reaches the ranks as SIGUSR1: on one node
-  directly, across nodes through pdsh to each host (`python -m launch.run --signal-ranks`), and through
-  the MPI launcher otherwise (mpirun forwards SIGUSR1 to every rank). The runner itself runs in its own
-  session, so a terminal's Ctrl-C reaches only this command.
+  step, save a checkpoint and exit 0; the command waits until this host's ranks have left (also when the
+  runner itself was signalled, as SLURM signals every process of a cancelled job) and exits with the
+  runner's status. A second SIGINT or SIGTERM stops every rank at once (exit 130 or 143), except a
+  duplicate of the same stop: the same signal sent by a process within DUPLICATE_WINDOW_S of the first
+  (SLURM and the batch script's trap both signal this command on `scancel`), or any signal from this
+  command's parent (the sbatch scripts forward what they receive). A Ctrl-C typed at a terminal is never a
+  duplicate. The request reaches the ranks as SIGUSR1: on one node directly, across nodes through pdsh to
+  each host (`python -m launch.run --signal-ranks`, with a time limit, so a hung host cannot hold up a
+  stop), and through the MPI launcher otherwise (mpirun forwards SIGUSR1 to every rank). The runner
+  itself runs in its own session, so a terminal's Ctrl-C reaches only this command.
+- Only this launch's ranks are signalled. On this host they are found in this command's own process tree
+  (it is a child subreaper, so ranks whose launcher died stay in it); on other hosts by a per-launch id,
+  CODEPARROT_LAUNCH_ID, that every rank carries in its environment. A process of another job, even with the
+  same master port, is never touched.
 - The environment of remote ranks. The runner forwards only PYTHON*, UCX*, MV2*, MLFLOW* (and NCCL* on
   GPUs) to other hosts; this writes a `.deepspeed_env` (DS_ENV_FILE) that also carries PATH,
   LD_LIBRARY_PATH, OMP_NUM_THREADS and the GLOO_*/NCCL_*/TORCH_*/TRITON_* settings, after the lines of
-  the user's own `.deepspeed_env`.
+  the user's own `.deepspeed_env`. A value the remote shell would expand or break (`$`, backticks, double
+  quotes, backslashes; for MPI launchers anything DeepSpeed would put in quotes) is refused with the name
+  of the variable, instead of reaching the ranks changed.
 - OMP_NUM_THREADS, when unset, is this host's cores divided by the ranks per host (the runner leaves it
   unset, and on CPU ranks oversubscribed threads make steps several times slower).
-- The master port, when not given, is a free port on the first host instead of 29500, so two jobs sharing
-  a host do not collide.
+- The master port, when not given, follows launch/ports.py: a free port on the first host instead of 29500,
+  so two jobs sharing a host do not collide.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import itertools
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+import uuid
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from launch.env import free_port
+from launch.ports import PortError, choose_master_port
 
 logger = logging.getLogger("codeparrot-launch")
 
@@ -49,6 +62,24 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FORWARD = ("PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HOME", "MASTER_PORT")
 FORWARD_PREFIXES = ("GLOO_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "NCCL_", "CODEPARROT_")
 STOP = signal.SIGUSR1  # what a rank takes as "finish the step, save, exit 0" (training.loop.StopRequest)
+LAUNCH_ID = "CODEPARROT_LAUNCH_ID"  # in every rank's environment: which launch it belongs to
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# A second SIGINT/SIGTERM sent by a process within this many seconds of the first is the same stop
+# delivered twice (SLURM signals every process of a job, and the batch script forwards it), not a
+# request to stop at once.
+DUPLICATE_WINDOW_S = 10.0
+SI_KERNEL = 0x80  # si_code of a signal the kernel raised, e.g. a terminal's Ctrl-C (not a kill() call)
+RELAY_CONNECT_S = 10  # pdsh's connect timeout when relaying a signal to other hosts
+STOP_WAIT_S = 900  # how long a host's relay waits for its ranks to save and leave
+KILL_RELAY_S = 15  # the most a second Ctrl-C waits for other hosts before this command exits
+# Characters the DeepSpeed runner passes through unchanged: pdsh's remote shell expands or breaks the
+# others inside the double quotes the runner adds; MPI launchers take the quotes as part of the value.
+SHELL_SAFE = re.compile(r"[\w@%+=:,./-]*")
+SHELL_ALTERED = re.compile(r'[$`"\\\n]')
+
+
+class LaunchConfigError(ValueError):
+    """The launch cannot start as given; the message names the value and the fix."""
 
 
 @dataclasses.dataclass
@@ -69,7 +100,7 @@ def plan(argv: Sequence[str]) -> Plan:
     from deepspeed.launcher import runner
 
     args = runner.parse_args(list(argv))
-    pool = runner.fetch_hostfile(args.hostfile)
+    pool = _hostfile_pool(runner, args.hostfile)
     argv = list(argv)
     if not pool:
         import torch
@@ -97,34 +128,48 @@ def plan(argv: Sequence[str]) -> Plan:
     )
 
 
-def choose_master_port(host: str | None, ssh_port: int | None) -> int:
-    """A port nothing listens on, on `host` (over ssh) or here."""
-    if host is None:
-        return free_port()
-    probe = "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
-    ssh = ["ssh", "-o", "BatchMode=yes", *(["-p", str(ssh_port)] if ssh_port else []), host]
-    python = shlex.quote(sys.executable)  # the runner starts remote ranks with this interpreter too
-    out = subprocess.run([*ssh, python, "-c", shlex.quote(probe)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(
-            f"codeparrot-launch: cannot reach {host} over ssh to choose a master port "
-            f"({out.stderr.strip()}); check that `ssh {host} hostname` works without a password, "
-            "or pass --master_port"
-        )
-    return int(out.stdout.split()[-1])
+def _hostfile_pool(runner, path: str) -> dict:
+    """The runner's own reading of the hostfile, after ours has said what is wrong with it in one message
+    (the runner raises a bare ValueError or UnicodeDecodeError on a directory or a binary file)."""
+    from launch.hostfile import HostfileError, read_hostfile
+
+    if os.path.exists(path):
+        try:
+            read_hostfile(path)
+        except HostfileError as e:
+            raise LaunchConfigError(str(e)) from None
+    return runner.fetch_hostfile(path)
 
 
-def write_env_file(env: dict[str, str], directory: Path) -> Path:
-    """The `.deepspeed_env` for remote ranks: the user's own lines first, then what they need from here."""
+def write_env_file(env: dict[str, str], directory: Path, launcher: str = "pdsh") -> Path:
+    """The `.deepspeed_env` for remote ranks: the user's own lines first, then what they need from here.
+    Raises LaunchConfigError for a value that would reach the ranks altered (see SHELL_ALTERED)."""
     from launch import deepspeed_env
 
     lines = deepspeed_env.read(env)
     for key, value in env.items():
         if (key in FORWARD or key.startswith(FORWARD_PREFIXES)) and "\n" not in value:
             lines.setdefault(key, value)
+    for key, value in lines.items():
+        _check_env_value(key, value, launcher)
     path = directory / ".deepspeed_env"
     path.write_text("".join(f"{k}={v}\n" for k, v in lines.items()))
     return path
+
+
+def _check_env_value(key: str, value: str, launcher: str) -> None:
+    if launcher == "pdsh":
+        bad = sorted(set(SHELL_ALTERED.findall(value)))
+        why = "the remote shell would expand or break it inside the runner's double quotes"
+    else:
+        bad = [] if SHELL_SAFE.fullmatch(value.strip()) else ["a character the runner quotes"]
+        why = f"the runner would pass it to {launcher} inside double quotes, which become part of the value"
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        raise LaunchConfigError(
+            f"environment variable {key} for the remote ranks holds {shown} ({why}): "
+            f"set {key} in a script the ranks run, or give it a plain value"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,79 +177,217 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--signal-ranks"]:
         return _signal_ranks_main(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    p = plan(argv)
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(p.slots, 1)))
-        logger.info("OMP_NUM_THREADS=%s (cores / ranks per host)", env["OMP_NUM_THREADS"])
-    if p.multi_node and p.launcher != "pdsh":
-        # MPI launchers ignore --master_port; the ranks read MASTER_PORT (launch/env.py).
-        env["MASTER_PORT"] = str(p.master_port)
-    with tempfile.TemporaryDirectory(prefix="codeparrot-launch-") as tmp:
-        env["DS_ENV_FILE"] = str(write_env_file(env, Path(tmp)))
-        cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *p.argv]
-        runner = subprocess.Popen(cmd, env=env, start_new_session=True)
-        return Relay(p, runner, env).wait()
+    try:
+        p = plan(argv)
+        env = dict(os.environ)
+        env[LAUNCH_ID] = uuid.uuid4().hex
+        if "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(p.slots, 1)))
+            logger.info("OMP_NUM_THREADS=%s (cores / ranks per host)", env["OMP_NUM_THREADS"])
+        if p.multi_node and p.launcher != "pdsh":
+            # MPI launchers ignore --master_port; the ranks read MASTER_PORT (launch/env.py).
+            env["MASTER_PORT"] = str(p.master_port)
+        with tempfile.TemporaryDirectory(prefix="codeparrot-launch-") as tmp:
+            env["DS_ENV_FILE"] = str(write_env_file(env, Path(tmp), p.launcher if p.multi_node else "pdsh"))
+            return Relay(p, env).run()
+    except (LaunchConfigError, PortError) as e:
+        print(f"codeparrot-launch: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _become_subreaper() -> None:
+    """Orphaned descendants (ranks whose per-node launcher was killed) are re-parented to this process
+    instead of init, so this command can still find, signal and wait for them (Linux prctl)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        logger.debug("not a child subreaper: orphaned ranks go to init")
 
 
 class Relay:
-    """Turns the first SIGINT/SIGTERM/SIGUSR1 into a stop request to every rank, a second into a kill."""
+    """Turns the first SIGINT/SIGTERM/SIGUSR1 into a stop request to every rank, a second into a kill.
 
-    def __init__(self, plan: Plan, runner: subprocess.Popen, env: dict[str, str]) -> None:
-        self.plan, self.runner, self.env = plan, runner, env
-        self.received: list[int] = []
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._on_signal)
+    Signals are taken synchronously (blocked, then sigtimedwait) so that each comes with its sender: a
+    duplicate of the stop already under way is told apart from a second Ctrl-C."""
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.received.append(signum)
+    def __init__(self, plan: Plan, env: dict[str, str]) -> None:
+        self.plan, self.env = plan, env
+        self.first: tuple[int, float] | None = None  # (signal, monotonic time) of the stop request
+        self.relays: list[subprocess.Popen] = []  # pdsh relays still running
+
+    def run(self) -> int:
+        _become_subreaper()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *self.plan.argv]
+        self.runner = subprocess.Popen(
+            cmd,
+            env=self.env,
+            start_new_session=True,
+            preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS),
+        )
+        try:
+            return self.wait()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
     def wait(self) -> int:
-        handled = 0
         while True:
+            info = signal.sigtimedwait(STOP_SIGNALS, 0.2)
+            if info is not None:
+                code = self.on_signal(info)
+                if code is not None:
+                    return code
+            self._reap_orphans()
+            code = self.runner.poll()
+            if code is None:
+                continue
+            if self.first is None and self.ranks():
+                logger.warning("the runner exited (%s) with ranks still running: asking them to save", code)
+                self.first = (signal.SIGUSR1, time.monotonic())
+                self.relay(STOP)
+            if self.ranks() or any(r.poll() is None for r in self.relays):
+                continue  # ranks are saving: a cancelled job must not end before they have
+            return code if code >= 0 else 128 - code
+
+    def on_signal(self, info: signal.struct_siginfo) -> int | None:
+        """Handle one signal; the exit code when it means stopping now."""
+        signum, name = info.si_signo, signal.Signals(info.si_signo).name
+        if self.first is None or signum == signal.SIGUSR1:
+            logger.warning(
+                "%s: every rank finishes its step, saves a checkpoint and exits "
+                "(send SIGINT or SIGTERM again to stop at once, without saving)",
+                name,
+            )
+            self.first = self.first or (signum, time.monotonic())
+            self.relay(STOP)
+            return None
+        if self.duplicate(info):
+            logger.warning(
+                "%s from process %d: the same stop again, still saving (a second one after %.0f s, or a "
+                "Ctrl-C at the terminal, stops at once)",
+                name,
+                info.si_pid,
+                DUPLICATE_WINDOW_S,
+            )
+            return None
+        logger.warning("%s again: stopping every rank now", name)
+        self.kill()
+        return 128 + signum
+
+    def duplicate(self, info: signal.struct_siginfo) -> bool:
+        """The same stop delivered again rather than a second request: sent by a process (not typed at a
+        terminal), and either by our parent (the batch script forwarding) or the same signal soon after."""
+        if info.si_code == SI_KERNEL or self.first is None:
+            return False
+        first_signal, at = self.first
+        if info.si_pid == os.getppid():
+            return True
+        return info.si_signo == first_signal and time.monotonic() - at < DUPLICATE_WINDOW_S
+
+    def ranks(self) -> list:
+        """This host's ranks of this launch: in this command's process tree, the children of DeepSpeed's
+        per-node launcher, and processes re-parented here whose launcher died."""
+        import psutil
+
+        me = psutil.Process()
+        known = {self.runner.pid, *(r.pid for r in self.relays)}
+        out = []
+        for proc in _alive(me.children(recursive=True)):
             try:
-                code = self.runner.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                code = None
-            for signum in self.received[handled:]:
-                handled += 1
-                if handled == 1 or signum == signal.SIGUSR1:
-                    logger.warning(
-                        "%s: every rank finishes its step, saves a checkpoint and exits "
-                        "(send SIGINT or SIGTERM again to stop at once, without saving)",
-                        signal.Signals(signum).name,
-                    )
-                    self.relay(STOP)
-                else:
-                    logger.warning("%s again: stopping every rank now", signal.Signals(signum).name)
-                    self.relay(signal.SIGKILL)
-                    _kill_group(self.runner.pid)
-                    self.runner.wait()
-                    return 128 + signum
-            if code is not None:
-                return code if code >= 0 else 128 - code
+                parent = proc.parent()
+                if parent is None:
+                    continue
+                if parent.pid == me.pid and proc.pid not in known and not _is_runner(proc.cmdline()):
+                    out.append(proc)  # an orphaned rank
+                elif parent.pid != me.pid and _is_launcher(parent.cmdline()):
+                    out.append(proc)
+            except psutil.Error:
+                continue
+        return out
 
     def relay(self, sig: int) -> None:
         p = self.plan
+        local = _send(self.ranks(), sig)
+        logger.info("%s sent to %d local rank(s)", signal.Signals(sig).name, local)
         if not p.multi_node:
-            n = signal_ranks(p.master_port, sig)
-            logger.info("%s sent to %d local rank(s)", signal.Signals(sig).name, n)
-        elif p.launcher == "pdsh":
-            remote = (
-                f"cd {shlex.quote(os.getcwd())}; PYTHONPATH={shlex.quote(str(REPO_ROOT))}:$PYTHONPATH "
-                f"{shlex.quote(sys.executable)} -m launch.run --signal-ranks {int(sig)} {p.master_port} %n"
-            )
-            env = dict(self.env, PDSH_RCMD_TYPE="ssh")
-            if p.ssh_port:
-                env["PDSH_SSH_ARGS_APPEND"] = f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -p {p.ssh_port}"
-            cmd = ["pdsh", "-S", "-f", "1024", "-w", ",".join(p.hosts), *p.pdsh_args, remote]
-            subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL)
-        elif sig == signal.SIGKILL:
-            _kill_group(self.runner.pid)
+            return
+        if p.launcher == "pdsh":
+            self.relays.append(self._pdsh_relay(sig, STOP_WAIT_S))
         else:
             # mpirun (and srun, mpiexec) forward SIGUSR1 to every rank they started.
             for child in _children(self.runner.pid):
                 os.kill(child, sig)
+
+    def _pdsh_relay(self, sig: int, wait_s: int) -> subprocess.Popen:
+        """`python -m launch.run --signal-ranks` on every host through pdsh, in the background; pdsh gives
+        up on a host after RELAY_CONNECT_S to connect and wait_s + 30 s in all."""
+        p = self.plan
+        remote = (
+            f"cd {shlex.quote(os.getcwd())}; PYTHONPATH={shlex.quote(str(REPO_ROOT))}:$PYTHONPATH "
+            f"{shlex.quote(sys.executable)} -m launch.run --signal-ranks {int(sig)} "
+            f"{shlex.quote(self.env[LAUNCH_ID])} --wait {wait_s}"
+        )
+        env = dict(self.env, PDSH_RCMD_TYPE="ssh")
+        if p.ssh_port:
+            env["PDSH_SSH_ARGS_APPEND"] = f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -p {p.ssh_port}"
+        timeouts = ["-t", str(RELAY_CONNECT_S), "-u", str(wait_s + 30)]
+        cmd = ["pdsh", "-S", *timeouts, "-f", "1024", "-w", ",".join(p.hosts), *p.pdsh_args, remote]
+        return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        """SIGKILL this host's part of the launch at once, then the other hosts' ranks (at most
+        KILL_RELAY_S), then the runner's process group."""
+        for relay in self.relays:
+            relay.kill()
+        _send(self.ranks(), signal.SIGKILL)
+        if self.plan.multi_node and self.plan.launcher == "pdsh":
+            relay = self._pdsh_relay(signal.SIGKILL, 0)
+            try:
+                relay.wait(timeout=KILL_RELAY_S)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+                logger.warning("some hosts did not answer within %d s; their ranks may be left", KILL_RELAY_S)
+        _kill_group(self.runner.pid)
+        self.runner.wait()
+
+    def _reap_orphans(self) -> None:
+        """Collect the exit status of re-parented processes that ended (not the runner's or a relay's,
+        which Popen collects)."""
+        import psutil
+
+        known = {self.runner.pid, *(r.pid for r in self.relays)}
+        for proc in psutil.Process().children():
+            try:
+                if proc.pid not in known and proc.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(proc.pid, os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
+
+
+def _alive(procs: Iterable) -> list:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _send(procs: Iterable, sig: int) -> int:
+    import psutil
+
+    count = 0
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+            count += 1
+        except psutil.NoSuchProcess:
+            pass
+    return count
 
 
 def _children(pid: int) -> list[int]:
@@ -223,46 +406,54 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def signal_ranks(master_port: int, sig: int, node_rank: int | None = None) -> int:
-    """Send `sig` to this host's ranks of the launch using `master_port` (and, across nodes, `node_rank`,
-    which pdsh writes as --node_rank=%n): the children of DeepSpeed's per-node launcher process
-    (`python -u -m deepspeed.launcher.launch ...`). The launcher itself is not signalled: SIGUSR1 would
-    kill it, and it answers SIGTERM by killing its ranks 30 s later. pdsh and ssh, whose argument lists
-    carry the same words, are not matched. Returns how many ranks were signalled."""
+def ranks_of_launch(launch_id: str) -> list:
+    """This host's ranks of the launch `launch_id`: the children of DeepSpeed's per-node launcher
+    (`python -u -m deepspeed.launcher.launch ...`) whose environment carries that id. The launcher itself
+    is not a rank: SIGUSR1 would kill it, and it answers SIGTERM by killing its ranks 30 s later.
+    Processes of other users, whose environment cannot be read, are never ours."""
     import psutil
 
-    wanted = {f"--master_port={master_port}"} | (
-        {f"--node_rank={node_rank}"} if node_rank is not None else set()
-    )
-    count = 0
+    out = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if not (_is_launcher(cmdline) and wanted <= set(cmdline)):
+        if not _is_launcher(proc.info["cmdline"] or []):
             continue
-        for child in proc.children():
-            try:
-                child.send_signal(sig)
-                count += 1
-            except psutil.NoSuchProcess:
-                pass
-    return count
+        try:
+            if proc.environ().get(LAUNCH_ID) != launch_id:
+                continue
+            out += _alive(proc.children())
+        except psutil.Error:
+            continue
+    return out
 
 
 def _is_launcher(cmdline: list[str]) -> bool:
+    return _is_python_module(cmdline, "deepspeed.launcher.launch")
+
+
+def _is_runner(cmdline: list[str]) -> bool:
+    return _is_python_module(cmdline, "deepspeed.launcher.runner")
+
+
+def _is_python_module(cmdline: list[str], module: str) -> bool:
     python = bool(cmdline) and Path(cmdline[0]).name.startswith("python")
-    return python and any(
-        a == "-m" and b == "deepspeed.launcher.launch" for a, b in itertools.pairwise(cmdline)
-    )
+    return python and any(a == "-m" and b == module for a, b in itertools.pairwise(cmdline))
 
 
 def _signal_ranks_main(argv: Sequence[str]) -> int:
+    """On one host (run there by pdsh): signal this launch's ranks, then wait up to --wait seconds for
+    them to leave, so the launch command knows when every host has saved."""
+    import psutil
+
     p = argparse.ArgumentParser(prog="python -m launch.run --signal-ranks")
     p.add_argument("signal", type=int)
-    p.add_argument("master_port", type=int)
-    p.add_argument("node_rank", type=int, nargs="?")
+    p.add_argument("launch_id")
+    p.add_argument("--wait", type=float, default=0.0)
     a = p.parse_args(argv)
-    n = signal_ranks(a.master_port, a.signal, a.node_rank)
-    print(f"{os.uname().nodename}: {signal.Signals(a.signal).name} sent to {n} rank(s)")
+    ranks = ranks_of_launch(a.launch_id)
+    n = _send(ranks, a.signal)
+    print(f"{os.uname().nodename}: {signal.Signals(a.signal).name} sent to {n} rank(s)", flush=True)
+    if a.wait > 0:
+        psutil.wait_procs(ranks, timeout=a.wait)
     return 0
 
 

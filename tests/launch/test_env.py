@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from launch.env import LaunchEnv, LaunchError, expand_counts, expand_hostlist
@@ -54,26 +56,42 @@ def test_open_mpi_with_master_exported():
 
 
 def test_mpich_pmi():
-    e = read(PMI_RANK="2", PMI_SIZE="4", MPI_LOCALRANKID="0", MPI_LOCALNRANKS="2", MASTER_ADDR="a")
-    assert (e.rank, e.world, e.local_rank, e.local_world, e.master_port) == (2, 4, 0, 2, 29500)
+    e = read(
+        PMI_RANK="2", PMI_SIZE="4", MPI_LOCALRANKID="0", MPI_LOCALNRANKS="2", MASTER_ADDR="a", MASTER_PORT="7"
+    )
+    assert (e.rank, e.world, e.local_rank, e.local_world, e.master_port) == (2, 4, 0, 2, 7)
+
+
+SRUN_STEP = dict(
+    SLURM_PROCID="5",
+    SLURM_STEP_NUM_TASKS="8",
+    SLURM_LOCALID="1",
+    SLURM_NODEID="2",
+    SLURM_STEP_NODELIST="gpu[07-08,10],cpu1",
+    SLURM_STEP_TASKS_PER_NODE="2(x3),2",
+    SLURM_JOB_NODELIST="gpu[07-08,10],cpu1",
+    SLURM_NTASKS="8",
+)
 
 
 def test_slurm_srun_step():
-    """srun, one task per rank: the step's variables; the master is the first node; the port follows the
-    job id, so every task computes the same one."""
-    e = read(
-        SLURM_PROCID="5",
-        SLURM_STEP_NUM_TASKS="8",
-        SLURM_LOCALID="1",
-        SLURM_NODEID="2",
-        SLURM_STEP_NODELIST="gpu[07-08,10],cpu1",
-        SLURM_STEP_TASKS_PER_NODE="2(x3),2",
-        SLURM_JOB_ID="4242",
-        SLURM_JOB_NODELIST="gpu[07-08,10],cpu1",
-        SLURM_NTASKS="8",
-    )
+    """srun, one task per rank: the step's variables; the master is the first node; the port is the one
+    the batch script exported, else the step's reserved port, so every task computes the same one."""
+    e = read(**SRUN_STEP, SLURM_JOB_ID="4242", MASTER_PORT="23456")
     assert (e.rank, e.world, e.local_rank, e.local_world) == (5, 8, 1, 2)
-    assert (e.master_addr, e.master_port, e.launcher) == ("gpu07", 15000 + 4242, "slurm")
+    assert (e.master_addr, e.master_port, e.launcher) == ("gpu07", 23456, "slurm")
+    e = read(**SRUN_STEP, SLURM_JOB_ID="4242", SLURM_STEP_RESV_PORTS="12001-12002")
+    assert e.master_port == 12001
+
+
+def test_two_slurm_jobs_on_one_node_never_share_a_port():
+    """Job ids 15000 apart once mapped to the same port. Now the port is SLURM's reservation for the step
+    (distinct for concurrent steps on a node), and without one the tasks refuse to guess."""
+    first = read(**SRUN_STEP, SLURM_JOB_ID="4242", SLURM_STEP_RESV_PORTS="12001")
+    second = read(**SRUN_STEP, SLURM_JOB_ID=str(4242 + 15000), SLURM_STEP_RESV_PORTS="12002")
+    assert first.master_port != second.master_port
+    with pytest.raises(LaunchError, match=r"without MASTER_PORT and without reserved ports: export"):
+        read(**SRUN_STEP, SLURM_JOB_ID="4242")
 
 
 def test_the_batch_script_of_a_slurm_job_is_one_rank():
@@ -124,6 +142,7 @@ def test_export_writes_what_torch_and_deepspeed_read():
         OMPI_COMM_WORLD_LOCAL_RANK="0",
         OMPI_COMM_WORLD_LOCAL_SIZE="1",
         MASTER_ADDR="n0",
+        MASTER_PORT="29500",
     ).export(env)
     assert env == {
         "RANK": "1",
@@ -143,3 +162,24 @@ def test_slurm_host_lists():
     assert expand_counts("2(x3),1") == [2, 2, 2, 1]
     with pytest.raises(LaunchError, match="cannot read the SLURM task counts"):
         expand_counts("two")
+
+
+def test_ranks_under_mpirun_agree_on_a_free_port_without_master_port():
+    """mpirun without MASTER_PORT: rank 0 probes a free port on its host and mpi4py gives it to every rank
+    (the fixed 29500 would collide with any other job on the host)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not installed (scripts/install_system_deps.sh installs Open MPI)")
+    probe = "from launch.env import LaunchEnv; e = LaunchEnv.read(device_type='cpu')\n"
+    probe += "print(e.rank, e.master_port)"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "OMPI_", "PMI"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    cmd = ["mpirun", "-n", "2", "--oversubscribe", "--allow-run-as-root", sys.executable, "-c", probe]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ports = dict(line.split() for line in out.stdout.splitlines())
+    assert sorted(ports) == ["0", "1"] and ports["0"] == ports["1"] != "29500", out.stdout

@@ -1,9 +1,21 @@
-"""codeparrot-launch's pieces that need no launcher: the remote ranks' environment file and which
-processes are ranks. (Signals through the real runner: tests/training/test_signals.py, tests/cluster.)"""
+"""codeparrot-launch's pieces that need no launcher: the remote ranks' environment file, which processes
+are ranks, and the master port. (Signals through the real runner: tests/training/test_signals.py,
+tests/cluster.)"""
 
 from __future__ import annotations
 
-from launch.run import _is_launcher, write_env_file
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from launch.ports import choose_master_port, reserved_port
+from launch.run import LAUNCH_ID, LaunchConfigError, _is_launcher, main, write_env_file
+from tests.launch.decoy import alive, decoy, wait_gone
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_env_file_keeps_the_users_lines_and_adds_what_remote_ranks_need(tmp_path, monkeypatch):
@@ -42,3 +54,78 @@ def test_only_deepspeeds_per_node_launcher_counts_as_the_parent_of_ranks():
     assert not _is_launcher(["/usr/bin/ssh", "-x", "node2", "cd", "/w;", *launch])
     assert not _is_launcher(["pdsh", "-S", "-w", "a,b", *launch])
     assert not _is_launcher(["/venv/bin/python3", "-u", "pretrain_gpt.py", "--local_rank=0"])
+
+
+def test_the_relay_on_a_host_signals_only_the_ranks_of_its_own_launch(tmp_path):
+    """What pdsh runs on each host (`python -m launch.run --signal-ranks SIG ID`): two launches of the same
+    master port on one host, ours and another job's; only the rank carrying our launch id is signalled."""
+    with decoy(tmp_path, 29611, {LAUNCH_ID: "ours"}) as (_, ours), decoy(tmp_path, 29611) as (_, other):
+        with decoy(tmp_path, 29611, {LAUNCH_ID: "theirs"}) as (_, theirs):
+            relay = [sys.executable, "-m", "launch.run", "--signal-ranks", str(int(signal.SIGUSR1)), "ours"]
+            out = subprocess.run(relay, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert "SIGUSR1 sent to 1 rank(s)" in out.stdout
+            assert wait_gone(ours, 10), "our rank was not signalled"
+            assert alive(other) and alive(theirs), "another job's rank was signalled"
+
+
+@pytest.mark.parametrize(
+    "value", ["$(touch /tmp/pwned)", "`id`", 'say "hi"', "a\\b", "${HOME}x"], ids=str.strip
+)
+def test_env_values_the_remote_shell_would_alter_are_refused_with_their_name(tmp_path, value):
+    """The runner writes `export KEY="VALUE";` into the command pdsh runs on every host: the remote shell
+    would run `$()` and backticks and break on quotes. Refused, naming the variable."""
+    (tmp_path / "mine.env").write_text(f"MY_SETTING={value}\n")
+    env = {"DS_ENV_FILE": str(tmp_path / "mine.env"), "PATH": "/usr/bin"}
+    with pytest.raises(
+        LaunchConfigError, match=r"environment variable MY_SETTING for the remote ranks holds"
+    ):
+        write_env_file(env, tmp_path)
+
+
+def test_env_values_with_spaces_pass_for_pdsh_but_not_for_mpi(tmp_path):
+    """pdsh: the runner double-quotes a value with spaces and the remote shell removes the quotes. Open MPI
+    (-x KEY=VALUE, no shell): the quotes would become part of the value."""
+    env = {"PATH": "/opt/my env/bin:/usr/bin"}
+    assert "PATH=/opt/my env/bin:/usr/bin" in write_env_file(env, tmp_path).read_text()
+    with pytest.raises(LaunchConfigError, match="inside double quotes, which become part of the value"):
+        write_env_file(env, tmp_path, launcher="openmpi")
+
+
+def test_a_bad_env_value_stops_the_launch_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hosts").write_text("localhost slots=1\n")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth0$(reboot)")
+    code = main(["--hostfile", str(tmp_path / "hosts"), "--master_port", "29612", "x.py"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert (
+        err.startswith("codeparrot-launch: error: environment variable GLOO_SOCKET_IFNAME")
+        and "\n" not in err
+    )
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff\xfe binary", None], ids=["binary file", "directory"])
+def test_an_unreadable_hostfile_is_one_line_naming_it(tmp_path, capsys, content):
+    path = tmp_path / "hosts"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    code = main(["--hostfile", str(path), "--master_port", "29613", "x.py"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"codeparrot-launch: error: hostfile {path}"), err
+    assert "Traceback" not in err
+
+
+def test_one_master_port_rule():
+    """Reserved ports win over probing; a probed port is free here."""
+    assert reserved_port({"SLURM_STEP_RESV_PORTS": "12011-12013"}) == 12011
+    assert reserved_port({"SLURM_STEP_RESV_PORTS": "12020,12031"}) == 12020
+    assert reserved_port({}) is None
+    import socket
+
+    port = choose_master_port()
+    with socket.socket() as s:
+        s.bind(("", port))  # nothing listens there
