@@ -18,9 +18,13 @@ from evaluation.sandbox import SandboxUnavailable
 log = logging.getLogger(__name__)
 
 UNSAFE_HELP = (
-    "run candidate programs even where the sandbox cannot isolate them (not root, or no Linux namespaces). "
-    "DANGEROUS: generated code then runs with your user's rights, can open network connections, write "
-    "wherever you can, and signal or kill your other processes. Only for code you would run yourself."
+    "run candidate programs even where the sandbox cannot isolate them (no Linux namespaces: neither root "
+    "nor unprivileged user namespaces). DANGEROUS: this gives up the whole sandbox but its rlimits and "
+    "timeout. Generated code can then open network connections, read and write every file its uid may, "
+    "and leave processes behind. As root each program runs under a fresh unprivileged uid (a fork bomb "
+    "stops at its process limit, kill(-1) reaches only its own processes); as any other user it runs as "
+    "you: it can read your files, kill your other processes, and a fork bomb counts against your own "
+    "process limit. Only for code you would run yourself"
 )
 
 
@@ -44,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--workers", type=int, default=4, help="candidate programs run in parallel")
     he.add_argument("--timeout", type=float, default=3.0, help="seconds of wall clock per candidate")
     he.add_argument("--device", default="cpu")
-    he.add_argument("--unsafe-allow-network", action="store_true", help=UNSAFE_HELP)
+    he.add_argument("--unsafe-no-isolation", action="store_true", help=UNSAFE_HELP)
     he.set_defaults(func=humaneval_command)
 
     ppl = sub.add_parser("perplexity", help="mean loss and perplexity on a preprocessed split")
@@ -75,7 +79,7 @@ def humaneval_command(args: argparse.Namespace) -> dict:
         raise ValueError("; ".join(problems))
     chosen = select_problems(load_problems(), args.problems)
     # Refuse before loading the model when the sandbox cannot isolate candidates.
-    sandbox = Sandbox(Limits(timeout=args.timeout), allow_network=args.unsafe_allow_network)
+    sandbox = Sandbox(Limits(timeout=args.timeout), allow_unisolated=args.unsafe_no_isolation)
 
     from evaluation.checkpoint import load_model
     from evaluation.generate import complete as generate

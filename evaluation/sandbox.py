@@ -1,40 +1,56 @@
 """Run an untrusted Python program (a HumanEval candidate) in a confined, throw-away process tree.
 
-One `Sandbox.run(program)` call = one fresh process tree, judged by its exit status:
+One `Sandbox.run(program)` call = one fresh process tree:
 
-    evaluator ── setpriv --pdeathsig KILL unshare --net --pid --mount --ipc --uts --fork --kill-child ...
-                 (its own session; setpriv, where present, ties the tree's life to the evaluator's)
-                   └─ python -I sandbox.py CONFIG        PID 1 of the new PID namespace, still root:
-                        makes every mount read-only, mounts private size-capped tmpfs on /tmp (the
-                        work directory is /tmp/work), /var/tmp and /dev/shm, then forks
-                        └─ the program: rlimits, no_new_privs, setuid to a fresh unprivileged uid,
+    evaluator ── setpriv --pdeathsig KILL unshare [--user --map-root-user] --net --pid --mount --ipc --uts
+                 --fork --kill-child --mount-proc     (its own session; its life tied to the evaluator's)
+                   └─ python -I sandbox_boot.py CONFIG    PID 1 of the new PID namespace (root there):
+                        hides private directories, makes every mount read-only (and checks it), mounts
+                        private size-capped tmpfs on /tmp (the work directory is /tmp/work), /var/tmp and
+                        /dev/shm, then forks
+                        └─ the program: rlimits, no_new_privs, no privilege left (below),
                            cwd = HOME = TMPDIR = the work directory, exec() of the source
 
-What each layer buys (root, namespaces available: "namespace" isolation):
+Two kinds of isolation, chosen by who runs the evaluator:
+- "root" (the evaluator is root): namespaces of the host's root; the program switches to a fresh
+  unprivileged uid of its own (never reused by a concurrent run of this evaluator).
+- "user" (any other user, where the kernel allows unprivileged user namespaces): the same namespaces
+  inside a new user namespace in which only the evaluator's uid is mapped, to 0. The program stays that
+  uid 0 but holds no capability (empty bounding set, locked secure bits), and may create no user namespace
+  of its own. On the host it is the evaluator's user.
+
+What each layer buys:
 - network: a new network namespace holds only a loopback device that is down: no connection leaves,
   not even to 127.0.0.1 of the host.
-- signals: the program sees only its own PID namespace (the evaluator's pid does not exist there) and runs
-  as another uid (EPERM for everything else); its parent is the namespace's init, which ignores signals
-  from inside. When that init exits, the kernel kills whatever the program left behind.
-- fork bombs: RLIMIT_NPROC counts processes per real uid and is not enforced for root, so the program
-  runs as a uid of its own (never reused by a concurrent run of this evaluator): the limit is then exact
-  per candidate. The PID namespace guarantees the whole tree dies with its init.
-- files: the private mount namespace sees the host's filesystem read-only (and nosuid); the only writable
-  places are tmpfs mounts that vanish with the namespace, each capped in size. RLIMIT_FSIZE caps a file.
+- signals: the program sees only its own PID namespace (the evaluator's pid does not exist there); its
+  parent is the namespace's init, which ignores signals from inside. When that init exits, the kernel kills
+  whatever the program left behind.
+- fork bombs: RLIMIT_NPROC counts processes per uid, per user namespace (Linux 5.14+), and is not enforced
+  for the host's root: with a fresh uid ("root") or a user namespace of its own ("user") the limit is the
+  candidate's alone.
+- files: the private mount namespace sees the host's filesystem read-only (and nosuid); if any mount is
+  still writable after the remount, the run is refused (`SandboxUnavailable`), never run "best effort".
+  The only writable places are tmpfs mounts that vanish with the namespace, each capped in size.
+  RLIMIT_FSIZE caps a file. The evaluator's home is covered by an empty tmpfs (but for the interpreter's
+  own directories), as is any directory others cannot traverse.
 - memory and CPU: RLIMIT_AS per process, RLIMIT_CPU, and a wall-clock timeout after which the evaluator
   kills the whole process group (the namespace's init, and with it everything inside).
 - output: stdout and stderr are pipes drained by the evaluator, which keeps only the first and last
   `max_output_bytes` of each, so a program printing gigabytes costs time, not memory.
+- the verdict: "passed" needs the program's source to have run to its last statement, which the program
+  process reports with a random nonce on a pipe of its own; the init reports that and the exit status on a
+  pipe the program never holds. An `os._exit(0)` before the end is no pass.
 
-What it cannot do: the program can read every world-readable file of the host; the memory bound is per
-process (max_processes x memory_bytes in the worst case; no cgroup is used); a program may still pass by
-calling os._exit(0) before the tests run (the scorer trusts the exit status, like the reference harness).
+What it cannot do: the program can read every world-readable file of the host ("user": every file the
+evaluator's user can read, outside its home); the memory bound is per process (max_processes x
+memory_bytes in the worst case; no cgroup is used); code in the same process as the check can still
+forge a pass on purpose (replace the check's functions, or find the nonce and the pipe in its own memory).
 
-Without root or namespaces ("unavailable") nothing above holds except the rlimits, the timeout, the new
-session and the temporary directory; the sandbox then refuses unless `allow_network=True`.
-
-This file is also the bootstrap run inside the namespace (`python -I sandbox.py CONFIG`), so it imports
-only the standard library.
+Without namespaces ("unavailable") the sandbox refuses unless `allow_unisolated=True`. Then nothing above
+holds but the rlimits, the timeout, the new session and the temporary directory: the program can use the
+network and write wherever its uid may. Started by root it still runs under a fresh unprivileged uid (its
+RLIMIT_NPROC bounds a fork bomb, `kill(-1)` reaches only its own processes, which are all killed after the
+run); started by another user it runs as that user.
 """
 
 from __future__ import annotations
@@ -45,6 +61,7 @@ import itertools
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -52,31 +69,35 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from typing import Literal
+
+from evaluation.sandbox_boot import EXIT_FAILED, EXIT_MEMORY, EXIT_PASSED
 
 log = logging.getLogger(__name__)
 
 Isolation = Literal["auto", "namespace", "unavailable"]
+Mode = Literal["root", "user", "none"]
 
 UNSHARE_FLAGS = ("--net", "--pid", "--mount", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
-# Exit statuses of the program process, set by `_run_program`.
-EXIT_PASSED, EXIT_FAILED, EXIT_MEMORY = 0, 1, 3
+USER_FLAGS = ("--user", "--map-root-user")
+BOOT = pathlib.Path(__file__).with_name("sandbox_boot.py")
 # Each run gets its own uid from this range (see "fork bombs" above); well above any real account.
 UID_BASE = 200_000
 UIDS_PER_PROCESS = 4096
+UNISOLATED_FLAG = "--unsafe-no-isolation"
 
 REFUSAL = (
-    "Refusing to run untrusted code without isolation: {reason}. The sandbox needs root and Linux "
-    "namespaces (util-linux `unshare --net --pid --mount`) to cut the network, keep writes out of the host "
-    "filesystem and contain the process tree. Run as root on Linux, or pass allow_network=True "
-    "(codeparrot-eval: --unsafe-allow-network) to run anyway: the programs can then open network "
-    "connections, write wherever your user can, and signal or kill your other processes."
+    "Refusing to run untrusted code without isolation: {reason}. The sandbox needs Linux namespaces "
+    "(util-linux `unshare`): as root, or as any user where the kernel allows unprivileged user "
+    "namespaces, to cut the network, keep the host filesystem read-only and contain the process tree. "
+    "Fix that, or pass allow_unisolated=True (codeparrot-eval: " + UNISOLATED_FLAG + ") to run anyway: "
+    "the programs can then open network connections, write wherever their uid may, and (unless you are "
+    "root) signal or kill your other processes."
 )
 
 
 class SandboxUnavailable(RuntimeError):
-    """Isolation is not available here and the caller did not accept running without it."""
+    """Isolation is not available here (or failed) and the caller did not accept running without it."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,22 +128,71 @@ class Result:
         return self.verdict == "passed"
 
 
-@functools.lru_cache(maxsize=1)
-def probe_isolation() -> str | None:
-    """None when namespace isolation works here, else the reason it does not (tried once per process)."""
+def _read_sysctl(path: str) -> str | None:
+    try:
+        return pathlib.Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _userns_blocker() -> str | None:
+    """Why this kernel refuses unprivileged user namespaces, with the setting that allows them; None if
+    no known setting forbids them."""
+    settings = (
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone=1"),
+        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces=15000"),
+        (
+            "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+            "1",
+            "kernel.apparmor_restrict_unprivileged_userns=0",
+        ),
+    )
+    for path, forbidding, allowing in settings:
+        if _read_sysctl(path) == forbidding:
+            name = path.removeprefix("/proc/sys/").replace("/", ".")
+            return (
+                f"this kernel forbids user namespaces to non-root users ({name} = {forbidding}); an "
+                f"administrator can allow them with `sysctl -w {allowing}`, or run the evaluation as root"
+            )
+    return None
+
+
+@functools.lru_cache(maxsize=2)
+def _probe(euid: int) -> str | None:
     if not sys.platform.startswith("linux"):
         return f"namespaces are Linux-only (this is {sys.platform})"
-    if os.geteuid() != 0:
-        return "not running as root (namespaces and switching to an unprivileged uid need root)"
     unshare = shutil.which("unshare")
     if unshare is None:
         return "util-linux `unshare` is not on PATH"
+    flags = UNSHARE_FLAGS if euid == 0 else (*USER_FLAGS, *UNSHARE_FLAGS)
+    # The interpreter itself, not `true`: some places it lives in cannot be executed from a user namespace.
+    command = [*flags, sys.executable, "-I", "-S", "-c", ""]
     try:
-        subprocess.run([unshare, *UNSHARE_FLAGS, "true"], capture_output=True, timeout=30, check=True)
+        subprocess.run([unshare, *command], capture_output=True, timeout=30, check=True)
     except subprocess.CalledProcessError as e:
-        return f"`unshare {' '.join(UNSHARE_FLAGS)} true` failed: {e.stderr.decode(errors='replace').strip()}"
+        failed = f"`unshare {' '.join(command)}` failed: {e.stderr.decode(errors='replace').strip()}"
+        blocker = None if euid == 0 else _userns_blocker()
+        return failed if blocker is None else f"{blocker} ({failed})"
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"`unshare` could not run: {e}"
+    return None
+
+
+def probe_isolation() -> str | None:
+    """None when namespace isolation works here for this user, else the reason it does not (tried once
+    per process and user)."""
+    return _probe(os.geteuid())
+
+
+def _unreadable_interpreter() -> str | None:
+    """The first interpreter library directory another uid cannot reach (unisolated runs as root switch
+    to one, and no mount namespace can expose it), or None."""
+    places = (sys.base_prefix, sys.base_exec_prefix, sys.prefix, os.path.dirname(sys.executable))
+    for path in sorted({os.path.realpath(p) for p in places if os.path.isdir(p)}):
+        parts = path.split("/")
+        for i in range(2, len(parts) + 1):
+            if not os.stat("/".join(parts[:i])).st_mode & 0o001:
+                return "/".join(parts[:i])
     return None
 
 
@@ -131,14 +201,14 @@ class Sandbox:
 
     network_isolation: "auto" probes the machine, "namespace" requires namespaces (raises if they do not
     work), "unavailable" behaves as on a machine without them (for tests of the refusal).
-    allow_network: accept running without isolation when it is unavailable (see REFUSAL for the risk).
+    allow_unisolated: accept running without isolation when it is unavailable (see REFUSAL for the risk).
     """
 
     def __init__(
         self,
         limits: Limits | None = None,
         *,
-        allow_network: bool = False,
+        allow_unisolated: bool = False,
         network_isolation: Isolation = "auto",
     ) -> None:
         self.limits = limits or Limits()
@@ -150,9 +220,18 @@ class Sandbox:
             raise ValueError(
                 f"network_isolation must be auto, namespace or unavailable, not {network_isolation!r}"
             )
-        if reason is not None and (network_isolation == "namespace" or not allow_network):
+        if reason is not None and (network_isolation == "namespace" or not allow_unisolated):
             raise SandboxUnavailable(REFUSAL.format(reason=reason))
-        self.isolated = reason is None
+        root = os.geteuid() == 0
+        self.mode: Mode = "none" if reason is not None else "root" if root else "user"
+        self.isolated = self.mode != "none"
+        if self.mode == "none" and root and (hidden := _unreadable_interpreter()) is not None:
+            raise SandboxUnavailable(
+                f"Refusing to run untrusted code unisolated as root: the programs would run under an "
+                f"unprivileged uid, which cannot read this interpreter's library ({hidden} is not "
+                f"traversable by others), so every import would fail. Run with a Python installed where "
+                f"other users can read it (such as /usr/bin/python3), or where namespaces work"
+            )
         if not self.isolated:
             log.warning(
                 "running untrusted programs WITHOUT isolation (%s): network and host files exposed", reason
@@ -160,13 +239,23 @@ class Sandbox:
         self._runs = itertools.count()
         self._lock = threading.Lock()
 
-    def _next_uid(self) -> int:
+    def _next_uid(self) -> int | None:
+        """The program's uid: a fresh one when root, 0 of its user namespace, or None (stay the user)."""
+        if self.mode == "user":
+            return 0
+        if os.geteuid() != 0:
+            return None
         with self._lock:
             i = next(self._runs)
         return UID_BASE + (os.getpid() % UIDS_PER_PROCESS) * UIDS_PER_PROCESS + i % UIDS_PER_PROCESS
 
     def run(self, program: str, *, timeout: float | None = None) -> Result:
-        """Run `program` (Python source) to completion or until `timeout` (default: limits.timeout)."""
+        """Run `program` (Python source) to completion or until `timeout` (default: limits.timeout).
+
+        Raises:
+            SandboxUnavailable: the confinement failed (a mount stayed writable, a privilege could not
+                be dropped): nothing was run.
+        """
         timeout = self.limits.timeout if timeout is None else timeout
         root = tempfile.mkdtemp(prefix="codeparrot-sandbox-")
         try:
@@ -174,36 +263,55 @@ class Sandbox:
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
+    def _command(self, config: dict) -> list[str]:
+        cmd = [sys.executable, "-I", "-B", str(BOOT), json.dumps(config)]
+        if self.isolated:
+            flags = UNSHARE_FLAGS if self.mode == "root" else (*USER_FLAGS, *UNSHARE_FLAGS)
+            cmd = [shutil.which("unshare") or "unshare", *flags, "--", *cmd]
+            if setpriv := shutil.which("setpriv"):
+                # If the evaluator dies mid-run, unshare dies too, and with it the namespace (--kill-child).
+                cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
+        return cmd
+
     def _run_in(self, root: str, program: str, timeout: float) -> Result:
         work = os.path.join(root, "work")
         os.mkdir(work)
         source_path = os.path.join(root, "program.py")
         with open(source_path, "w", encoding="utf-8") as f:
             f.write(program)
-        uid = self._next_uid() if self.isolated else None
+        uid = self._next_uid()
+        if self.mode == "none" and uid is not None:
+            os.chmod(root, 0o711)  # the program's uid reaches its work directory, not the source
+            os.chown(work, uid, uid)
+        status_r, status_w = os.pipe()
         config = {
+            "mode": self.mode,
             "source": source_path,
             "work": work,  # isolated runs get a fresh one inside the namespace instead
             "uid": uid,
+            "hide": [os.path.expanduser("~")] if self.mode == "user" else [],
+            "status_fd": status_w,
             "cpu_seconds": int(timeout) + 1,
             "limits": dataclasses.asdict(self.limits),
         }
-        cmd = [sys.executable, "-I", "-B", os.path.abspath(__file__), json.dumps(config)]
-        if self.isolated:
-            cmd = [shutil.which("unshare") or "unshare", *UNSHARE_FLAGS, "--", *cmd]
-            if setpriv := shutil.which("setpriv"):
-                # If the evaluator dies mid-run, unshare dies too, and with it the namespace (--kill-child).
-                cmd = [setpriv, "--pdeathsig", "KILL", "--", *cmd]
         start = time.monotonic()
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=root,
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
-            start_new_session=True,  # its own process group: killpg reaches the whole tree
-        )
+        try:
+            proc = subprocess.Popen(
+                self._command(config),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=root,
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"},
+                start_new_session=True,  # its own process group: killpg reaches the whole tree
+                pass_fds=(status_w,),
+            )
+        finally:
+            os.close(status_w)
+        with os.fdopen(status_r, "rb") as status_pipe:
+            return self._wait(proc, status_pipe, uid, timeout, start)
+
+    def _wait(self, proc: subprocess.Popen, status_pipe, uid: int | None, timeout: float, start: float):
         cap = self.limits.max_output_bytes
         readers = [_CappedReader(proc.stdout, cap), _CappedReader(proc.stderr, cap)]
         timed_out = False
@@ -216,11 +324,32 @@ class Sandbox:
         duration = time.monotonic() - start
         if not self.isolated:
             _kill_group(proc.pid)  # leftovers; in a PID namespace the kernel already did this
+            if uid is not None:
+                _kill_uid(uid)  # and those that left the group: every process of the run's uid
         for reader in readers:
             reader.join(timeout=5.0)  # a writer that escaped the group could hold the pipe open
         stdout, stderr = (reader.text() for reader in readers)
-        verdict = "timed out" if timed_out else _verdict(returncode, stderr)
-        return Result(verdict, None if timed_out else returncode, duration, stdout, stderr)
+        status = _status(status_pipe.read())
+        if "refused" in status:
+            raise SandboxUnavailable(
+                f"Refusing to run untrusted code: the sandbox could not confine it ({status['refused']}). "
+                "Nothing was run; the host stays as it was"
+            )
+        if timed_out:
+            return Result("timed out", None, duration, stdout, stderr)
+        if "exit" not in status:
+            verdict = f"failed: the sandbox ended without a verdict (exit status {returncode})"
+            return Result(verdict, returncode, duration, stdout, stderr)
+        code = status["exit"]
+        return Result(_verdict(code, status["finished"], stderr), code, duration, stdout, stderr)
+
+
+def _status(data: bytes) -> dict:
+    try:
+        status = json.loads(data)
+    except ValueError:
+        return {}
+    return status if isinstance(status, dict) else {}
 
 
 def _kill_group(pgid: int) -> None:
@@ -228,6 +357,12 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid`, from a process of that uid (kill(-1) spares only the caller)."""
+    kill = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass"
+    subprocess.run([sys.executable, "-I", "-S", "-c", kill], user=uid, group=uid, extra_groups=[], timeout=30)
 
 
 class _CappedReader(threading.Thread):
@@ -260,15 +395,15 @@ class _CappedReader(threading.Thread):
         return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", errors="replace")
 
 
-def _verdict(returncode: int, stderr: str) -> str:
+def _verdict(returncode: int, finished: bool, stderr: str) -> str:
     if returncode == EXIT_PASSED:
-        return "passed"
+        return "passed" if finished else "failed: the program exited with status 0 before its end"
     if returncode == EXIT_MEMORY:
         return "killed: memory"
     if returncode == EXIT_FAILED:
         lines = [line for line in stderr.splitlines() if line.strip()]
         return f"failed: {lines[-1].strip()[:300]}" if lines else "failed: exit status 1"
-    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
+    signum = returncode - 128 if returncode > 128 else None
     if signum == signal.SIGXCPU:
         return "timed out"  # RLIMIT_CPU: a busy loop that beat the wall clock
     if signum == signal.SIGXFSZ:
@@ -279,161 +414,3 @@ def _verdict(returncode: int, stderr: str) -> str:
         except ValueError:
             pass
     return f"failed: exit status {returncode}"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Inside the sandbox: `python -I sandbox.py CONFIG`, PID 1 of the new namespaces when isolated.
-
-MS_NOSUID, MS_NODEV, MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 2, 4, 1, 32, 4096, 16384, 1 << 18
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, AT_RECURSIVE, SYS_MOUNT_SETATTR = 1, 2, 0x8000, 442
-PR_SET_NO_NEW_PRIVS = 38
-
-
-def _libc():
-    import ctypes
-
-    return ctypes, ctypes.CDLL(None, use_errno=True)
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        import ctypes
-
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _confine_filesystem(uid: int, size: int) -> str:
-    """Private propagation, every mount read-only and nosuid, private tmpfs on /tmp, /var/tmp and
-    /dev/shm; returns the program's work directory, /tmp/work, owned by `uid`."""
-    ctypes, libc = _libc()
-    _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-    _expose_interpreter(libc)
-
-    class MountAttr(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_uint64) for n in ("attr_set", "attr_clr", "propagation", "userns_fd")]
-
-    attr = MountAttr(MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0, 0, 0)
-    libc.syscall.restype = ctypes.c_long
-    ret = libc.syscall(SYS_MOUNT_SETATTR, -100, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr))
-    if ret != 0:  # kernels before 5.12: remount each mount point
-        with open("/proc/self/mountinfo", encoding="utf-8") as f:
-            points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-        for point in points:
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID
-            libc.mount(None, point.encode(), None, flags, None)  # best effort: the uid switch backs it
-    for shared in ("/tmp", "/var/tmp", "/dev/shm"):
-        if os.path.isdir(shared):
-            options = f"size={size},nr_inodes=4096,mode=1777".encode()
-            _check(libc.mount(b"tmpfs", shared.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, options), shared)
-    work = "/tmp/work"
-    os.mkdir(work, 0o700)
-    os.chown(work, uid, uid)
-    return work
-
-
-def _expose_interpreter(libc) -> None:
-    """Let the unprivileged uid read the interpreter's library even when it lives in a private directory
-    (pyenv under /root, mode 0700): that directory is hidden behind an empty tmpfs into which only the
-    library directories are bind-mounted back. Everything else in it stays invisible to the program."""
-    needed = {
-        os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, *sys.path) if os.path.isdir(p)
-    }
-    needed = {p for p in needed if not any(p.startswith(q + "/") for q in needed)}
-    hidden: dict[str, list[str]] = {}
-    for path in sorted(needed):
-        parts = path.split("/")
-        for i in range(2, len(parts) + 1):
-            ancestor = "/".join(parts[:i])
-            if not os.stat(ancestor).st_mode & 0o001:  # not traversable by others
-                hidden.setdefault(ancestor, []).append(path)
-                break
-    for ancestor, paths in hidden.items():
-        fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in paths]  # keep them reachable once hidden
-        opts = b"size=1m,mode=0755"
-        _check(
-            libc.mount(b"tmpfs", ancestor.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts),
-            f"tmpfs on {ancestor}",
-        )
-        for path, fd in zip(paths, fds, strict=True):
-            os.makedirs(path, exist_ok=True)
-            _check(
-                libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None), path
-            )
-            os.close(fd)
-
-
-def _drop_privileges(uid: int) -> None:
-    _, libc = _libc()
-    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-
-
-def _set_limits(config: dict) -> None:
-    import resource
-
-    limits = config["limits"]
-    cpu = config["cpu_seconds"]
-    for name, value in (
-        ("RLIMIT_CPU", (cpu, cpu + 1)),
-        ("RLIMIT_AS", limits["memory_bytes"]),
-        ("RLIMIT_FSIZE", limits["max_file_bytes"]),
-        ("RLIMIT_NPROC", limits["max_processes"]),
-        ("RLIMIT_NOFILE", limits["max_open_files"]),
-        ("RLIMIT_CORE", 0),
-    ):
-        soft, hard = value if isinstance(value, tuple) else (value, value)
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-
-
-def _run_program(source: str, config: dict) -> None:
-    """In the forked child: limit, drop privileges, run `source` as __main__, exit with its status."""
-    status = EXIT_FAILED
-    try:
-        _set_limits(config)
-        if config["uid"] is not None:
-            _drop_privileges(config["uid"])
-        work = config["work"]
-        os.chdir(work)
-        os.environ.clear()
-        os.environ.update(HOME=work, TMPDIR=work, PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
-        code = compile(source, "program.py", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": __builtins__})
-        status = EXIT_PASSED
-    except MemoryError:
-        status = EXIT_MEMORY
-        os.write(2, b"\nMemoryError\n")
-    except BaseException:  # noqa: B036 - SystemExit and KeyboardInterrupt fail a candidate too
-        try:
-            traceback.print_exc()
-        except BaseException:  # noqa: B036
-            os.write(2, b"\nexception (traceback unavailable)\n")
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: B036
-            pass
-    os._exit(status)
-
-
-def _bootstrap(config: dict) -> int:
-    with open(config["source"], encoding="utf-8") as f:
-        source = f.read()
-    if config["uid"] is not None:
-        config["work"] = _confine_filesystem(config["uid"], config["limits"]["max_file_bytes"])
-    child = os.fork()
-    if child == 0:
-        _run_program(source, config)
-    # As the namespace's init, reap every orphan until the program itself ends; returning ends the
-    # namespace and the kernel kills whatever is left.
-    while True:
-        pid, status = os.wait()
-        if pid == child:
-            code = os.waitstatus_to_exitcode(status)
-            return 128 - code if code < 0 else code
-
-
-if __name__ == "__main__":
-    sys.exit(_bootstrap(json.loads(sys.argv[1])))

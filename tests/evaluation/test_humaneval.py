@@ -24,7 +24,7 @@ def problems() -> list[dict]:
 @pytest.fixture(scope="module")
 def sandbox() -> Sandbox:
     # Without isolation only the trusted canonical solutions run (the hostile test is skipped).
-    return Sandbox(Limits(timeout=5.0), allow_network=not ISOLATED)
+    return Sandbox(Limits(timeout=5.0), allow_unisolated=not ISOLATED)
 
 
 class CountingSandbox(Sandbox):
@@ -122,10 +122,10 @@ def test_resume_redoes_nothing(problems: list[dict], tmp_path: Path) -> None:
 
     # 1) generation fails on the third call: problems 0-3 generated and judged.
     with pytest.raises(RuntimeError, match="generation interrupted"):
-        run_humaneval(failing_on_third_call, tmp_path, sandbox=Sandbox(allow_network=allow), **common)
+        run_humaneval(failing_on_third_call, tmp_path, sandbox=Sandbox(allow_unisolated=allow), **common)
     assert len(rows(tmp_path / "generations.jsonl")) == 8 and len(rows(tmp_path / "samples.jsonl")) == 8
     # 2) judging is interrupted on the second run of the last chunk; a torn row is left behind.
-    counting = CountingSandbox(allow_network=allow, fail_at=2)
+    counting = CountingSandbox(allow_unisolated=allow, fail_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_humaneval(complete, tmp_path, sandbox=counting, **common)
     assert complete.calls == [(2, 2), (2, 2), (2, 2)]  # only problems 4 and 5 were generated again
@@ -134,7 +134,7 @@ def test_resume_redoes_nothing(problems: list[dict], tmp_path: Path) -> None:
         f.write('{"task_id": "HumanEval/5", "sam')
     judged = len((tmp_path / "samples.jsonl").read_text().splitlines()) - 1
     # 3) the resumed run generates nothing and judges only what has no verdict.
-    counting = CountingSandbox(allow_network=allow)
+    counting = CountingSandbox(allow_unisolated=allow)
     results = run_humaneval(complete, tmp_path, sandbox=counting, **common)
     assert len(complete.calls) == 3 and counting.runs == 12 - judged
     assert results["pass@1"] == 1.0 and results["per_task"] == {p["task_id"]: 2 for p in chosen}
