@@ -22,7 +22,7 @@ setup: $(STAMP)
 $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 	bash scripts/install_system_deps.sh
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q -c constraints.txt torch==2.13.0
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
