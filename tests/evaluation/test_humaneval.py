@@ -162,7 +162,7 @@ def test_hostile_samples_do_not_stop_the_evaluation(problems: list[dict], tmp_pa
         "    print('y' * 100_000_000)\n",
     ]
     samples = [*hostile, problem["canonical_solution"]]
-    quick = Sandbox(Limits(timeout=1.5))
+    quick = Sandbox(Limits(timeout=3.0))  # the canonical solution must finish on a loaded machine
     results = run_humaneval(
         lambda prompts, n: [samples[:n]],
         tmp_path,
@@ -179,3 +179,26 @@ def test_hostile_samples_do_not_stop_the_evaluation(problems: list[dict], tmp_pa
     assert results["per_task"] == {problem["task_id"]: 1}
     assert results["pass@1"] == pytest.approx(0.2) and results["pass@5"] == 1.0
     assert "check(has_close_elements)" in build_program(problem, samples[-1])
+
+
+def test_an_early_exit_does_not_forge_a_pass(problems: list[dict], sandbox: Sandbox, tmp_path: Path) -> None:
+    """Completions that end the process with status 0 before check() has run to its end fail."""
+    problem = problems[0]
+    forged = [
+        "    import os\n    os._exit(0)\n",  # on the first call of the function, inside check()
+        "    return None\nimport os\nos._exit(0)\n",  # at module level, before check() is called
+        "    import os, atexit\n    atexit.register(os._exit, 0)\n    raise SystemExit(0)\n",
+    ]
+    results = run_humaneval(
+        lambda prompts, n: [forged[:n]],
+        tmp_path,
+        sandbox=sandbox,
+        n=3,
+        ks=(1,),
+        problems=[problem],
+        workers=1,
+    )
+    verdicts = [r["verdict"] for r in rows(tmp_path / "samples.jsonl")]
+    assert verdicts[:2] == ["failed: the program exited with status 0 before its end"] * 2, verdicts
+    assert verdicts[2].startswith("failed: SystemExit"), verdicts
+    assert results["pass@1"] == 0.0

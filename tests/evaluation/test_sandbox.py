@@ -81,6 +81,25 @@ def test_verdicts(sandbox: Sandbox) -> None:
     assert sandbox.run("def f(:\n").verdict.startswith("failed: SyntaxError")
 
 
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "import os\nos._exit(0)\n",
+        "import os, threading, time\nthreading.Thread(target=os._exit, args=(0,)).start()\ntime.sleep(5)\n",
+        "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'passed')\n    except OSError:\n"
+        "        pass\nos._exit(0)\n",
+    ],
+    ids=["os._exit", "exit-from-a-thread", "write-every-fd"],
+)
+def test_exit_status_zero_before_the_end_is_no_pass(sandbox: Sandbox, forgery: str) -> None:
+    """A program that ends with status 0 before its last statement ran (here: before a failing
+    assertion) is not passed: the pass needs the nonce written after the source ran to its end."""
+    result = sandbox.run(forgery + "assert False, 'the check fails'\n")
+    assert (
+        result.returncode == 0 and result.verdict == "failed: the program exited with status 0 before its end"
+    )
+
+
 def test_infinite_loop_times_out(sandbox: Sandbox) -> None:
     start = time.monotonic()
     result = sandbox.run("while True:\n    pass\n")
