@@ -13,7 +13,8 @@
 #              restricted to it (DeepSpeed's default, eth0, fails where eth0 does not exist) and gloo/NCCL
 #              use it too
 # MASTER_ADDR  rank 0's address as the other hosts reach it (default: the first host's, from `hostname -I`
-#              there); MASTER_PORT: default a free port on the first host
+#              there); MASTER_PORT: default a free port on the first host, chosen once here
+#              (launch/ports.py) and used by both the preflight checks and the launch
 # SAVE_DIR     the run's train.save_dir: codeparrot-preflight first checks every host (ssh, versions,
 #              master port, that SAVE_DIR is the same directory everywhere, interfaces)
 # PREFLIGHT=0  skip those checks
@@ -26,7 +27,8 @@ HOSTFILE=${HOSTFILE:-hostfile}
 LAUNCHER=${LAUNCHER:-pdsh}
 args=(--hostfile "$HOSTFILE" --launcher "$LAUNCHER")
 if [ -n "${MASTER_ADDR:-}" ]; then args+=(--master_addr "$MASTER_ADDR"); fi
-if [ -n "${MASTER_PORT:-}" ]; then args+=(--master_port "$MASTER_PORT"); fi
+MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -m launch.ports --hostfile "$HOSTFILE")}
+args+=(--master_port "$MASTER_PORT")
 if [ -n "${IFACE:-}" ] && [[ "$IFACE" != */* ]]; then
   export GLOO_SOCKET_IFNAME=$IFACE NCCL_SOCKET_IFNAME=$IFACE
 fi
@@ -42,7 +44,7 @@ if [ "${PREFLIGHT:-1}" != 0 ]; then
     exit 2
   fi
   "$PYTHON" -m launch.preflight --hostfile "$HOSTFILE" --save-dir "$SAVE_DIR" --launcher "$LAUNCHER" \
-    ${MASTER_PORT:+--master-port "$MASTER_PORT"} ${MASTER_ADDR:+--master-addr "$MASTER_ADDR"} \
+    --master-port "$MASTER_PORT" ${MASTER_ADDR:+--master-addr "$MASTER_ADDR"} \
     ${IFACE:+--launcher-args "--mca btl_tcp_if_include $IFACE --mca oob_tcp_if_include $IFACE"}
 fi
 exec "$PYTHON" -m launch.run "${args[@]}" pretrain_gpt.py "$@"

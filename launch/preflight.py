@@ -1,14 +1,16 @@
 """Checks every host of a multi-host launch in seconds, before any rank starts.
 
     python -m launch.preflight --hostfile hosts --save-dir /shared/ckpt \\
-        [--master-addr A] [--master-port 29500] [--launcher pdsh|openmpi] [--launcher-args "--mca ..."]
+        [--master-addr A] [--master-port P] [--launcher pdsh|openmpi] [--launcher-args "--mca ..."]
 
 For each host of the hostfile (which is checked first, as DeepSpeed's runner reads it):
     ssh          `ssh -o BatchMode=yes` works (no password prompt) within --ssh-timeout seconds
     python, torch, deepspeed, codeparrot-ds
                  the versions of the launching host, with this interpreter's path (the runner starts every
                  remote rank with it)
-    master port  free on the master host: the first host, where rank 0 listens (DeepSpeed's default 29500)
+    master port  free on the master host: the first host, where rank 0 listens. Without --master-port, the
+                 port is chosen by the rule codeparrot-launch follows (launch/ports.py) and printed, to be
+                 passed on as --master_port (launch/multi_node.sh chooses it once and passes it to both)
     save dir     writable, and one directory seen by all: a file the launching host writes there is read on
                  every host, and each host's file by the launching host and every other host
     interfaces   GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME (from the environment or .deepspeed_env) and, for
@@ -41,7 +43,6 @@ from launch.interfaces import Setting, interface_settings, unmatched
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 29500  # DeepSpeed's
 PROBE_SOURCE = Path(probe.__file__).read_text()
 COLUMNS = ("ssh", "python", *probe.PACKAGES, "master port", "save dir", "interfaces")
 
@@ -51,7 +52,7 @@ class PreflightConfig:
     hostfile: Path
     save_dir: Path
     master_addr: str | None = None  # default: the first host
-    master_port: int = DEFAULT_PORT
+    master_port: int | None = None  # None: chosen as codeparrot-launch chooses it (launch/ports.py)
     launcher: Literal["pdsh", "openmpi"] = "pdsh"
     launcher_args: str = ""  # the runner's --launcher_args (for openmpi: --mca btl_tcp_if_include ...)
     ssh_port: int | None = None
@@ -79,6 +80,7 @@ SKIP = Cell("-")
 @dataclasses.dataclass
 class Report:
     rows: dict[str, dict[str, Cell]]  # row label -> column -> cell
+    notes: list[str] = dataclasses.field(default_factory=list)  # printed after the table
 
     @property
     def failed(self) -> list[tuple[str, str, Cell]]:
@@ -101,6 +103,7 @@ class Report:
             for column, cell in row.items():
                 if cell.status in ("FAIL", "WARN"):
                     lines += ["", f"{label} / {column}: {cell.detail}", f"  fix: {cell.fix}"]
+        lines += ["", *self.notes] if self.notes else []
         count = len(self.failed)
         lines += ["", f"{count} check{'s' if count > 1 else ''} failed." if count else "All checks passed."]
         return "\n".join(lines)
@@ -116,6 +119,7 @@ def preflight(cfg: PreflightConfig, environ: Mapping[str, str] | None = None) ->
     """Run every check; HostfileError when the hostfile itself is wrong."""
     environ = os.environ if environ is None else environ
     hosts = read_hostfile(cfg.hostfile).hosts
+    cfg, notes = _with_master_port(cfg, hosts)
     token = secrets.token_hex(6)
     first: dict[str, dict | Unreachable] = {}
     seen_here: dict[str, bool] = {}
@@ -142,7 +146,23 @@ def preflight(cfg: PreflightConfig, environ: Mapping[str, str] | None = None) ->
     ifaces = interface_settings(environ, cfg.launcher, cfg.launcher_args)
     for h in hosts:
         rows[h] = _host_row(cfg, h, hosts, here, first[h], second.get(h), seen_here.get(h), ifaces)
-    return Report(rows)
+    return Report(rows, notes)
+
+
+def _with_master_port(cfg: PreflightConfig, hosts: list[str]) -> tuple[PreflightConfig, list[str]]:
+    """The config with its master port: the given one, else the one launch/ports.py chooses on the first
+    host (the port codeparrot-launch would choose), with a note saying to pass it on."""
+    from launch.ports import PortError, choose_master_port, free_port
+
+    if cfg.master_port is not None:
+        return cfg, []
+    first = None if hosts[0] in ("localhost", "127.0.0.1") else hosts[0]
+    try:
+        port = choose_master_port(first, cfg.ssh_port, cfg.python)
+    except PortError:
+        return dataclasses.replace(cfg, master_port=free_port()), []  # the ssh column says why
+    note = f"master port {port}: free on {hosts[0]} now; launch with --master_port {port}"
+    return dataclasses.replace(cfg, master_port=port), [note]
 
 
 def _launcher_facts(cfg: PreflightConfig, request: dict) -> tuple[dict, str | None]:
@@ -350,7 +370,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--save-dir", type=_absolute, required=True, help="the checkpoint directory of the run"
     )
     parser.add_argument("--master-addr", help="default: the first host")
-    parser.add_argument("--master-port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--master-port", type=int, help="default: a port free on the first host, chosen and printed"
+    )
     parser.add_argument("--launcher", choices=("pdsh", "openmpi"), default="pdsh")
     parser.add_argument("--launcher-args", default="", help="the runner's --launcher_args")
     parser.add_argument("--ssh-port", type=int)

@@ -203,6 +203,8 @@ SchedulerType=sched/builtin
 # eligible by time, which is no event
 SchedulerParameters=sched_interval=1
 MpiDefault=none
+# ports srun reserves for a step with --resv-ports (SLURM_STEP_RESV_PORTS): train_srun.sbatch's master port
+MpiParams=ports=20100-20199
 ReturnToService=2
 JobRequeue=1
 # SIGTERM to SIGKILL: long enough for a checkpoint save on scancel, requeue or time limit

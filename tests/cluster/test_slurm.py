@@ -72,7 +72,9 @@ def test_srun_path_runs_to_completion(slurm, srun_run):
     tmp, job = srun_run
     out = job_log(tmp, job)
     assert "2 tasks" in out, out[-4000:]
-    assert f"launch: rank 0/2 (local 0/1) via slurm, master {slurm.nodes[0]}" in out, out[-4000:]
+    assert f"launch: rank 0/2 (local 0/1) via slurm, master {slurm.nodes[0]}:" in out, out[-4000:]
+    port = int(out.split(f"via slurm, master {slurm.nodes[0]}:")[1].split(",")[0])
+    assert 20100 <= port <= 20199, "the master port is the step's reserved port (MpiParams=ports=...)"
     assert sorted(losses(tmp / "ckpt")) == list(range(1, STEPS + 1))
     assert (tmp / "ckpt" / "latest").read_text().strip() == f"global_step{STEPS}"
 
@@ -127,3 +129,84 @@ def test_preempted_job_saves_on_sigterm_and_resumes_to_the_same_end(
     assert 3 <= step < STEPS
     assert f"at step {step}" in out.split("(restart 1)")[1]
     assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
+
+
+def wait_in_log(tmp_path: Path, job: int, text: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while True:
+        path = tmp_path / f"job-{job}.out"
+        out = path.read_text() if path.exists() else ""
+        if text in out:
+            return out
+        assert time.time() < deadline, f"{text!r} not in the job log:\n{out[-4000:]}"
+        time.sleep(0.5)
+
+
+def test_scancel_of_a_hostfile_job_saves(slurm, hosts, tiny_data, tmp_path):
+    """Path (a) under `scancel`: SLURM sends SIGTERM to every process of the job (codeparrot-launch, the
+    DeepSpeed runner, its per-node launcher and the ranks) and the batch script's trap forwards another to
+    codeparrot-launch. One stop: every rank saves, and the job ends only after the save."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=100000, eval_interval=0, save_interval=100000)
+    job = submit(slurm, hosts, tmp_path, HOSTFILE, cfg, "zero2_cpu.json", RANKS_PER_NODE="1")
+    wait_for_steps(slurm, job, tmp_path, 3)
+    slurm.scancel(str(job))
+    assert slurm.wait(job, timeout=120) == "CANCELLED"
+    out = job_log(tmp_path, job)
+    step = stopped_at(out)
+    assert "stopping every rank now" not in out, out[-4000:]
+    assert (tmp_path / "ckpt" / "latest").read_text().strip() == f"global_step{step}"
+    assert (tmp_path / "ckpt" / f"global_step{step}" / "COMPLETE").exists()
+
+
+def test_preempted_hostfile_job_saves_and_resumes_to_the_same_end(
+    slurm, hosts, tiny_data, tmp_path, srun_run
+):
+    """Path (a) preempted (`scontrol requeue`: SIGTERM to every process, then requeued by SLURM): saves,
+    resumes from the save and ends with the losses of the uninterrupted job."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=STEPS, eval_interval=0, save_interval=10)
+    job = submit(slurm, hosts, tmp_path, HOSTFILE, cfg, "zero2_cpu.json", RANKS_PER_NODE="1")
+    wait_for_steps(slurm, job, tmp_path, 3)
+    slurm.scontrol("requeue", str(job))
+    state = slurm.wait(job, timeout=400)
+    out = job_log(tmp_path, job)
+    assert state == "COMPLETED", out[-4000:]
+    step = stopped_at(out)
+    assert 3 <= step < STEPS
+    assert f"at step {step}" in out.split("(restart 1)")[1]
+    assert losses(tmp_path / "ckpt") == losses(srun_run[0] / "ckpt")
+
+
+@pytest.mark.parametrize("script", [SRUN, HOSTFILE], ids=["srun path", "hostfile path"])
+def test_time_limit_signal_saves_requeues_and_resumes(slurm, hosts, tiny_data, tmp_path, script):
+    """A real time limit: --time=2 with --signal=B:USR1@100, so SLURM signals the batch script about
+    20-50 s into the job (its time-limit check runs periodically). The ranks save, the job requeues itself
+    and the next run resumes from that save; the test then cancels it."""
+    cfg = run_config(tmp_path, tiny_data, max_steps=100000, eval_interval=0, save_interval=100000)
+    job = slurm.sbatch(
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--time=2",
+        "--signal=B:USR1@100",
+        f"--output={tmp_path}/job-%j.out",
+        str(script),
+        "--config",
+        str(cfg),
+        "--ds_config",
+        str(ROOT / "ds_configs" / "zero2_cpu.json"),
+        cwd=ROOT,
+        env=hosts.env(
+            PYTHON=str(ROOT / ".venv" / "bin" / "python"),
+            TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
+            RANKS_PER_NODE="1",
+        ),
+    )
+    try:
+        out = wait_in_log(tmp_path, job, "(restart 1)", timeout=240)
+        step = stopped_at(out)
+        assert "requeueing job" in out
+        wait_in_log(tmp_path, job, f"at step {step}", timeout=120)
+        resumed = job_log(tmp_path, job).split("(restart 1)")[1]
+        assert f"resumed from {tmp_path / 'ckpt' / f'global_step{step}'} at step {step}" in resumed
+    finally:
+        slurm.scancel(str(job))
+        slurm.wait(job, timeout=120)
