@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data_tools import hashing
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDataset
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-# What verify_dataset found, per shard file: size, mtime_ns, inode and sha256. A file whose size, mtime
-# and inode are unchanged is not hashed again.
-VERIFIED = ".verified.json"
+# What verify_dataset found, per shard file: size, mtime_ns, ctime_ns, inode and sha256. A file whose key
+# is unchanged is not hashed again (data_tools.hashing says why that key).
+VERIFIED = hashing.RECORD
 
 
 def load_manifest(data_dir: str | Path) -> dict[str, Any]:
@@ -59,8 +61,9 @@ def verify_dataset(
     the actual hash, and the command that regenerates the dataset.
 
     Hashing reads every byte once (a tqdm bar over bytes unless `progress` is False); what it found is
-    recorded in `VERIFIED` inside `data_dir`, so a later call hashes only files whose size, mtime or inode
-    changed. A directory that cannot be written is verified all the same, without the record.
+    recorded in `VERIFIED` inside `data_dir`, so a later call hashes only files whose size, mtime, ctime or
+    inode changed; processes that verify one directory at once (ranks, hosts on a shared filesystem) hash
+    each file once. A directory that cannot be written is verified all the same, without the record.
     `prefixes`: check only these shards (names such as `train_00000`)."""
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
@@ -133,38 +136,69 @@ def regenerate_hint(data_dir: Path, manifest: dict[str, Any]) -> str:
     )
 
 
-_RECORD_KEYS = ("size", "mtime_ns", "ino")
-
-
 def _hashes(
     data_dir: Path, manifest: dict[str, Any], shards: list[dict[str, Any]], progress: bool
 ) -> dict[str, str]:
     """File name -> sha256 for the .bin and .idx of `shards`: from the VERIFIED record where the file's
-    size, mtime and inode are those recorded, else hashed (and the record updated)."""
-    path = data_dir / VERIFIED
-    known = _load_record(path)
-    record, to_hash = {}, []
-    for name in (shard["prefix"] + ext for shard in shards for ext in (".bin", ".idx")):
-        st = (data_dir / name).stat()
-        now = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+    key (size, mtime, ctime, inode) is the one recorded, else hashed under the directory's claim (one
+    process hashes, the others sharing the directory wait for its record; data_tools.hashing)."""
+    names = [shard["prefix"] + ext for shard in shards for ext in (".bin", ".idx")]
+    record, to_hash = _known(data_dir, names)
+    if not to_hash:
+        return {name: entry["sha256"] for name, entry in record.items()}
+    with hashing.claimed(data_dir) as claim:
+        record, to_hash = _known(data_dir, names)  # the previous holder may have hashed them
+        total = sum(key["size"] for key in to_hash.values())
+        with _progress(total, f"verify {data_dir}", progress and bool(to_hash)) as bar:
+            lock, started = threading.Lock(), time.monotonic()
+
+            def on_read(n: int) -> None:
+                with lock:
+                    bar.update(n)
+                if claim is not None:
+                    claim.beat()
+
+            paths = [data_dir / name for name in to_hash]
+            for path, sha in hashing.hash_files(paths, on_read, sha=sha256_file).items():
+                record[path.name] = to_hash[path.name] | {"sha256": sha}
+        if to_hash:
+            seconds = time.monotonic() - started
+            logger.info(
+                "%s: hashed %d files, %.1f MB in %.1f s (%.0f MB/s)",
+                data_dir,
+                len(to_hash),
+                total / 1e6,
+                seconds,
+                total / 1e6 / max(seconds, 1e-9),
+            )
+            _update_record(data_dir, manifest, record)
+    return {name: entry["sha256"] for name, entry in record.items()}
+
+
+def _known(data_dir: Path, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
+    """(name -> recorded entry for files whose key is unchanged, name -> current key of the others)."""
+    known = hashing.load_record(data_dir / VERIFIED)
+    record, to_hash = {}, {}
+    for name in names:
+        now = hashing.file_key(data_dir / name)
         old = known.get(name)
-        if old is not None and all(old[k] == now[k] for k in _RECORD_KEYS):
+        if old is not None and all(old[k] == now[k] for k in hashing.RECORD_KEYS):
             record[name] = old
         else:
-            to_hash.append((name, now))
-    with _progress(sum(now["size"] for _, now in to_hash), f"verify {data_dir}", progress) as bar:
-        for name, now in to_hash:
-            record[name] = now | {"sha256": sha256_file(data_dir / name, bar.update)}
+            to_hash[name] = now
+    return record, to_hash
+
+
+def _update_record(data_dir: Path, manifest: dict[str, Any], record: dict[str, dict[str, Any]]) -> None:
+    """Merge `record` into the VERIFIED record, dropping files the manifest no longer lists."""
     in_manifest = {
         s["prefix"] + ext
         for v in manifest["splits"].values()
         for s in v["shards"]
         for ext in (".bin", ".idx")
     }
-    updated = {n: e for n, e in known.items() if n in in_manifest} | record
-    if updated != known:
-        _save_record(path, updated)
-    return {name: entry["sha256"] for name, entry in record.items()}
+    known = hashing.load_record(data_dir / VERIFIED)
+    hashing.save_record(data_dir / VERIFIED, {n: e for n, e in known.items() if n in in_manifest} | record)
 
 
 def _progress(total: int, desc: str, enabled: bool) -> Any:
@@ -175,37 +209,4 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 def sha256_file(path: Path, on_read: Callable[[int], Any] = lambda n: None) -> str:
     """The sha256 of a file, read 16 MiB at a time; `on_read(n)` after each read."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-            on_read(len(chunk))
-    return h.hexdigest()
-
-
-def _load_record(path: Path) -> dict[str, dict[str, Any]]:
-    """The VERIFIED record, file name -> size, mtime_ns, ino, sha256; empty if absent or unreadable."""
-    try:
-        files = json.loads(path.read_text())["files"]
-        if all(set(e) >= {*_RECORD_KEYS, "sha256"} for e in files.values()):
-            return files
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass
-    return {}
-
-
-def _save_record(path: Path, files: dict[str, dict[str, Any]]) -> None:
-    """Write the record atomically, under a temporary name of this process's own (ranks may verify the
-    same directory at once); a directory that cannot be written only costs the next call a re-hash."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps({"version": 1, "files": dict(sorted(files.items()))}, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        logger.warning(
-            "%s: cannot record the verification (%s); the next verification hashes the shards again",
-            path,
-            e.strerror,
-        )
+    return hashing.sha256_file(path, on_read)

@@ -88,6 +88,10 @@ class TrainSection:
     compile: bool = _f(False)  # torch.compile the model (ZeRO 0-2 without pipeline)
     pipeline_stages: int = _f(1, resume=True, ge=1)
     max_bad_steps: int = _f(5, ge=1)  # consecutive non-finite losses before aborting
+    # How long a collective may wait for a slow rank before the run fails (seconds); None: DeepSpeed's
+    # default, 10 minutes (DEEPSPEED_TIMEOUT, in minutes, changes it). Raise it where a rank can be busy
+    # alone for long (a checkpoint load from slow storage).
+    dist_timeout_s: float | None = _f(None, gt=0)
     peak_tflops: float | None = _f(None, gt=0)  # per device, for MFU; None: looked up for known GPUs
     # A transformers GPT-2 directory (e.g. from codeparrot-export) whose weights replace the initialisation
     # when the run starts afresh; a resume loads its checkpoint over them.

@@ -1,5 +1,5 @@
 """What `pretrain_gpt.py` does between validation and the engine, collectively on every rank: agree on
-problems and on the precision, take the save_dir's lock, verify the data, plan the resume (and switch it to
+problems and on the precision, take the save_dir's lock, plan the resume (and switch it to
 DeepSpeed's universal checkpoint when the data-parallel size changed). Every expected failure here becomes
 one ConfigError paragraph that rank 0 prints."""
 
@@ -65,12 +65,11 @@ def prepare_run_dir(
     lock: RunLock,
     force_resume: bool,
     resume_from: str | None,
-    verify: bool,
 ) -> checkpoint.ResumePoint | None:
     """Collective, before any engine: rank 0 takes the save_dir's lock (refusing a second run before it
-    writes anything) and plans the resume (complete, undamaged, matching checkpoint); the data's shards
-    are verified against their manifests where `verify` (the caller sets it on local rank 0 of each
-    host). Every rank gets rank 0's plan; a problem anywhere stops every rank (ConfigError)."""
+    writes anything) and plans the resume (complete, undamaged, matching checkpoint). Every rank gets rank
+    0's plan; a problem anywhere stops every rank (ConfigError). The data was verified before the process
+    group started (verify_data)."""
     rank, problems, plan = dist.get_rank(), [], None
     save_dir = Path(run.train.save_dir)
     dp = dist.get_world_size() // run.train.pipeline_stages
@@ -85,8 +84,6 @@ def prepare_run_dir(
                 f"train.save_dir {save_dir} cannot be used: {e.strerror or e} ({e.filename or save_dir}). "
                 "Choose a directory this user can create and write, on a disk with free space"
             )
-    if verify:  # local rank 0 of each host: the shards are per host unless the filesystem is shared
-        problems += verify_data(run.data.paths)
     problems = agreed_problems(problems)
     if problems:
         raise ConfigError(problems)
@@ -95,16 +92,19 @@ def prepare_run_dir(
     return box[0]
 
 
-def verify_data(paths: list[str]) -> list[str]:
-    """Every dataset's shards against its manifest's sha256 (only files changed since the last check are
-    hashed again: data_tools keeps a record in each dataset directory)."""
+def verify_data(paths: list[str], full: bool = True) -> list[str]:
+    """Every dataset's shards against its manifest's sha256, on every rank before the process group starts:
+    hashing 100 GB takes longer than a collective's timeout, so no rank may wait in one meanwhile. Only
+    files changed since the last check are hashed, by one process per filesystem while the others wait for
+    its record (data_tools.hashing). Returns the problems (rank 0 reports them after init)."""
     from data_tools.errors import DataError
     from data_tools.manifest import verify_dataset
 
     problems = []
     for path in paths:
         try:
-            verify_dataset(path)
+            if full:
+                verify_dataset(path)
         except DataError as e:
             problems.append(str(e))
     return problems

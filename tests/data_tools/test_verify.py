@@ -3,11 +3,18 @@ codeparrot-shards reporting a flipped bit."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
+from data_tools import hashing
 from data_tools import manifest as manifest_mod
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import main as shards_main
@@ -101,7 +108,8 @@ def test_a_second_verification_hashes_nothing_and_a_touched_file_is_hashed_again
     verify_dataset(dataset, progress=False)
     assert sorted(hashed) == files
     record = json.loads((dataset / VERIFIED).read_text())["files"]
-    assert sorted(record) == files and set(record[files[0]]) == {"size", "mtime_ns", "ino", "sha256"}
+    assert sorted(record) == files
+    assert set(record[files[0]]) == {"size", "mtime_ns", "ctime_ns", "ino", "sha256"}
 
     hashed.clear()
     verify_dataset(dataset, progress=False)
@@ -185,3 +193,100 @@ def test_progress_bar_over_bytes(dataset, capsys):
     assert f"verify {dataset}" in err and "B/s" in err
     verify_dataset(dataset)  # nothing to hash: no bar
     assert capsys.readouterr().err == ""
+
+
+def test_a_rewrite_keeping_size_and_mtime_is_hashed_again_and_caught(dataset, hashed):
+    """`cp -p` or `rsync --inplace` rewrite a file and restore its mtime; the change time still moves."""
+    verify_dataset(dataset, progress=False)
+    hashed.clear()
+    target = dataset / "train_00001.bin"
+    st = target.stat()
+    flip_bit(target)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns, target.stat().st_ino) == (
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ino,
+    )
+    with pytest.raises(DataError, match=r"train_00001\.bin: sha256 .* the file is corrupt or was changed"):
+        verify_dataset(dataset, progress=False)
+    assert hashed == ["train_00001.bin"]
+
+
+def _verify_in_thread(dataset):
+    errors: list[BaseException] = []
+
+    def target():
+        try:
+            verify_dataset(dataset, progress=False)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            errors.append(e)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, errors
+
+
+def test_a_live_claim_makes_verification_wait_then_nothing_is_hashed_twice(dataset, hashed):
+    """Another process (here: one of another host) is hashing: this one waits for its record instead of
+    reading the same bytes again, and a claim that is refreshed is never taken over."""
+    claim = dataset / hashing.CLAIM
+    claim.write_text(json.dumps({"host": "another-host", "pid": 1, "started": time.time()}))
+    thread, errors = _verify_in_thread(dataset)
+    for _ in range(10):
+        time.sleep(0.2)
+        os.utime(claim)  # the holder's heartbeat
+    assert thread.is_alive() and hashed == [] and not (dataset / VERIFIED).exists()
+    # The holder finishes: its record holds every file; then it removes the claim.
+    names = shard_files(dataset)
+    hashing.save_record(
+        dataset / VERIFIED,
+        {n: hashing.file_key(dataset / n) | {"sha256": sha256_file(dataset / n)} for n in names},
+    )
+    claim.unlink()
+    thread.join(10)
+    assert not thread.is_alive() and errors == [] and hashed == []
+
+
+def test_an_abandoned_claim_is_taken_over(dataset, hashed, monkeypatch):
+    """A claim of a dead process of this host is taken over at once; one from another host when it has
+    not moved for STALE_S."""
+    claim = dataset / hashing.CLAIM
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "started": 0}))
+    verify_dataset(dataset, progress=False)
+    assert sorted(hashed) == shard_files(dataset) and not claim.exists()
+
+    hashed.clear()
+    (dataset / VERIFIED).unlink()
+    monkeypatch.setattr(hashing, "STALE_S", 1.0)
+    claim.write_text(json.dumps({"host": "another-host", "pid": 1, "started": 0}))
+    started = time.monotonic()
+    verify_dataset(dataset, progress=False)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert sorted(hashed) == shard_files(dataset) and not claim.exists()
+
+
+def test_temporary_record_names_are_unique_across_hosts(tmp_path):
+    names = {hashing.unique_tmp(tmp_path / VERIFIED).name for _ in range(20)}
+    assert len(names) == 20
+    assert all(n.startswith(f"{VERIFIED}.{socket.gethostname()}.{os.getpid()}.") for n in names)
+
+
+def test_files_are_hashed_on_several_threads_at_disk_speed(tmp_path):
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_bytes(os.urandom(1 << 22) * 4)
+    threads: set[str] = set()
+    read: list[int] = []
+
+    def sha(path, on_read):
+        threads.add(threading.current_thread().name)
+        time.sleep(0.2)  # every worker is busy at once
+        return sha256_file(path, on_read)
+
+    out = hashing.hash_files(paths, read.append, workers=4, sha=sha)
+    assert out == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    assert len(threads) == 4 and sum(read) == 4 * (1 << 24)
