@@ -109,3 +109,18 @@ def test_preflight_reports_a_bad_hostfile_and_exits_2(tmp_path: Path, capsys: py
         f"  {hostfile}:2: 'node1 slots=1': host 'node1' listed again (first on line 1); "
         "list each host once, with all its slots\n"
     )
+
+
+@pytest.mark.parametrize("content", [b"\x00\xff\xfe binary", None], ids=["binary file", "directory"])
+def test_preflight_on_an_unreadable_hostfile_is_one_paragraph_and_exit_2(tmp_path, capsys, content):
+    from launch.preflight import main
+
+    path = tmp_path / "hosts"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main(["--hostfile", str(path), "--save-dir", str(tmp_path / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hostfile {path} has 1 problem:") and "Traceback" not in err, err
+    assert ("not a text file" if content else "a directory, not a file") in err
