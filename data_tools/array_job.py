@@ -111,6 +111,8 @@ def _inputs_digest(inputs: Sequence[tuple[str, Path]]) -> str:
 def scan(job: ArrayJob, task: int) -> dict[str, Any]:
     """Phase 1, task `task`: a row per record of the task's inputs, and the task's bad-input report."""
     cfg = job.cfg
+    cli.refuse_writing_inputs(cfg.sources.inputs, cfg.output, is_dir=True)
+    cli.refuse_writing_inputs(cfg.sources.inputs, job.work, "--work", is_dir=True)
     cli.prepare_output_dir(job.work / "scan", "--work")
     cli.prepare_output_dir(cfg.output)  # a bad --output or --tokenizer fails now, not in a later phase
     if cfg.tokenizer is not None:

@@ -52,6 +52,8 @@ def clean(
     from tqdm import tqdm
 
     report_path = report_path or output.with_name(output.name.split(".")[0] + ".report.json")
+    cli.refuse_writing_inputs(sources.inputs, output)
+    cli.refuse_writing_inputs(sources.inputs, report_path, "--report")
     cli.prepare_output_file(output)
     cli.prepare_output_file(report_path, "--report")
     problems, cleaner = Problems(), Cleaner(cfg)

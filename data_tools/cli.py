@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,28 @@ def prepare_output_file(path: Path, option: str = "--output") -> None:
     if path.is_dir():
         raise DataError(f"{option} {path}: is a directory; give a file name in it, or another path.")
     prepare_output_dir(path.parent, option)
+
+
+def refuse_writing_inputs(
+    inputs: Iterable[str | Path], output: Path, option: str = "--output", is_dir: bool = False
+) -> None:
+    """Raise DataError if the tool would write over one of its `inputs`: `output` is an input (the same
+    file, also through a link), or, for an output directory (`is_dir`), is or contains an input. Called
+    before anything is written: a tool that replaced its input with its output would lose the records it
+    dropped."""
+    target = output.resolve()
+    for given in inputs:
+        path = Path(given)
+        if not path.exists():
+            continue  # the reader names a missing input
+        same = output.exists() and os.path.samefile(path, output)
+        inside = is_dir and path.resolve().is_relative_to(target)
+        if same or inside:
+            how = "is" if same else "contains"
+            raise DataError(
+                f"{option} {output} {how} the input {given}: writing it would destroy the data being read. "
+                f"Choose an {option} outside the inputs."
+            )
 
 
 def setup_tool_logging(verbose: bool = False) -> None:

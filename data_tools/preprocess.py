@@ -389,6 +389,9 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
     check_config(cfg)
     out = cfg.output
+    # --overwrite deletes out/tokenizer: a --tokenizer there is an input it would destroy.
+    inputs = [*cfg.sources.inputs, *([cfg.tokenizer] if overwrite and cfg.tokenizer else [])]
+    cli.refuse_writing_inputs(inputs, out, is_dir=True)
     cli.prepare_output_dir(out)
     if overwrite:
         clear_dataset(out)

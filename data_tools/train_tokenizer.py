@@ -155,6 +155,7 @@ def train_on_corpus(
 ) -> dict[str, Any]:
     """Clean and deduplicate the corpus (in parallel) and train on its training split; validation-split
     documents are held out for the chars/token figure."""
+    cli.refuse_writing_inputs(sources.inputs, out_dir, is_dir=True)
     cli.prepare_output_dir(out_dir)
     problems = Problems()
     cleaner = Cleaner(clean)
