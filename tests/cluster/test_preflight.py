@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import re
 import subprocess
 import sys
@@ -59,6 +61,76 @@ def private_mount(hosts: Hosts, tmp_path: Path) -> Iterator[Path]:
     assert r.returncode == 0, r.stderr
     yield path
     hosts.run(host, ["umount", "-l", str(path)], timeout=10)
+
+
+@contextlib.contextmanager
+def bind_mounted(hosts: Hosts, host: str, source: Path, target: Path) -> Iterator[None]:
+    """`source` seen at `target` on `host` only (its own mount namespace); unmounted on exit."""
+    r = hosts.run(host, ["mount", "--bind", str(source), str(target)], timeout=10)
+    assert r.returncode == 0, r.stderr
+    try:
+        yield
+    finally:
+        hosts.run(host, ["umount", str(target)], timeout=10)
+
+
+def problem_lines(out: str) -> list[str]:
+    """The report's `host / check: what was found` lines (each followed by its `  fix:` line)."""
+    return [line for line in out.splitlines() if re.match(r"\S+ / [\w -]+: ", line)]
+
+
+def launching_host_versions() -> tuple[str, str, str]:
+    """Python, torch and deepspeed as the preflight's own interpreter reports them."""
+    python = ".".join(map(str, sys.version_info[:3]))
+    return python, importlib.metadata.version("torch"), importlib.metadata.version("deepspeed")
+
+
+def test_another_interpreter_at_the_same_path_on_one_host(
+    hosts: Hosts, hostfile: Path, tmp_path: Path, gloo_env: dict[str, str]
+) -> None:
+    """On the second host the runner's interpreter path (sys.executable, in the bin directory on every
+    host's PATH) is Debian's own python3: one line names the host and both Python versions, exit 1. (It
+    still reads the venv's pyvenv.cfg, so it finds the same torch and deepspeed; the next test changes
+    those.)"""
+    other = Path("/usr/bin/python3")
+    found = subprocess.run([str(other), "-c", "import sys; print(*sys.version_info[:3], sep='.')"],
+                           capture_output=True, text=True)  # fmt: skip
+    python, torch, deepspeed = launching_host_versions()
+    assert found.returncode == 0 and found.stdout.strip() != python, "needs a second interpreter"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / Path(sys.executable).name).symlink_to(other)
+    first, second = hosts.names
+    with bind_mounted(hosts, second, fake_bin, Path(sys.executable).parent):
+        r = preflight(hosts, hostfile, tmp_path / "ckpt", **gloo_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    there = found.stdout.strip()
+    assert problem_lines(r.stdout) == [
+        f"{second} / python: Python {there} on {second}, {python} on the launching host ({sys.executable})"
+    ], r.stdout
+    assert cells(r.stdout, second)[:5] == ["OK", f"FAIL {there}", "OK", "OK", "OK"], r.stdout
+    assert set(cells(r.stdout, first)) <= {"OK", "-"}, r.stdout
+
+
+def test_another_deepspeed_version_on_one_host(
+    hosts: Hosts, hostfile: Path, tmp_path: Path, gloo_env: dict[str, str]
+) -> None:
+    """Same interpreter, but the second host's deepspeed reports 0.18.0 (its installed metadata replaced
+    there only): one line naming the host and both versions, the others agree, exit 1."""
+    _, _, deepspeed = launching_host_versions()
+    metadata = Path(importlib.metadata.distribution("deepspeed")._path) / "METADATA"
+    other = tmp_path / "METADATA"
+    other.write_text(re.sub(r"^Version: .*$", "Version: 0.18.0", metadata.read_text(), count=1, flags=re.M))
+    second = hosts.names[1]
+    with bind_mounted(hosts, second, other, metadata):
+        r = preflight(hosts, hostfile, tmp_path / "ckpt", **gloo_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert problem_lines(r.stdout) == [
+        f"{second} / deepspeed: deepspeed 0.18.0 on {second}, {deepspeed} on the launching host "
+        f"({sys.executable})"
+    ], r.stdout
+    assert cells(r.stdout, second)[:4] == ["OK", "OK", "OK", "FAIL 0.18.0"], r.stdout
+    assert r.stdout.rstrip().endswith("1 check failed.")
 
 
 def test_all_ok(hosts: Hosts, hostfile: Path, tmp_path: Path, gloo_env: dict[str, str]) -> None:
