@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -243,6 +244,25 @@ def _from_hf_dir(path: Path) -> tuple[GPT, GPTConfig, Any, int, str]:
             "unset); set eos_token_id in config.json"
         )
     return model, model.config, hf_tokenizer.backend_tokenizer, int(eod), f"{path} (transformers GPT-2)"
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A hash of the model's weights (every tensor's name, dtype, shape and bytes, in state-dict order):
+    the same weights give the same hash whether loaded from a checkpoint or from its export."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of what maps text to ids in a ``tokenizers.Tokenizer`` (model, added tokens, normalizer,
+    pre-tokenizer, decoder): equal for a tokenizer and its copy in an export, whose files may differ."""
+    spec = json.loads(tokenizer.to_str())
+    parts = {k: spec.get(k) for k in ("model", "added_tokens", "normalizer", "pre_tokenizer", "decoder")}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 def load_model(path: str | Path, tag: str | None = None, device: str | torch.device = "cpu") -> Loaded:

@@ -13,6 +13,8 @@ import json
 import logging
 import zlib
 
+from data_tools.errors import DataError
+from evaluation.sampling import check_sampling
 from evaluation.sandbox import SandboxUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,16 +77,22 @@ def humaneval_command(args: argparse.Namespace) -> dict:
     problems += [f"--timeout ({args.timeout}) must be > 0"] if args.timeout <= 0 else []
     if not any(k <= args.num_samples for k in args.k):
         problems.append(f"no --k ({args.k}) is <= -n ({args.num_samples}): lower k or raise n")
+    try:
+        check_sampling(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    except ValueError as e:
+        problems.append(str(e))
     if problems:
         raise ValueError("; ".join(problems))
     chosen = select_problems(load_problems(), args.problems)
     # Refuse before loading the model when the sandbox cannot isolate candidates.
     sandbox = Sandbox(Limits(timeout=args.timeout), allow_unisolated=args.unsafe_no_isolation)
 
-    from evaluation.checkpoint import load_model
+    from evaluation.checkpoint import load_model, weights_sha256
     from evaluation.generate import complete as generate
 
     loaded = load_model(args.model, tag=args.tag, device=args.device)
+    sampling = {key: getattr(args, key) for key in ("temperature", "top_p", "max_new_tokens", "seed")}
+    identity = {"model": loaded.source, "weights_sha256": weights_sha256(loaded.model), "sampling": sampling}
 
     def complete(prompts: list[str], n: int) -> list[list[str]]:
         # A seed per (prompts, n): a resumed run asks again with the same arguments and gets the same samples.
@@ -100,6 +108,7 @@ def humaneval_command(args: argparse.Namespace) -> dict:
             seed=seed,
             batch_size=args.batch_size,
             eod_id=loaded.eod_id,
+            long_prompts="keep-end",  # a model with a short context is still scored, with a warning
         )
 
     results = run_humaneval(
@@ -110,17 +119,19 @@ def humaneval_command(args: argparse.Namespace) -> dict:
         ks=args.k,
         problems=chosen,
         workers=args.workers,
+        identity=identity,
     )
-    summary = {key: value for key, value in results.items() if key != "per_task"}
+    summary = {key: value for key, value in results.items() if key not in ("per_task", "run")}
     print(json.dumps({"model": str(loaded.source), **summary}, indent=2))
     return results
 
 
 def perplexity_command(args: argparse.Namespace) -> dict:
     from evaluation.checkpoint import load_model
-    from evaluation.perplexity import evaluate
+    from evaluation.perplexity import check_tokenizer, evaluate
 
     loaded = load_model(args.model, tag=args.tag, device=args.device)
+    check_tokenizer(loaded.tokenizer, args.data)
     result = evaluate(
         loaded.model,
         args.data,
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args.func(args)
-    except (SandboxUnavailable, ValueError) as e:
+    except (SandboxUnavailable, ValueError, DataError) as e:  # CheckpointError is a ValueError
         parser.exit(2, f"codeparrot-eval {args.command}: error: {e}\n")
     return 0
 

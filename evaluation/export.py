@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,8 @@ def export(
     directory; files of the same names are replaced only with ``overwrite``. Returns ``out_dir``.
 
     Raises:
-        CheckpointError: the checkpoint cannot be loaded, or ``out_dir`` is not empty without ``overwrite``.
+        CheckpointError: the checkpoint cannot be loaded, ``out_dir`` is not empty without ``overwrite``,
+            or it cannot be written (read-only, full): what this call created is removed first.
     """
     from transformers import GenerationConfig
 
@@ -78,11 +80,39 @@ def export(
     hf_model.generation_config = GenerationConfig(
         bos_token_id=eod, eos_token_id=eod, pad_token_id=eod, **GENERATION_DEFAULTS
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hf_model.save_pretrained(str(out_dir), safe_serialization=True)
-    save_hf_tokenizer(loaded, out_dir)
+
+    def write() -> None:
+        hf_model.save_pretrained(str(out_dir), safe_serialization=True)
+        save_hf_tokenizer(loaded, out_dir)
+
+    _write(out_dir, write)
     logger.info("exported %s to %s", loaded.source, out_dir)
     return out_dir
+
+
+def _write(out_dir: Path, write: Callable[[], object]) -> None:
+    """Create ``out_dir`` and run ``write``; if it fails (read-only or full disk), remove what this call
+    created (the directories it made, the files that were not there before) and raise one CheckpointError.
+    """
+    missing = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    before = set(out_dir.iterdir()) if out_dir.is_dir() else set()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write()
+    except Exception as e:  # noqa: BLE001 - safetensors' and transformers' write errors are not OSErrors
+        if missing:
+            shutil.rmtree(missing[-1], ignore_errors=True)
+        else:
+            for path in set(out_dir.iterdir()) - before:
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise CheckpointError(
+            f"could not write the export to {out_dir}: {reason}. Nothing it wrote was left behind; export "
+            "to a writable directory with room for the model (about 4 bytes per parameter)"
+        ) from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out = export(args.ckpt_dir, args.out_dir, args.tag, args.overwrite)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"codeparrot-export: error: {e}", file=sys.stderr)
         return 2
     print(out)
     return 0

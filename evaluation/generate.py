@@ -17,10 +17,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
+from evaluation.sampling import check_sampling
 from model.gpt2 import GPT
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # HuggingFace's CodeParrot HumanEval stops: a new class, function, comment, if-block or print at column 0.
 CODEPARROT_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 EOD_TOKEN = "<|endoftext|>"
+LongPrompts = Literal["refuse", "keep-end"]
 
 
 def truncate(text: str, stop: Sequence[str]) -> str:
@@ -59,6 +61,28 @@ class _Rows:
         return all(self.finished(row) for row in idx[:, self.prompt_len :].tolist())
 
 
+def _fit_context(encoded: list[list[int]], context: int, long_prompts: LongPrompts) -> list[list[int]]:
+    """Prompts of at most ``context`` tokens: a longer one is refused, or keeps its last ``context``
+    tokens with a warning (the model reads no further back; HumanEval uses this on small models)."""
+    long = [i for i, ids in enumerate(encoded) if len(ids) > context]
+    if not long:
+        return encoded
+    lengths = ", ".join(f"prompt {i}: {len(encoded[i])} tokens" for i in long[:5])
+    if long_prompts == "refuse":
+        raise ValueError(
+            f"{lengths}: longer than the model's context of {context} tokens (n_positions), so the model "
+            f"cannot read it whole. Shorten the prompt to at most {context} tokens"
+        )
+    logger.warning(
+        "%d prompt(s) longer than the model's context of %d tokens (%s): each keeps only its last %d tokens",
+        len(long),
+        context,
+        lengths,
+        context,
+    )
+    return [ids[-context:] for ids in encoded]
+
+
 def complete(
     model: GPT,
     tokenizer: Any,
@@ -73,6 +97,7 @@ def complete(
     seed: int = 0,
     batch_size: int = 16,
     eod_id: int | None = None,
+    long_prompts: LongPrompts = "refuse",
 ) -> list[list[str]]:
     """``n`` completions of each prompt (``result[i][j]``: sample j of prompt i), without the prompt.
 
@@ -80,14 +105,22 @@ def complete(
     if it has one) or is cut before the first of ``stop``; a batch ends when all its rows have ended, else
     after ``max_new_tokens``. Temperature 0 is greedy (the n samples are then equal). The draws depend only on
     ``seed`` and ``batch_size``. An empty prompt starts from the end-of-document token, as a document does.
-    The model runs in eval mode on its own device; ``tokenizer`` is a ``tokenizers.Tokenizer``.
+    The model runs in eval mode on its own device; ``tokenizer`` is a ``tokenizers.Tokenizer``. A prompt
+    longer than the model's context is refused, or with ``long_prompts="keep-end"`` cut to its last
+    n_positions tokens with a warning.
+
+    Raises:
+        ValueError: sampling settings out of range (``check_sampling``), or a prompt longer than the
+            context under ``long_prompts="refuse"``.
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"n ({n}) and batch_size ({batch_size}) must be at least 1")
+    check_sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, top_k=top_k)
     eod_id = tokenizer.token_to_id(EOD_TOKEN) if eod_id is None else eod_id
     encoded = [tokenizer.encode(p).ids or ([] if eod_id is None else [eod_id]) for p in prompts]
     if not all(encoded):
         raise ValueError(f"empty prompt and no end-of-document token ({EOD_TOKEN}) to start from")
+    encoded = _fit_context(encoded, model.config.n_positions, long_prompts)
     # Rows (prompt, sample), shortest prompts first so that a batch holds little padding.
     rows = sorted(((i, j) for i in range(len(prompts)) for j in range(n)), key=lambda r: len(encoded[r[0]]))
     device = next(model.parameters()).device
@@ -163,11 +196,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``codeparrot-generate MODEL [PROMPT]``: print the prompt followed by each of n completions."""
+    """``codeparrot-generate MODEL [PROMPT]``: print the prompt followed by each of n completions; a bad
+    setting, model path or prompt ends in one line on stderr and exit status 2."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return _generate(args)
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        print(f"codeparrot-generate: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
     from evaluation.checkpoint import load_model
 
+    check_sampling(
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, top_k=args.top_k
+    )
     prompt = _read_prompt(args)
     loaded = load_model(args.model, tag=args.tag, device=args.device)
     logger.info("model: %s", loaded.source)

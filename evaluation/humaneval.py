@@ -6,8 +6,11 @@ callable `complete(prompts, n) -> list[list[str]]` (n per prompt), so scoring is
 Output directory, all append-only so that an interrupted run resumes where it stopped:
     generations.jsonl  {"task_id", "sample", "completion"}               written right after generation
     samples.jsonl      {"task_id", "sample", "completion", "verdict"}    written as each one is judged
-    results.json       {"pass@1": ..., "n": ..., "per_task": {task_id: passed count}, ...}
-A resumed run regenerates only missing samples and judges only samples without a verdict.
+    results.json       {"pass@1": ..., "n": ..., "per_task": {task_id: passed count}, "run": ..., ...}
+    run.json           which model (its weights' sha256) and sampling settings made the samples
+A resumed run regenerates only missing samples and judges only samples without a verdict; it must be of
+the same model and sampling settings as run.json (else another model's samples would be scored under
+this one's name).
 """
 
 from __future__ import annotations
@@ -76,6 +79,41 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+RUN_FILE = "run.json"
+SAMPLE_FILES = ("generations.jsonl", "samples.jsonl")
+
+
+def _describe(identity: dict) -> str:
+    sampling = ", ".join(f"{k} {v}" for k, v in sorted(identity.get("sampling", {}).items()))
+    weights = str(identity.get("weights_sha256"))[:16]
+    return f"model {identity.get('model')} (weights sha256 {weights}; {sampling})"
+
+
+def check_resume(out: Path, identity: dict) -> None:
+    """Samples in ``out`` come from one model and one set of sampling settings: ``identity`` ({"model",
+    "weights_sha256", "sampling"}) is written to run.json by the first run and must match on resume
+    (the model's path may differ: the same weights give the same hash from a checkpoint or an export).
+
+    Raises:
+        ValueError: naming the directory, both models and settings, and the fix.
+    """
+    path = out / RUN_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if any(saved.get(key) != identity[key] for key in ("weights_sha256", "sampling")):
+            raise ValueError(
+                f"{out} holds the samples of {_describe(saved)}, not of {_describe(identity)}: resuming "
+                f"would score them under this model's name. Use another --out, or delete {out} to start again"
+            )
+        return
+    if any((out / name).exists() and (out / name).stat().st_size for name in SAMPLE_FILES):
+        raise ValueError(
+            f"{out} holds samples but no {RUN_FILE} saying which model and sampling settings made them: use "
+            f"another --out, or delete {out} to start again"
+        )
+    path.write_text(json.dumps(identity, indent=2) + "\n")
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL file; a torn last line (the run was killed mid-write) is skipped."""
     if not path.exists():
@@ -118,14 +156,18 @@ def run_humaneval(
     problems: Sequence[dict] | None = None,
     workers: int = 4,
     prompts_per_call: int = 8,
+    identity: dict | None = None,
 ) -> dict:
     """Generate n completions per problem, judge them in `sandbox` with `workers` in parallel, write
     the output directory (see the module docstring) and return results.json's content.
 
     Problems are handled `prompts_per_call` at a time: one `complete` call, then judging, so an
-    interruption loses at most one call's generations."""
+    interruption loses at most one call's generations. With ``identity`` (see ``check_resume``), a
+    resume of another model or other sampling settings is refused before anything is generated."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if identity is not None:
+        check_resume(out, identity)
     problems = list(load_problems() if problems is None else problems)
     ks = sorted({k for k in ks if k <= n})
     generations: dict[tuple[str, int], str] = {}
@@ -153,6 +195,7 @@ def run_humaneval(
         "n": n,
         "problems": len(problems),
         "per_task": per_task,
+        **({"run": identity} if identity is not None else {}),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -11,6 +11,7 @@ seq_len tokens of context (the tail shorter than a window is left out).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,43 @@ import torch
 from tqdm import tqdm
 
 from data_tools.dataset import PackedDataset, open_split
+from data_tools.errors import DataError
 from model.gpt2 import GPT
+
+log = logging.getLogger(__name__)
+
+
+def check_tokenizer(tokenizer: Any, data_dir: str | Path) -> None:
+    """Refuse data tokenized with another tokenizer than the model's (``tokenizers.Tokenizer``), as
+    training refuses it: the same ids would mean other text, and the perplexity nothing. The data's
+    tokenizer is the one its manifest.json names; when that directory is gone, the vocabulary sizes are
+    compared (with a warning that nothing more could be).
+
+    Raises:
+        DataError: naming both tokenizers and the fix.
+    """
+    from data_tools.manifest import load_manifest
+    from data_tools.train_tokenizer import load_tokenizer
+    from evaluation.checkpoint import tokenizer_fingerprint
+
+    entry = load_manifest(data_dir)["tokenizer"]
+    tok_dir = Path(data_dir) / entry["path"]
+    ours = tokenizer.get_vocab_size()
+    refuse = (
+        f"{data_dir} was tokenized with {tok_dir} ({entry['vocab_size']} ids, tokenizer.json sha256 "
+        f"{entry['sha256'][:16]}), not with the model's tokenizer ({ours} ids): the same token ids would "
+        "mean other text. Evaluate on data made with the model's tokenizer (codeparrot-preprocess "
+        "--tokenizer <the tokenizer the model was trained with>)"
+    )
+    try:
+        theirs, _ = load_tokenizer(tok_dir)
+    except DataError:
+        if entry["vocab_size"] != ours:
+            raise DataError(refuse) from None
+        log.warning("%s is gone: only its vocabulary size (%d) was compared with the model's", tok_dir, ours)
+        return
+    if tokenizer_fingerprint(theirs) != tokenizer_fingerprint(tokenizer):
+        raise DataError(refuse)
 
 
 @torch.no_grad()
