@@ -83,9 +83,16 @@ class IndexedDatasetWriter:
         self._doc_idx: list[int] = [0]
         self._sha = hashlib.sha256()
         self.tokens = 0
+        self.max_token: int | None = None  # the largest id written, for the manifest's vocabulary check
+
+    def _see(self, data: np.ndarray) -> None:
+        if data.size:
+            top = int(data.max())
+            self.max_token = top if self.max_token is None else max(self.max_token, top)
 
     def add_sequence(self, tokens: np.ndarray) -> None:
         data = np.ascontiguousarray(tokens, dtype=self.dtype)
+        self._see(data)
         buf = data.tobytes()
         self._bin.write(buf)
         self._sha.update(buf)
@@ -102,6 +109,7 @@ class IndexedDatasetWriter:
     def add_documents(self, flat: np.ndarray, lengths: np.ndarray) -> None:
         """Many documents at once: `flat` holds them back to back, `lengths[i]` tokens each."""
         data = np.ascontiguousarray(flat, dtype=self.dtype)
+        self._see(data)
         buf = data.tobytes()
         self._bin.write(buf)
         self._sha.update(buf)
@@ -115,8 +123,9 @@ class IndexedDatasetWriter:
         return len(self._doc_idx) - 1
 
     def finalize(self) -> dict[str, object]:
-        """Write the index and move both files into place. Returns tokens, documents, sequences, and the
-        sha256 and size in bytes of each file (sha256/bin_bytes, idx_sha256/idx_bytes)."""
+        """Write the index and move both files into place. Returns tokens, documents, sequences, the
+        sha256 and size in bytes of each file (sha256/bin_bytes, idx_sha256/idx_bytes) and the largest
+        token id (max_token, None when empty)."""
         self._bin.close()
         sizes = np.asarray(self._sizes, dtype=np.int32)
         pointers = np.zeros(len(sizes), dtype=np.int64)
@@ -141,6 +150,7 @@ class IndexedDatasetWriter:
             "bin_bytes": int(self.tokens) * self.dtype.itemsize,
             "idx_sha256": idx_sha.hexdigest(),
             "idx_bytes": sum(map(len, parts)),
+            "max_token": self.max_token,
         }
 
     def abort(self) -> None:
@@ -217,6 +227,12 @@ class IndexedDataset:
                 path,
                 f"{state}: {actual} bytes, but {self.idx_path.name} describes {expected} bytes "
                 f"({len(self.sizes)} sequences of {self.dtype})",
+            )
+        if len(self.sizes) and self.pointers[0] != 0:
+            raise self._fail(
+                self.idx_path,
+                f"the first sequence's pointer is {int(self.pointers[0])}, not 0: the index does not "
+                f"describe {path.name} from its start (an index cut from a larger one, or damaged)",
             )
         if len(self.sizes) and not np.array_equal(
             self.pointers[1:], self.pointers[:-1] + self.sizes[:-1].astype(np.int64) * self.dtype.itemsize

@@ -75,17 +75,8 @@ def verify_dataset(
     ]
     problems: dict[str, str] = {}  # shard prefix -> what is wrong (the first problem found)
     for split, shard in shards:
-        for ext, size_key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
-            path, where = data_dir / (shard["prefix"] + ext), f"shard {shard['prefix']} of the {split} split"
-            try:
-                size = path.stat().st_size
-            except OSError as e:
-                problems.setdefault(shard["prefix"], f"{path}: {e.strerror} ({where})")
-                continue
-            if size != shard.get(size_key, size):
-                problems.setdefault(
-                    shard["prefix"], f"{path}: {size} bytes, {MANIFEST} records {shard[size_key]} ({where})"
-                )
+        if problem := _size_problem(data_dir, split, shard):
+            problems[shard["prefix"]] = problem
     hashes = _hashes(data_dir, manifest, [s for _, s in shards if s["prefix"] not in problems], progress)
     for split, shard in shards:
         prefix = shard["prefix"]
@@ -105,6 +96,49 @@ def verify_dataset(
             problems[prefix] = problem
     if problems:
         raise DataError("\n".join(problems.values()) + "\n" + regenerate_hint(data_dir, manifest))
+
+
+def check_shards(data_dir: str | Path, vocab_size: int | None = None) -> None:
+    """The checks that read no shard's tokens, for every start (also where hashing is skipped): each
+    `.bin` and `.idx` exists with the manifest's size, each index fits its `.bin` (IndexedDataset's
+    layout checks, the counts) and, where given, no shard holds a token id the model's `vocab_size` cannot
+    embed (from the `max_token` the writer recorded). Raises DataError naming every bad file and the fix."""
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    limits = [
+        (vocab_size, "the model's vocabulary"),
+        (manifest["tokenizer"].get("vocab_size"), "its tokenizer"),
+    ]
+    problems = []
+    for split, info in sorted(manifest["splits"].items()):
+        for shard in info["shards"]:
+            problem = _size_problem(data_dir, split, shard) or _check_index(data_dir, shard)
+            top = shard.get("max_token")
+            over = [(n, what) for n, what in limits if n is not None and top is not None and top >= n]
+            if problem is None and over:
+                n, what = over[0]
+                problem = (
+                    f"{data_dir / shard['prefix']}.bin: holds token id {top} (recorded in {MANIFEST}), but "
+                    f"{what} has {n} ids (0-{n - 1}): the shard was not tokenized with the tokenizer its "
+                    "manifest names"
+                )
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise DataError("\n".join(problems) + "\n" + regenerate_hint(data_dir, manifest))
+
+
+def _size_problem(data_dir: Path, split: str, shard: dict[str, Any]) -> str | None:
+    """A missing file, or one whose size is not the manifest's; None if both files are as recorded."""
+    for ext, size_key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
+        path, where = data_dir / (shard["prefix"] + ext), f"shard {shard['prefix']} of the {split} split"
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            return f"{path}: {e.strerror} ({where})"
+        if size != shard.get(size_key, size):
+            return f"{path}: {size} bytes, {MANIFEST} records {shard[size_key]} ({where})"
+    return None
 
 
 def _check_index(data_dir: Path, shard: dict[str, Any]) -> str | None:

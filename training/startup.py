@@ -92,19 +92,23 @@ def prepare_run_dir(
     return box[0]
 
 
-def verify_data(paths: list[str], full: bool = True) -> list[str]:
-    """Every dataset's shards against its manifest's sha256, on every rank before the process group starts:
-    hashing 100 GB takes longer than a collective's timeout, so no rank may wait in one meanwhile. Only
-    files changed since the last check are hashed, by one process per filesystem while the others wait for
-    its record (data_tools.hashing). Returns the problems (rank 0 reports them after init)."""
+def verify_data(paths: list[str], vocab_size: int, full: bool = True) -> list[str]:
+    """Every dataset's shards against its manifest's sha256 (`full`), on every rank before the process
+    group starts: hashing 100 GB takes longer than a collective's timeout, so no rank may wait in one
+    meanwhile. Only files changed since the last check are hashed, by one process per filesystem while the
+    others wait for its record (data_tools.hashing). Always, even without `full`: the files' sizes, each
+    index against its .bin and the largest token id against the model's `vocab_size`, which read no
+    tokens, so a truncated shard is named before any engine is built. Returns the problems (rank 0
+    reports them after init)."""
     from data_tools.errors import DataError
-    from data_tools.manifest import verify_dataset
+    from data_tools.manifest import check_shards, verify_dataset
 
     problems = []
     for path in paths:
         try:
             if full:
                 verify_dataset(path)
+            check_shards(path, vocab_size)
         except DataError as e:
             problems.append(str(e))
     return problems

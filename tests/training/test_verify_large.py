@@ -14,7 +14,7 @@ import numpy as np
 from data_tools.indexed_dataset import IndexedDatasetWriter
 from data_tools.manifest import MANIFEST, VERIFIED
 
-from .conftest import check, deepspeed_cmd, run, run_config
+from .conftest import check, deepspeed_cmd, run, run_config, single_cmd
 
 TIMEOUT_S = 5  # train.dist_timeout_s of the run: every collective of the run may wait this long
 SHARD_GB = 1.5
@@ -69,3 +69,21 @@ def test_verification_longer_than_the_collective_timeout_starts_training(tiny_da
         assert not list(data.glob(".verify.claim*")) and not list(data.glob("*.tmp"))
     finally:
         shutil.rmtree(data, ignore_errors=True)  # 6 GB
+
+
+def test_a_truncated_shard_without_verification_is_named_before_any_engine(tiny_data, tmp_path):
+    """--no-verify-data skips the hashing, not the checks that read no tokens."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    shard = data / "train_00000.bin"
+    size = shard.stat().st_size
+    os.truncate(shard, size - 2)
+    cfg = run_config(tmp_path, data, max_steps=2)
+    result = run(single_cmd(cfg, "zero2_cpu.json", "--no-verify-data"), tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert (
+        f"  - {shard}: {size - 2} bytes, manifest.json records {size} (shard train_00000 of the train "
+        "split)\nHINT: regenerate the dataset with `codeparrot-preprocess"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ckpt" / "run_config.json").exists()  # refused before the run started
