@@ -4,18 +4,23 @@ error boundary."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
+from data_tools.hashing import pid_alive
 from data_tools.parallel import CleanConfig
 from data_tools.sources import (
     DEFAULT_EXTENSIONS,
@@ -183,6 +188,48 @@ def refuse_writing_inputs(
                 f"{option} {output} {how} the input {given}: writing it would destroy the data being read. "
                 f"Choose an {option} outside the inputs."
             )
+
+
+OUTPUT_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, option: str = "--output") -> Iterator[None]:
+    """Hold `out`/.lock (created with O_EXCL, holding host, pid and start time) for the block, so a second
+    job writing the same directory refuses instead of interleaving its shards with the first's. A lock
+    left by a dead process of this host is taken over; one from another host can only be judged by the
+    user, whom the message tells how to remove it."""
+    path = out / OUTPUT_LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder.get("host") == me["host"] and not pid_alive(holder.get("pid")):
+                path.unlink(missing_ok=True)  # its job was killed: the resume logic keeps what it finished
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            raise DataError(
+                f"{option} {out}: another job is writing this directory (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {since}; lock {path}). Wait for it to end or choose "
+                f"another {option}; if no such job runs, delete {path}."
+            ) from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> dict[str, Any]:
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def setup_tool_logging(verbose: bool = False) -> None:

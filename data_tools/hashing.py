@@ -172,7 +172,7 @@ def _wait_for(path: Path) -> None:
             return
         if mtime != seen:
             seen, since = mtime, time.monotonic()
-        dead_here = holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid"))
+        dead_here = holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid"))
         if dead_here or time.monotonic() - since > STALE_S:
             logger.warning("%s: taking over the verification abandoned by %s", path.parent, _who(holder))
             with contextlib.suppress(FileNotFoundError):
@@ -189,7 +189,8 @@ def _who(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
 
 
-def _pid_alive(pid: Any) -> bool:
+def pid_alive(pid: Any) -> bool:
+    """Whether process `pid` of this host exists; True when unknown (a file still being written)."""
     if not isinstance(pid, int) or pid <= 0:
         return True  # unknown: let the staleness clock decide
     try:

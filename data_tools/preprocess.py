@@ -62,7 +62,13 @@ from data_tools.parallel import (
     tokenize_records,
 )
 from data_tools.sources import Problems, Record, SourceConfig, iter_batches, iter_records, problems_summary
-from data_tools.train_tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, tokenizer_sha256, train_on_corpus
+from data_tools.train_tokenizer import (
+    DEFAULT_VOCAB_SIZE,
+    load_tokenizer,
+    tokenizer_sha256,
+    train_on_corpus,
+    vocab_size_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -393,6 +399,13 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
     inputs = [*cfg.sources.inputs, *([cfg.tokenizer] if overwrite and cfg.tokenizer else [])]
     cli.refuse_writing_inputs(inputs, out, is_dir=True)
     cli.prepare_output_dir(out)
+    with cli.output_lock(out):
+        return _preprocess_locked(cfg, overwrite)
+
+
+def _preprocess_locked(cfg: PreprocessConfig, overwrite: bool) -> dict[str, Any]:
+    """preprocess() once it holds the output directory's lock."""
+    out = cfg.output
     if overwrite:
         clear_dataset(out)
     tok_dir = cfg.tokenizer or out / "tokenizer"
@@ -419,7 +432,17 @@ def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]
 
 
 def check_config(cfg: PreprocessConfig) -> None:
-    """Raise DataError naming every setting that contradicts another (tokenize-only mode's needs)."""
+    """Raise DataError naming every setting out of its range or contradicting another (tokenize-only
+    mode's needs), before any input is read."""
+    sizes = [vocab_size_problem(cfg.vocab_size)] if cfg.tokenizer is None else []
+    if cfg.shard_tokens < 1:
+        sizes.append(
+            f"--shard-tokens ({cfg.shard_tokens}) must be at least 1 (tokens per shard; the default is "
+            f"{DEFAULT_SHARD_TOKENS:,})"
+        )
+    sizes = [problem for problem in sizes if problem]
+    if sizes:
+        raise DataError("; ".join(sizes) + ".")
     if not cfg.tokenize_only:
         return
     wrong = []

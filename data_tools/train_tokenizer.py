@@ -29,6 +29,20 @@ logger = logging.getLogger(__name__)
 EOD_TOKEN = "<|endoftext|>"
 DEFAULT_VOCAB_SIZE = 32768
 HELD_OUT_MAX_CHARS = 5_000_000
+MIN_VOCAB_SIZE = 257  # the 256 bytes of the byte-level alphabet and the end-of-document token
+MAX_VOCAB_SIZE = 2**31 - 1  # the largest id an int32 shard holds (uint16 shards stop at 65,500 ids)
+
+
+def vocab_size_problem(vocab_size: int, option: str = "--vocab-size") -> str | None:
+    """Why `vocab_size` cannot be trained and stored, or None. Below the byte alphabet the trainer would
+    silently return a larger vocabulary; above int32 no shard dtype holds the ids."""
+    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        return (
+            f"{option} ({vocab_size}) must be between {MIN_VOCAB_SIZE} (the 256 bytes of the byte-level "
+            f"alphabet and the end-of-document token) and {MAX_VOCAB_SIZE:,} (the largest id an int32 shard "
+            "holds); 32768 is the usual choice"
+        )
+    return None
 
 
 def new_bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool = True):
@@ -109,6 +123,8 @@ def train(
     """Train on `texts`, save to `out_dir`, and return the report (vocabulary, held-out chars/token).
     Long texts reach the trainer in pieces cut where the pre-tokenizer cuts (the same word counts, in
     bounded memory: data_tools.encode)."""
+    if problem := vocab_size_problem(vocab_size, "vocab_size"):
+        raise DataError(problem)
     tokenizer, trainer = new_bpe_trainer(vocab_size, show_progress=show_progress)
     counted = {"docs": 0, "chars": 0}
 
@@ -155,6 +171,8 @@ def train_on_corpus(
 ) -> dict[str, Any]:
     """Clean and deduplicate the corpus (in parallel) and train on its training split; validation-split
     documents are held out for the chars/token figure."""
+    if problem := vocab_size_problem(vocab_size):
+        raise DataError(problem)
     cli.refuse_writing_inputs(sources.inputs, out_dir, is_dir=True)
     cli.prepare_output_dir(out_dir)
     problems = Problems()
