@@ -3,7 +3,12 @@
 Layout under `save_dir`: one DeepSpeed tag directory per save (`global_stepN/`, with each rank's
 `rng_rankNNNNN.pt`), and our own `latest` file naming the newest complete tag. `latest` is written by rank 0
 only after a barrier that every rank reaches once its files are written, then renamed into place: a crash
-mid-save leaves the previous checkpoint intact and chosen. The last `keep_last` tags are kept.
+mid-save leaves the previous checkpoint intact and chosen. The last `keep_last` tags are kept. A save
+into a tag that exists (a run resumed from an older tag) first moves `latest` off it and removes it.
+
+A tag is complete once rank 0 wrote `files.json` (each file's size and CRC-32, summed by all ranks after
+the save) and then `COMPLETE`. A resume checks sizes and sums before loading anything, so a truncated file
+or one whose bytes changed at the same size is named, with the complete tags to resume from instead.
 
 Client state: step, consumed samples and tokens, the run's resume settings (`RunConfig.resume_values`:
 model, optimizer, batch, seed, resolved precision), and the hashes of the tokenizer and data manifests. A
@@ -23,6 +28,8 @@ import os
 import pickle
 import random
 import shutil
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 LATEST = "latest"
 CLIENT_STATE = "client_state.json"
-FILES = "files.json"  # each file's size at save time, to tell a damaged checkpoint before loading it
+FILES = "files.json"  # each file's size and CRC-32 at save time, to tell a damaged checkpoint before loading
+CHECKSUM_CHUNK = 8 * 2**20  # bytes read per call: large enough that the CRC, not Python, sets the speed
 COMPLETE = "COMPLETE"  # written by rank 0 once every rank's files are in place, before `latest` moves
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -125,8 +133,9 @@ def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], k
         shutil.rmtree(save_dir / tag, ignore_errors=True)  # half written, never chosen: give the space back
         raise ConfigError([_disk_full_message(save_dir, tag)]) from e
     dist.barrier()  # every rank's files are complete
+    record = _file_record(save_dir / tag)
     if rank == 0:
-        _write_file_record(save_dir / tag)
+        _write_file_record(save_dir / tag, record)
         _write_latest(save_dir, tag)
         for broken in save_dir.glob("global_step*"):  # saves that crashed before completing
             broken_step = tag_step(broken.name)
@@ -212,14 +221,58 @@ class ResumePoint:
         return f"{self.tag}{UNIVERSAL_SUFFIX}"
 
 
-def _write_file_record(tag_dir: Path) -> None:
-    """Rank 0, after every rank wrote: each file's size, then the COMPLETE marker (see `complete_tags`)."""
-    files = {
-        str(f.relative_to(tag_dir)): f.stat().st_size
-        for f in sorted(tag_dir.rglob("*"))
-        if f.is_file() and f.name not in (FILES, COMPLETE)
+def file_checksum(path: Path) -> str:
+    """CRC-32 (zlib) of a file, as 8 hex digits. Chosen for speed over sha256: it is there to catch
+    accidental damage (flipped bits, a file half rewritten at its old size), not tampering, and zlib's
+    CRC-32 ran at twice sha256's speed here (bench/checkpoint_checksum.py). zlib releases the GIL while
+    it sums, so threads hash files in parallel."""
+    crc, buf = 0, bytearray(CHECKSUM_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return f"{crc:08x}"
+
+
+def checksums(paths: list[Path], threads: int | None = None) -> list[str]:
+    """`file_checksum` of each path, summed by `threads` threads (default: one per core, at most 8)."""
+    with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
+        return list(pool.map(file_checksum, paths))
+
+
+def _tag_files(tag_dir: Path) -> dict[str, int]:
+    """Every file of a tag (but the record and marker) with its size, largest first."""
+    files = [f for f in tag_dir.rglob("*") if f.is_file() and f.name not in (FILES, COMPLETE)]
+    sizes = {str(f.relative_to(tag_dir)): f.stat().st_size for f in files}
+    return dict(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _file_record(tag_dir: Path) -> dict[str, dict[str, Any]]:
+    """Collective, after every rank wrote: each file's size (listed by rank 0) and CRC-32, each rank
+    summing every world-th file of the list (largest first), so a save's hashing is spread over the
+    ranks. A file a rank cannot see (no shared filesystem) is summed by rank 0."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    box = [_tag_files(tag_dir) if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    sizes: dict[str, int] = box[0]
+    mine = {}
+    for name in list(sizes)[rank::world]:
+        try:
+            mine[name] = file_checksum(tag_dir / name)
+        except FileNotFoundError:
+            pass
+    parts: list[dict[str, str] | None] = [None] * world
+    dist.all_gather_object(parts, mine)
+    sums = {name: crc for part in parts for name, crc in (part or {}).items()}
+    return {
+        name: {"size": size, "crc32": sums.get(name) or (file_checksum(tag_dir / name) if rank == 0 else "")}
+        for name, size in sorted(sizes.items())
     }
-    (tag_dir / FILES).write_text(json.dumps(files, indent=1) + "\n")
+
+
+def _write_file_record(tag_dir: Path, record: dict[str, dict[str, Any]]) -> None:
+    """Rank 0: each file's size and CRC-32, then the COMPLETE marker (see `complete_tags`)."""
+    (tag_dir / FILES).write_text(json.dumps(record, indent=1) + "\n")
     (tag_dir / COMPLETE).write_text("")
 
 
@@ -234,19 +287,30 @@ def complete_tags(save_dir: Path) -> list[str]:
 
 
 def damaged_files(tag_dir: Path) -> list[str]:
-    """Files of a complete checkpoint that are missing or whose size changed since the save."""
+    """Files of a complete checkpoint that are missing, or whose size or CRC-32 changed since the save
+    (sizes first; then every file summed, in parallel threads). Records of older saves hold sizes only."""
     try:
         record = json.loads((tag_dir / FILES).read_text())
     except (OSError, json.JSONDecodeError):
         return [f"{tag_dir / FILES} (unreadable)"]
-    out = []
-    for name, size in record.items():
+    out, to_sum = [], {}
+    for name, entry in record.items():
+        size, crc = (entry["size"], entry.get("crc32")) if isinstance(entry, dict) else (entry, None)
         path = tag_dir / name
         if not path.exists():
             out.append(f"{path} (missing)")
         elif path.stat().st_size != size:
             out.append(f"{path} ({path.stat().st_size} bytes, {size} when saved)")
-    return out
+        elif crc:
+            to_sum[path] = crc
+    if out:
+        return out
+    now = dict(zip(to_sum, checksums(list(to_sum)), strict=True))
+    return [
+        f"{path} (CRC-32 {now[path]}, {crc} when saved: its bytes changed at the same size)"
+        for path, crc in to_sum.items()
+        if now[path] != crc
+    ]
 
 
 def _choose_another(save_dir: Path, bad: str) -> str:

@@ -1,11 +1,14 @@
 """A checkpoint marked complete holds exactly the files of one save: a crash while saving into a tag that
-already exists never leaves it chosen."""
+already exists never leaves it chosen, and bytes changed after the save (at the same size) are found."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from .conftest import FAULT_WORKER, check, deepspeed_cmd, losses, run, run_config
+from .test_integrity import errors_once
 
 pytestmark = pytest.mark.slow
 
@@ -36,3 +39,24 @@ def test_a_crash_while_saving_over_an_existing_tag_is_never_resumed_from(tiny_da
     after = losses(ckpt)
     assert [after[s] for s in range(5, 9)] == [reference[s] for s in range(5, 9)]
     assert (ckpt / "global_step8" / "COMPLETE").exists()
+
+
+def test_bytes_flipped_in_an_optimizer_shard_are_found_before_resuming(tiny_data, tmp_path):
+    cfg = run_config(tmp_path, tiny_data, max_steps=4, save_interval=2, eval_interval=0)
+    check(run(deepspeed_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    tag = tmp_path / "ckpt" / "global_step4"
+    shard = tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    raw = bytearray(shard.read_bytes())
+    for i in range(len(raw) - 4096, len(raw) - 4000):  # inside the tensors' bytes: torch.load still works
+        raw[i] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+
+    cfg6 = run_config(tmp_path, tiny_data, max_steps=6, save_interval=2, eval_interval=0)
+    out = errors_once(run(deepspeed_cmd(cfg6, "zero2_cpu.json"), tmp_path))
+    record = json.loads((tag / "files.json").read_text())
+    assert all(len(entry["crc32"]) == 8 for entry in record.values())  # every rank's files summed
+    assert f"checkpoint {tag} is damaged: {shard} (CRC-32 " in out
+    assert f"{record[shard.name]['crc32']} when saved: its bytes changed at the same size)" in out
+    assert "`--resume-from global_step2`" in out
+    result = check(run(deepspeed_cmd(cfg6, "zero2_cpu.json", "--resume-from", "global_step2"), tmp_path))
+    assert "step 6/6" in result.stdout
