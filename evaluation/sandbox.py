@@ -31,8 +31,8 @@ What each layer buys:
 - files: the private mount namespace sees the host's filesystem read-only (and nosuid); if any mount is
   still writable after the remount, the run is refused (`SandboxUnavailable`), never run "best effort".
   The only writable places are tmpfs mounts that vanish with the namespace, each capped in size.
-  RLIMIT_FSIZE caps a file. The evaluator's home is covered by an empty tmpfs (but for the interpreter's
-  own directories), as is any directory others cannot traverse.
+  RLIMIT_FSIZE caps a file. Any directory others cannot traverse, and ("user") the evaluator's home, is
+  covered by an empty tmpfs, but for the interpreter's own directories bind-mounted back.
 - memory and CPU: RLIMIT_AS per process, RLIMIT_CPU, and a wall-clock timeout after which the evaluator
   kills the whole process group (the namespace's init, and with it everything inside).
 - output: stdout and stderr are pipes drained by the evaluator, which keeps only the first and last
@@ -202,6 +202,7 @@ class Sandbox:
     network_isolation: "auto" probes the machine, "namespace" requires namespaces (raises if they do not
     work), "unavailable" behaves as on a machine without them (for tests of the refusal).
     allow_unisolated: accept running without isolation when it is unavailable (see REFUSAL for the risk).
+    `mode` is then "root", "user" (see the module docstring) or "none" (unisolated).
     """
 
     def __init__(
