@@ -59,11 +59,12 @@ def test_verification_longer_than_the_collective_timeout_starts_training(tiny_da
         cfg = run_config(tmp_path, data, max_steps=2, eval_interval=0, dist_timeout_s=TIMEOUT_S)
         result = check(run(deepspeed_cmd(cfg, "zero2_cpu.json"), tmp_path, timeout=600))
         assert "step 2/2" in result.stdout
-        # One process hashed every file (one bar over all the bytes), for longer than the timeout.
-        bars = [line for line in result.stderr.split("\n") if f"verify {data}: 100%" in line]
-        assert len(bars) == 1, result.stderr[-3000:]
-        minutes, seconds = re.findall(r"\[(\d+):(\d+)<", bars[0])[-1]
-        assert 60 * int(minutes) + int(seconds) > TIMEOUT_S, bars[0]
+        # One process hashed every file, for longer than the timeout: one bar over all the bytes (a second
+        # hashing would start another bar at 0%).
+        bar = re.findall(rf"verify {re.escape(str(data))}:\s+(\d+)%[^\r\n]*\[(\d+):(\d+)<", result.stderr)
+        percents = [int(p) for p, _, _ in bar]
+        assert percents and percents == sorted(percents) and percents[-1] == 100, result.stderr[-3000:]
+        assert 60 * int(bar[-1][1]) + int(bar[-1][2]) > TIMEOUT_S, bar[-1]
         record = json.loads((data / VERIFIED).read_text())["files"]
         assert sum(e["size"] for n, e in record.items() if n.startswith("test_")) >= total
         assert not list(data.glob(".verify.claim*")) and not list(data.glob("*.tmp"))
