@@ -32,7 +32,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim >= 2:
+        # Under ZeRO-3's zero.Init a parameter is a 1-D shard; its own shape is ds_shape.
+        if len(getattr(p, "ds_shape", p.shape)) >= 2:
             decay.append(p)
             decay_names.append(name)
         else:

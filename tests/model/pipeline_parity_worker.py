@@ -54,12 +54,12 @@ def plain_loss(model: GPT, data: list[tuple[torch.Tensor, torch.Tensor]], backwa
     return total / len(data)
 
 
-def main(out_path: str) -> None:
+def main(out_path: str, seed: int, data_seed: int) -> None:
     LaunchEnv.read().init_distributed()
     rank = torch.distributed.get_rank()
     config = get_preset("tiny", vocab_size=509, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0)
     config = config.replace(activation_checkpointing=True)
-    torch.manual_seed(1234)
+    torch.manual_seed(seed)
     plain = GPT(config)
     pipe = build_pipeline(config, num_stages=2)
     load_gpt_state(pipe, plain.state_dict(), config)
@@ -74,7 +74,7 @@ def main(out_path: str) -> None:
     }
     optimizer = torch.optim.SGD(pipe.parameters(), lr=LR)
     engine, _, _, _ = deepspeed.initialize(model=pipe, optimizer=optimizer, config=ds_config)
-    data = batches(config.vocab_size, seed=7)
+    data = batches(config.vocab_size, seed=data_seed)
     result: dict[str, float] = {"parts": [int(p) for p in pipe.parts]}  # DeepSpeed's own cut
 
     plain.eval()
@@ -118,5 +118,8 @@ def main(out_path: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out_path")
+    parser.add_argument("--seed", type=int, default=1234, help="the model's initialisation")
+    parser.add_argument("--data-seed", type=int, default=7, help="the batches'")
     parser.add_argument("--local_rank", type=int, default=0)  # added by the deepspeed launcher
-    main(parser.parse_args().out_path)
+    args = parser.parse_args()
+    main(args.out_path, args.seed, args.data_seed)

@@ -27,7 +27,13 @@ from model.presets import get_preset
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("pipeline_parity_worker.py")
-TOL = 1e-5
+# Measured over 5 seeds (model seeds 1234, 1-4 with data seeds 7, 1-4; deepspeed 0.19.8, torch 2.13.0, 2 CPU
+# ranks, AMD EPYC), pipeline against the plain model: losses at most 4.8e-7 apart (one float32 step at a
+# loss of 6), the clipped gradient norm 2.7e-7 relative, weights after the step 1.2e-7. Each tolerance is
+# 5-6 times the largest.
+LOSS_TOL = 3e-6
+GRAD_NORM_REL = 1.5e-6
+WEIGHT_TOL = 6e-7
 
 
 def pipeline_keys(config) -> set[str]:
@@ -111,12 +117,12 @@ def test_two_stage_pipeline_matches_plain_model(tmp_path: Path) -> None:
     assert r["stages"] == 2
     bounds = stage_partition(get_preset("tiny", vocab_size=509), 2)  # what --dry-run prints
     assert r["parts"] == [bounds[0][0], *(b for _, b in bounds)]
-    assert r["pipe_eval"] == pytest.approx(r["plain_eval"], abs=TOL)
-    assert r["pipe_train"] == pytest.approx(r["plain_train"], abs=TOL)
-    assert r["pipe_grad_norm"] == pytest.approx(r["plain_grad_norm"], rel=1e-5)
+    assert r["pipe_eval"] == pytest.approx(r["plain_eval"], abs=LOSS_TOL)
+    assert r["pipe_train"] == pytest.approx(r["plain_train"], abs=LOSS_TOL)
+    assert r["pipe_grad_norm"] == pytest.approx(r["plain_grad_norm"], rel=GRAD_NORM_REL)
     assert r["plain_grad_norm"] > 1.0  # so the clipping to 1.0 was active on both sides
-    assert r["pipe_eval_after_step"] == pytest.approx(r["plain_eval_after_step"], abs=TOL)
+    assert r["pipe_eval_after_step"] == pytest.approx(r["plain_eval_after_step"], abs=LOSS_TOL)
     assert r["plain_eval_after_step"] < r["plain_eval"] - 0.05  # the step did something
     assert r["n_params_gathered"] == r["n_params_plain"]
-    assert r["max_weight_change"] > 0.01 and r["max_weight_diff_after_step"] < TOL
-    assert r["max_weight_diff_checkpoint"] < TOL
+    assert r["max_weight_change"] > 0.01 and r["max_weight_diff_after_step"] < WEIGHT_TOL
+    assert r["max_weight_diff_checkpoint"] < WEIGHT_TOL

@@ -34,10 +34,12 @@ def test_losses_equal_single_process(tiny_data, tmp_path, single_process_losses,
         local, total = (int(w) for w in line.split("zero.Init, ")[1].split(" parameters")[0].split(" of "))
         assert local <= total // 2 + 64
     assert sorted(ours) == list(range(1, 11))
-    # fp32: only the order of the gradient reductions differs, and Adam amplifies that rounding over the
-    # steps. Measured over seeds 1-3 and 1234: ZeRO-2 and pipeline stay below 1e-5 relative; ZeRO-3, whose
-    # reduce-scatter sums in yet another order, reaches 0.8-1.3e-5 by step 10.
-    tolerance = 3e-5 if ds_config == "zero3_cpu.json" else 1e-5
+    # fp32: the losses agree to the last bit or two of the float32 they are logged as. Measured over seeds
+    # 1, 2, 3, 7 and 1234 (deepspeed 0.19.8, torch 2.13.0, 2 CPU ranks, AMD EPYC), the largest relative
+    # difference over the 10 steps: ZeRO-2 1.55e-7, pipeline + ZeRO-1 1.52e-7, ZeRO-3 1.53e-7.
+    # The tolerance is about 6 times the largest. (When the optimizer's groups took ZeRO-3's 1-D shards
+    # for vectors, no weight was decayed and ZeRO-3 drifted to 1.3e-5 by step 9: model/optim.py.)
+    tolerance = 1e-6
     for step, reference in single_process_losses.items():
         assert abs(ours[step] - reference) <= tolerance * abs(reference), (step, ours, single_process_losses)
     assert ours[10] < ours[1]  # and it learns
