@@ -391,9 +391,40 @@ def to_universal(point: ResumePoint) -> None:
     (out / COMPLETE).write_text("")
 
 
+_SCHEDULED = ("params", "lr", "initial_lr")  # what a load or the schedule sets in a parameter group
+
+
+def _param_groups(engine: Any) -> list[dict[str, Any]]:
+    """The parameter groups of the torch optimizer inside DeepSpeed's ZeRO wrapper (or unwrapped)."""
+    return getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups
+
+
+def _group_settings(engine: Any) -> list[dict[str, Any]]:
+    """The optimizer's settings per parameter group (weight decay, betas, eps...), as the run built them."""
+    return [{k: v for k, v in g.items() if k not in _SCHEDULED} for g in _param_groups(engine)]
+
+
+def _repair_universal_load(engine: Any, groups: list[dict[str, Any]]) -> None:
+    """Undo two slips of DeepSpeed 0.19.8's ZeRO-3 universal load (stage3.py,
+    load_hp_checkpoint_state_from_checkpoint_dir_stage3), found by tests/training/test_resize.py:
+      - it copies the first parameter group's settings into every group ("the hyperparameters of each
+        parameter should be the same"), giving biases and LayerNorm weights weight decay: each group's
+        settings are put back as the run built them (the resume check compared them with the checkpoint's);
+      - it gives every parameter partition one shared Adam `step` tensor, which a fused or foreach Adam then
+        advances once per partition at each step (2 after one step with 2 groups), skewing Adam's bias
+        correction: each partition gets its own copy."""
+    for group, settings in zip(_param_groups(engine), groups, strict=True):
+        group.update(settings)
+    state = getattr(engine.optimizer, "optimizer", engine.optimizer).state
+    for entry in state.values():
+        if isinstance(entry.get("step"), torch.Tensor):
+            entry["step"] = entry["step"].clone()
+
+
 def load(engine: Any, point: ResumePoint) -> dict[str, Any]:
     """Collective: load the planned checkpoint into the engine and restore this rank's RNG state."""
     save_dir, tag = point.save_dir, point.universal_tag if point.universal else point.tag
+    groups = _group_settings(engine) if point.universal else []
     try:
         path, _ = engine.load_checkpoint(
             str(save_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
@@ -406,6 +437,8 @@ def load(engine: Any, point: ResumePoint) -> dict[str, Any]:
         raise ConfigError(
             [f"{save_dir / tag}: DeepSpeed could not load it. {_choose_another(save_dir, point.tag)}"]
         )
+    if point.universal:
+        _repair_universal_load(engine, groups)
     rng_file = save_dir / point.tag / f"rng_rank{dist.get_rank():05d}.pt"
     if rng_file.exists() and not point.universal:
         set_rng_state(torch.load(rng_file, weights_only=False))

@@ -118,13 +118,13 @@ def switch_to_universal(point: checkpoint.ResumePoint, run: RunConfig, resolved:
     """Collective: a checkpoint saved with another data-parallel size is converted (rank 0, once) to
     DeepSpeed's universal checkpoint, and the engine told to load that. Returns the problems where that
     cannot work (then nothing is converted)."""
-    if run.train.pipeline_stages > 1 or resolved.zero_stage not in (1, 2):
+    if run.train.pipeline_stages > 1 or resolved.zero_stage not in (1, 2, 3):
         return [
             f"{point.save_dir / point.tag} was saved with data-parallel size {point.saved_dp_size}, "
             f"this run has {point.dp_size}: resuming at another size "
-            "goes through DeepSpeed's universal checkpoint, supported here for ZeRO stage 1 and 2 without "
-            f"pipeline stages (this run: ZeRO {resolved.zero_stage}, {run.train.pipeline_stages} pipeline "
-            f"stage(s)). Resume with {point.saved_dp_size} data-parallel ranks"
+            "goes through DeepSpeed's universal checkpoint, supported here for ZeRO stage 1, 2 and 3 "
+            f"without pipeline stages (this run: ZeRO {resolved.zero_stage}, {run.train.pipeline_stages} "
+            f"pipeline stage(s)). Resume with {point.saved_dp_size} data-parallel ranks"
         ]
     if dist.get_rank() == 0:
         checkpoint.to_universal(point)
