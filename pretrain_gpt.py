@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Expected failures (a bad config, unusable data or save_dir, a damaged or mismatching checkpoint,
     another run in the save_dir) reach the user once, from rank 0, as one paragraph, with exit status 2,
     before any engine is built. Unexpected errors keep their traceback."""
+    from training.stop import StopRequest
+
+    stop = StopRequest()  # first of all: a SIGTERM, SIGUSR1 or Ctrl-C during start-up is kept, not fatal
     args = parse_args(argv)
     try:
         launch = LaunchEnv.read()
@@ -102,9 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("launch: %s", launch.describe())
     if args.dry_run:
         return dry_run(args, launch)
-    from training.loop import StopRequest
-
-    stop = StopRequest()  # installed before the slow start-up, so an early SIGTERM or Ctrl-C is not lost
     run = resolved = None
     try:
         run, resolved = preflight(args, launch.world, launch.device_type)

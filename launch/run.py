@@ -176,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--signal-ranks"]:
         return _signal_ranks_main(argv[1:])
+    # Held from the start, taken by the relay once the runner runs: a stop during the seconds of start-up
+    # (importing DeepSpeed, probing a port) is kept, not fatal (SIGUSR1's default action ends a process).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         p = plan(argv)
@@ -297,7 +300,7 @@ class Relay:
                 parent = proc.parent()
                 if parent is None:
                     continue
-                if parent.pid == me.pid and proc.pid not in known and not _is_runner(proc.cmdline()):
+                if parent.pid == me.pid and proc.pid not in known and _is_rank_of(proc, self.env[LAUNCH_ID]):
                     out.append(proc)  # an orphaned rank
                 elif parent.pid != me.pid and _is_launcher(parent.cmdline()):
                     out.append(proc)
@@ -426,12 +429,15 @@ def ranks_of_launch(launch_id: str) -> list:
     return out
 
 
+def _is_rank_of(proc, launch_id: str) -> bool:
+    """A rank of the launch: started by DeepSpeed's per-node launcher (which sets RANK and LOCAL_RANK)
+    with the launch's id in its environment; pdsh, ssh and the runner carry the id but no rank."""
+    env = proc.environ()
+    return env.get(LAUNCH_ID) == launch_id and "RANK" in env and "LOCAL_RANK" in env
+
+
 def _is_launcher(cmdline: list[str]) -> bool:
     return _is_python_module(cmdline, "deepspeed.launcher.launch")
-
-
-def _is_runner(cmdline: list[str]) -> bool:
-    return _is_python_module(cmdline, "deepspeed.launcher.runner")
 
 
 def _is_python_module(cmdline: list[str], module: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data import Batch, RankData
 from training.metrics import MetricsWriter, memory_gib, peak_flops
+from training.stop import StopRequest
 from training.validate import Resolved
 
 logger = logging.getLogger(__name__)
@@ -36,28 +36,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingAborted(RuntimeError):
     """The run cannot go on (repeated non-finite losses); the message says why and what to change."""
-
-
-class StopRequest:
-    """SIGTERM / SIGUSR1 (SLURM preemption, `scancel --signal`) and Ctrl-C (SIGINT, which a terminal sends
-    to the launcher and every rank at once): finish the step, save, exit 0. A second Ctrl-C stops at once,
-    without saving."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signal == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def agreed(self, device: torch.device) -> bool:
-        """Collective: True on every rank if any rank was signalled."""
-        flag = torch.tensor([1.0 if self.signal is not None else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def total_steps(run: RunConfig, global_batch: int) -> int:
