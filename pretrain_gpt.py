@@ -153,7 +153,7 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
     from training import startup
     from training.checkpoint import seed_everything
     from training.engine import build_engine
-    from training.loop import Trainer, TrainingAborted, total_steps
+    from training.loop import RankLost, Trainer, TrainingAborted, total_steps
     from training.run_lock import RunLock
 
     rank = dist.get_rank()
@@ -197,7 +197,7 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
         try:
             trainer = Trainer(run, resolved, engine, expected, plan)
             result = trainer.fit(stop)
-        except ConfigError as e:
+        except (ConfigError, RankLost) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except TrainingAborted as e:

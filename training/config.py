@@ -138,6 +138,11 @@ class RunConfig:
                 problems.append("set train.max_steps or train.max_tokens: the run needs a length")
             if not d.paths:
                 problems.append("data.paths is empty: give at least one preprocessed dataset directory")
+            if not t.save_dir.strip():
+                problems.append(
+                    f"train.save_dir ({t.save_dir!r}) is empty: give the directory for this run's "
+                    "checkpoints and logs, e.g. runs/train (an empty path would mean the current directory)"
+                )
         return problems
 
 
@@ -289,16 +294,40 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return out
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object_pairs_hook: a key given twice in one object is an error (json keeps the last silently,
+    so the first value a user wrote would be ignored)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object ({out[key]!r}, then {value!r})")
+        out[key] = value
+    return out
+
+
+def load_json_object(path: str | Path, flag: str, fix: str) -> dict[str, Any]:
+    """The JSON object in the file `path` given as `flag`; ConfigError naming the file, what is wrong
+    (missing, not JSON, a duplicate key, not an object) and `fix`."""
+    p = Path(path)
+    if not p.is_file():
+        state = "is a directory" if p.is_dir() else "file not found"
+        raise ConfigError([f"{flag} {p}: {state} ({fix})"])
+    try:
+        value = json.loads(p.read_text(), object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{flag} {p}: not valid JSON ({e}); {fix}"]) from e
+    except ValueError as e:
+        raise ConfigError([f"{flag} {p}: {e}; keep one of them"]) from e
+    if not isinstance(value, dict):
+        got = f"{type(value).__name__} {value!r:.60}"
+        raise ConfigError([f"{flag} {p}: must hold a JSON object ({{...}}), got {got}; {fix}"])
+    return value
+
+
 def load_run_config(path: str | Path | None, overrides: list[str]) -> RunConfig:
     base: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError([f"--config {p}: file not found"])
-        try:
-            base = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError([f"--config {p}: not valid JSON ({e})"]) from e
+        base = load_json_object(path, "--config", 'sections model, data, optim, train, e.g. {"train": {}}')
     return from_dict(apply_overrides(base, overrides))
 
 

@@ -8,8 +8,11 @@ gradients; the loop counts it, and `max_bad_steps` in a row abort the run.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,7 @@ from training import checkpoint
 from training.config import RunConfig
 from training.data import Batch, RankData
 from training.metrics import MetricsWriter, memory_gib, peak_flops
+from training.run_lock import alive, process_start
 from training.stop import StopRequest
 from training.validate import Resolved
 
@@ -36,6 +40,82 @@ logger = logging.getLogger(__name__)
 
 class TrainingAborted(RuntimeError):
     """The run cannot go on (repeated non-finite losses); the message says why and what to change."""
+
+
+class RankLost(RuntimeError):
+    """Another rank stopped (killed, crashed, its host lost) and a collective of this rank failed; the
+    message names that rank where it can be known."""
+
+
+RANKS_DIR = ".ranks"  # save_dir/.ranks/rankNNNNN.json: host, pid and start time of each rank of the run
+_PEER_ERRORS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo")
+
+
+def peer_lost(error: BaseException) -> bool:
+    """A collective failed because a peer went away (gloo's connection errors, NCCL's backend errors)."""
+    return isinstance(error, dist.DistBackendError) or any(s in str(error) for s in _PEER_ERRORS)
+
+
+def record_rank(save_dir: Path, rank: int) -> None:
+    """Write this rank's host, pid and start time, so that a survivor can tell which rank stopped."""
+    where = save_dir / RANKS_DIR
+    where.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": process_start(os.getpid())}
+    tmp = where / f".rank{rank:05d}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(me))
+    os.replace(tmp, where / f"rank{rank:05d}.json")
+
+
+def lost_ranks_message(save_dir: Path, rank: int, step: int, error: BaseException) -> str:
+    """Which rank stopped, from the rank records: a rank on this host whose process is gone or a zombie
+    (looked for during up to 5 s: a killed process closes its sockets before it is seen dead); ranks on
+    other hosts cannot be looked at from here and are listed instead."""
+    deadline = time.monotonic() + 5.0
+    dead, elsewhere = _dead_ranks(save_dir, rank)
+    while not dead and time.monotonic() < deadline and _has_local_peers(save_dir, rank):
+        time.sleep(0.1)
+        dead, elsewhere = _dead_ranks(save_dir, rank)
+    if dead:
+        who = f"{', '.join(dead)} stopped (killed or crashed)"
+    elif elsewhere:
+        others = ", ".join(elsewhere)
+        who = f"a rank on another host stopped (killed, crashed or its host lost; ranks {others})"
+    else:
+        who = "another rank stopped (killed or crashed)"
+    done = checkpoint.latest_tag(save_dir)
+    resume = f"the last complete checkpoint is {save_dir / done}" if done else "no checkpoint was completed"
+    return (
+        f"{who} during step {step}: rank {rank} lost its connection to it "
+        f"({str(error).splitlines()[0][:160]}). That rank's own log (or the kernel's: `dmesg` for the OOM "
+        f"killer) says why; {resume}: rerun the same command to resume from it"
+    )
+
+
+def _rank_records(save_dir: Path, rank: int) -> dict[int, dict[str, Any]]:
+    out = {}
+    for record in sorted((save_dir / RANKS_DIR).glob("rank*.json")):
+        try:
+            out[int(record.stem.removeprefix("rank"))] = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+    out.pop(rank, None)
+    return out
+
+
+def _has_local_peers(save_dir: Path, rank: int) -> bool:
+    host = socket.gethostname()
+    return any(info.get("host") == host for info in _rank_records(save_dir, rank).values())
+
+
+def _dead_ranks(save_dir: Path, rank: int) -> tuple[list[str], list[str]]:
+    """(ranks of this host that are gone, ranks of other hosts), as phrases."""
+    host, dead, elsewhere = socket.gethostname(), [], []
+    for other, info in _rank_records(save_dir, rank).items():
+        if info.get("host") != host:
+            elsewhere.append(f"{other} ({info.get('host')})")
+        elif not alive(int(info.get("pid", -1)), info.get("proc_start")):
+            dead.append(f"rank {other} (pid {info.get('pid')} on {host})")
+    return dead, elsewhere
 
 
 def total_steps(run: RunConfig, global_batch: int) -> int:
@@ -186,6 +266,16 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------
 
     def fit(self, stop: StopRequest) -> dict[str, Any]:
+        """Train to the end (or a stop request); RankLost naming the rank when a peer went away."""
+        record_rank(self.save_dir, self.rank)
+        try:
+            return self._fit(stop)
+        except RuntimeError as e:
+            if not peer_lost(e) or isinstance(e, (TrainingAborted, RankLost)):
+                raise
+            raise RankLost(lost_ranks_message(self.save_dir, self.rank, self.step + 1, e)) from e
+
+    def _fit(self, stop: StopRequest) -> dict[str, Any]:
         t = self.run.train
         it = self.data.train_batches(self.consumed)
         window: list[float] = []

@@ -46,23 +46,33 @@ CLAIM_STALE_S = 60.0  # a takeover claim whose claimant died between claim and r
 ATTEMPTS = 50  # rounds of look-and-take before giving up (each contender wins or sees a live holder)
 
 
-def _process_start(pid: int) -> str | None:
-    """The start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), None if unknown."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (field 3 on), None if unreadable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_start(pid: int) -> str | None:
+    """The start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), None if unknown."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
+def alive(pid: int, start: str | None) -> bool:
+    """Whether process `pid` (started at `start`, if known) still runs on this host: not gone, not a
+    zombie (killed but not yet reaped by its parent), not a reused pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's process: it exists
-    return start is None or _process_start(pid) in (None, start)
+    fields = _stat_fields(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False
+    return start is None or (fields[19] if fields else None) in (None, start)
 
 
 def stale_reason(holder: dict[str, Any], age_s: float, host: str, slurm_job: str | None = None) -> str | None:
@@ -75,7 +85,7 @@ def stale_reason(holder: dict[str, Any], age_s: float, host: str, slurm_job: str
             "which SLURM ended before running the job again"
         )
     if holder.get("host") == host:
-        if not _alive(int(holder.get("pid", -1)), holder.get("proc_start")):
+        if not alive(int(holder.get("pid", -1)), holder.get("proc_start")):
             return f"process {holder.get('pid')} on {host} is gone"
         return None
     if age_s > STALE_AFTER_S:
@@ -109,7 +119,7 @@ class RunLock:
         return {
             "host": self.host,
             "pid": os.getpid(),
-            "proc_start": _process_start(os.getpid()),
+            "proc_start": process_start(os.getpid()),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "token": self.token,
             "slurm_job_id": self.slurm_job,

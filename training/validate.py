@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 from model.config import GPTConfig
 from model.presets import get_preset
 from training import precision
-from training.config import ConfigError, RunConfig
+from training.config import ConfigError, RunConfig, load_json_object
 from training.precision import PrecisionChoice
 
 PIPELINE_ZERO_MSG = (
@@ -45,18 +44,23 @@ PrecisionChooser = Callable[[str, str, int, int], PrecisionChoice]
 
 
 def load_ds_config(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError([f"--ds_config {p}: file not found (see ds_configs/ for ready ones)"])
-    try:
-        ds = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError([f"--ds_config {p}: not valid JSON ({e})"]) from e
-    if not isinstance(ds, dict):
-        raise ConfigError(
-            [f"--ds_config {p}: must hold a JSON object ({{...}}), got {type(ds).__name__} {ds!r:.60}"]
+    return load_json_object(path, "--ds_config", "see ds_configs/ for ready ones")
+
+
+def _zero_stage(ds: dict[str, Any], ds_path: str, problems: list[str]) -> int:
+    """zero_optimization.stage: 0, 1, 2 or 3 (absent: 0)."""
+    section = ds.get("zero_optimization", {})
+    stage = section.get("stage", 0) if isinstance(section, dict) else None
+    if not isinstance(stage, int) or isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        shown = f"zero_optimization {section!r}"
+        if isinstance(section, dict):
+            shown = f"zero_optimization.stage {stage!r}"
+        problems.append(
+            f"{ds_path} sets {shown}: ZeRO stages are 0, 1, 2 or 3 (an integer); e.g. "
+            "ds_configs/zero2.json sets {\"zero_optimization\": {\"stage\": 2}}"
         )
-    return ds
+        return 0
+    return stage
 
 
 def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
@@ -259,7 +263,7 @@ def validate(
     ds = copy.deepcopy(ds_json)
     vocab = _data_vocab(run, problems)
     model = _model_config(run, vocab, problems)
-    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    stage = _zero_stage(ds, ds_path, problems)
     dp, parallel_problems = _parallel(run, model, vocab, stage, world_size, ds_path)
     accum, global_batch, batch_problems = _batch(run, dp)
     problems += parallel_problems + batch_problems
