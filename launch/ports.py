@@ -83,7 +83,7 @@ def first_host(hostfile: Path) -> str | None:
     """The first host of a DeepSpeed hostfile, or None when it lists only this machine (localhost)."""
     from launch.hostfile import read_hostfile
 
-    hosts = list(read_hostfile(hostfile))
+    hosts = read_hostfile(hostfile).hosts
     return None if not hosts or hosts[0] in ("localhost", "127.0.0.1") else hosts[0]
 
 

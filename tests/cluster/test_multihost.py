@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -120,7 +121,10 @@ def test_signal_to_the_launch_command_saves_on_every_host(hosts, tiny_data, tmp_
     # the stop is agreed by an all-reduce every step, so one signalled rank stops them all).
     for host in hosts.names:
         assert f"{host}: SIGUSR1 sent to" in out, out[-4000:]
-    assert "SIGUSR1 sent to 1 rank(s)" in out
+    # The ranks are found by this launch's id; the simulated hosts share one process table, so a host's
+    # relay may find both ranks (one of a real cluster finds its own): every rank was reached.
+    sent = re.findall(r"^\S+: \S+: SIGUSR1 sent to (\d+) rank\(s\)$", out, flags=re.M)
+    assert len(sent) == 2 and sum(map(int, sent)) >= 2, out[-4000:]
     assert not hosts.pids("pretrain_gpt.py"), "a rank is left running"
 
 

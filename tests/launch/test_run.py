@@ -129,3 +129,16 @@ def test_one_master_port_rule():
     port = choose_master_port()
     with socket.socket() as s:
         s.bind(("", port))  # nothing listens there
+
+
+def test_the_port_command_reads_the_hostfile(tmp_path):
+    """`python -m launch.ports --hostfile H`, as launch/multi_node.sh runs it: a hostfile of this machine
+    only is probed here."""
+    (tmp_path / "hosts").write_text("localhost slots=2\n")
+    cmd = [sys.executable, "-m", "launch.ports", "--hostfile", str(tmp_path / "hosts")]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip().isdigit(), out.stderr
+    (tmp_path / "bad").write_text("node1 slots=x\n")
+    cmd[-1] = str(tmp_path / "bad")
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("error: hostfile"), out.stderr
