@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _signal_ranks_main(argv[1:])
     # Held from the start, taken by the relay once the runner runs: a stop during the seconds of start-up
     # (importing DeepSpeed, probing a port) is kept, not fatal (SIGUSR1's default action ends a process).
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
         p = plan(argv)
@@ -196,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LaunchConfigError, PortError) as e:
         print(f"codeparrot-launch: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _become_subreaper() -> None:
@@ -219,8 +221,9 @@ class Relay:
         self.relays: list[subprocess.Popen] = []  # pdsh relays still running
 
     def run(self) -> int:
+        """Start the runner and relay until it and this host's ranks are gone. The stop signals must be
+        blocked in this thread (main() does it); the runner gets them unblocked."""
         _become_subreaper()
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *self.plan.argv]
         self.runner = subprocess.Popen(
             cmd,
@@ -228,10 +231,7 @@ class Relay:
             start_new_session=True,
             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS),
         )
-        try:
-            return self.wait()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+        return self.wait()
 
     def wait(self) -> int:
         while True:

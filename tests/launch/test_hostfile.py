@@ -111,16 +111,21 @@ def test_preflight_reports_a_bad_hostfile_and_exits_2(tmp_path: Path, capsys: py
     )
 
 
+@pytest.mark.parametrize("tool", ["codeparrot-preflight", "codeparrot-launch"])
 @pytest.mark.parametrize("content", [b"\x00\xff\xfe binary", None], ids=["binary file", "directory"])
-def test_preflight_on_an_unreadable_hostfile_is_one_paragraph_and_exit_2(tmp_path, capsys, content):
-    from launch.preflight import main
+def test_an_unreadable_hostfile_is_one_paragraph_naming_it_and_exit_2(tmp_path, capsys, content, tool):
+    from launch import preflight, run
 
     path = tmp_path / "hosts"
     if content is None:
         path.mkdir()
     else:
         path.write_bytes(content)
-    assert main(["--hostfile", str(path), "--save-dir", str(tmp_path / "ckpt")]) == 2
+    if tool == "codeparrot-preflight":
+        code = preflight.main(["--hostfile", str(path), "--save-dir", str(tmp_path / "ckpt")])
+    else:
+        code = run.main(["--hostfile", str(path), "--master_port", "29613", "x.py"])
     err = capsys.readouterr().err
-    assert err.startswith(f"hostfile {path} has 1 problem:") and "Traceback" not in err, err
+    assert code == 2
+    assert f"hostfile {path} has 1 problem:" in err and "Traceback" not in err, err
     assert ("not a text file" if content else "a directory, not a file") in err

@@ -105,20 +105,6 @@ def test_a_bad_env_value_stops_the_launch_with_one_line(tmp_path, monkeypatch, c
     )
 
 
-@pytest.mark.parametrize("content", [b"\x00\xff\xfe binary", None], ids=["binary file", "directory"])
-def test_an_unreadable_hostfile_is_one_line_naming_it(tmp_path, capsys, content):
-    path = tmp_path / "hosts"
-    if content is None:
-        path.mkdir()
-    else:
-        path.write_bytes(content)
-    code = main(["--hostfile", str(path), "--master_port", "29613", "x.py"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith(f"codeparrot-launch: error: hostfile {path}"), err
-    assert "Traceback" not in err
-
-
 def test_one_master_port_rule():
     """Reserved ports win over probing; a probed port is free here."""
     assert reserved_port({"SLURM_STEP_RESV_PORTS": "12011-12013"}) == 12011
