@@ -250,24 +250,23 @@ def _tag_files(tag_dir: Path) -> dict[str, int]:
 def _file_record(tag_dir: Path) -> dict[str, dict[str, Any]]:
     """Collective, after every rank wrote: each file's size (listed by rank 0) and CRC-32, each rank
     summing every world-th file of the list (largest first), so a save's hashing is spread over the
-    ranks. A file a rank cannot see (no shared filesystem) is summed by rank 0."""
+    ranks. A file a rank does not see as rank 0 does (no shared filesystem) is summed by rank 0; only
+    rank 0's return value is complete."""
     rank, world = dist.get_rank(), dist.get_world_size()
     box = [_tag_files(tag_dir) if rank == 0 else None]
     dist.broadcast_object_list(box, src=0)
     sizes: dict[str, int] = box[0]
     mine = {}
     for name in list(sizes)[rank::world]:
-        try:
-            mine[name] = file_checksum(tag_dir / name)
-        except FileNotFoundError:
-            pass
+        path = tag_dir / name
+        if path.is_file() and path.stat().st_size == sizes[name]:
+            mine[name] = file_checksum(path)
     parts: list[dict[str, str] | None] = [None] * world
     dist.all_gather_object(parts, mine)
     sums = {name: crc for part in parts for name, crc in (part or {}).items()}
-    return {
-        name: {"size": size, "crc32": sums.get(name) or (file_checksum(tag_dir / name) if rank == 0 else "")}
-        for name, size in sorted(sizes.items())
-    }
+    if rank == 0:
+        sums.update({name: file_checksum(tag_dir / name) for name in sizes if name not in sums})
+    return {name: {"size": size, "crc32": sums.get(name, "")} for name, size in sorted(sizes.items())}
 
 
 def _write_file_record(tag_dir: Path, record: dict[str, dict[str, Any]]) -> None:

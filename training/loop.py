@@ -99,7 +99,8 @@ def _rank_records(save_dir: Path, rank: int) -> dict[int, dict[str, Any]]:
         except (OSError, ValueError):
             continue
     out.pop(rank, None)
-    return out
+    world = dist.get_world_size() if dist.is_initialized() else len(out) + 1
+    return {r: info for r, info in out.items() if r < world}  # not the records of a larger earlier run
 
 
 def _has_local_peers(save_dir: Path, rank: int) -> bool:
