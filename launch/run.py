@@ -59,7 +59,18 @@ logger = logging.getLogger("codeparrot-launch")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Variables remote ranks need that the runner does not forward by itself.
-FORWARD = ("PATH", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "DS_ACCELERATOR", "HF_HOME", "MASTER_PORT")
+# SLURM_JOB_ID and SLURM_RESTART_COUNT let rank 0 record its job in the run lock (training/run_lock.py), so a
+# requeued job on the hostfile path takes its own stale lock over.
+FORWARD = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS",
+    "DS_ACCELERATOR",
+    "HF_HOME",
+    "MASTER_PORT",
+    "SLURM_JOB_ID",
+    "SLURM_RESTART_COUNT",
+)
 FORWARD_PREFIXES = ("GLOO_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "NCCL_", "CODEPARROT_")
 STOP = signal.SIGUSR1  # what a rank takes as "finish the step, save, exit 0" (training.loop.StopRequest)
 LAUNCH_ID = "CODEPARROT_LAUNCH_ID"  # in every rank's environment: which launch it belongs to

@@ -128,3 +128,12 @@ def test_the_port_command_reads_the_hostfile(tmp_path):
     cmd[-1] = str(tmp_path / "bad")
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and out.stderr.startswith("error: hostfile"), out.stderr
+
+
+def test_the_slurm_job_reaches_remote_ranks_for_the_run_lock(tmp_path):
+    """On the hostfile path rank 0 is started over ssh too: the job id must travel in .deepspeed_env for
+    the run lock to know its own job after a requeue."""
+    env = {"PATH": "/usr/bin", "SLURM_JOB_ID": "4242", "SLURM_RESTART_COUNT": "1", "SLURM_NODEID": "0"}
+    lines = write_env_file(env, tmp_path).read_text().splitlines()
+    assert "SLURM_JOB_ID=4242" in lines and "SLURM_RESTART_COUNT=1" in lines
+    assert not any(line.startswith("SLURM_NODEID") for line in lines)  # per-node values stay per node
