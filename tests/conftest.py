@@ -8,6 +8,7 @@ them all: every skip of a test not marked `gpu` (needs a CUDA device), at collec
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -60,7 +61,8 @@ def pytest_terminal_summary(
     skips = config.stash.get(CI_SKIPS, [])
     total = len([r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")])
     if not skips:
-        terminalreporter.write_line(f"CI=true: {total} skipped, all marked gpu (they need a CUDA device)")
+        if total:
+            terminalreporter.write_line(f"CI=true: {total} skipped, all marked gpu (they need a CUDA device)")
         return
     terminalreporter.section("skips that CI does not allow", red=True)
     terminalreporter.write_line(
@@ -74,6 +76,17 @@ def pytest_terminal_summary(
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if session.config.stash.get(CI_SKIPS, []) and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Console scripts called in-process configure the root logger (basicConfig, some with force=True) with
+    a stream that pytest closes after the test; later tests would log into it ("--- Logging error ---")."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
