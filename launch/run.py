@@ -259,8 +259,13 @@ class Relay:
                 logger.warning("the runner exited (%s) with ranks still running: asking them to save", code)
                 self.first = (signal.SIGUSR1, time.monotonic())
                 self.relay(STOP)
-            if self.ranks() or any(r.poll() is None for r in self.relays):
-                continue  # ranks are saving: a cancelled job must not end before they have
+            if self.ranks():
+                continue  # this host's ranks are saving: a cancelled job must not end before they have
+            relaying = [r for r in self.relays if r.poll() is None]
+            if relaying and code != 0:
+                continue  # the runner was signalled too: other hosts' relays wait for their ranks' save
+            for r in relaying:
+                r.kill()  # every rank ended with the runner; a relay still waiting is held up by a host
             return code if code >= 0 else 128 - code
 
     def on_signal(self, info: signal.struct_siginfo) -> int | None:
