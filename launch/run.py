@@ -11,10 +11,10 @@ The arguments are the DeepSpeed runner's, unchanged; it runs as a child. What th
   step, save a checkpoint and exit 0; the command waits until this host's ranks have left (also when the
   runner itself was signalled, as SLURM signals every process of a cancelled job) and exits with the
   runner's status. A second SIGINT or SIGTERM stops every rank at once (exit 130 or 143), except a
-  duplicate of the same stop: the same signal sent by a process within DUPLICATE_WINDOW_S of the first
-  (SLURM and the batch script's trap both signal this command on `scancel`), or any signal from this
-  command's parent (the sbatch scripts forward what they receive). A Ctrl-C typed at a terminal is never a
-  duplicate. The request reaches the ranks as SIGUSR1: on one node directly, across nodes through pdsh to
+  duplicate of the same stop: sent by a process within DUPLICATE_WINDOW_S of the first, and the same
+  signal or one from this command's parent (on `scancel` SLURM signals this command and the batch script,
+  whose trap forwards another). A Ctrl-C typed at a terminal is never a duplicate. The request reaches
+  the ranks as SIGUSR1: on one node directly, across nodes through pdsh to
   each host (`python -m launch.run --signal-ranks`, with a time limit, so a hung host cannot hold up a
   stop), and through the MPI launcher otherwise (mpirun forwards SIGUSR1 to every rank). The runner
   itself runs in its own session, so a terminal's Ctrl-C reaches only this command.
@@ -295,13 +295,13 @@ class Relay:
 
     def duplicate(self, info: signal.struct_siginfo) -> bool:
         """The same stop delivered again rather than a second request: sent by a process (not typed at a
-        terminal), and either by our parent (the batch script forwarding) or the same signal soon after."""
+        terminal) within DUPLICATE_WINDOW_S of the first, and either the same signal or from our parent (the
+        batch script forwarding what SLURM sent it)."""
         if info.si_code == SI_KERNEL or self.first is None:
             return False
         first_signal, at = self.first
-        if info.si_pid == os.getppid():
-            return True
-        return info.si_signo == first_signal and time.monotonic() - at < DUPLICATE_WINDOW_S
+        soon = time.monotonic() - at < DUPLICATE_WINDOW_S
+        return soon and (info.si_signo == first_signal or info.si_pid == os.getppid())
 
     def ranks(self) -> list:
         """This host's ranks of this launch: in this command's process tree, the children of DeepSpeed's
