@@ -20,8 +20,8 @@ from typing import Any
 
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
-from data_tools.hashing import pid_alive
 from data_tools.parallel import CleanConfig
+from data_tools.processes import alive
 from data_tools.sources import (
     DEFAULT_EXTENSIONS,
     DEFAULT_MAX_DOC_CHARS,
@@ -207,7 +207,7 @@ def output_lock(out: Path, option: str = "--output") -> Iterator[None]:
             break
         except FileExistsError:
             holder = _lock_holder(path)
-            if holder.get("host") == me["host"] and not pid_alive(holder.get("pid")):
+            if holder.get("host") == me["host"] and not alive(holder.get("pid")):
                 path.unlink(missing_ok=True)  # its job was killed: the resume logic keeps what it finished
                 continue
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))

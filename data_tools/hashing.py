@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from data_tools.processes import alive
+
 logger = logging.getLogger(__name__)
 
 RECORD = ".verified.json"  # file name -> size, mtime_ns, ctime_ns, ino, sha256
@@ -172,7 +174,7 @@ def _wait_for(path: Path) -> None:
             return
         if mtime != seen:
             seen, since = mtime, time.monotonic()
-        dead_here = holder.get("host") == socket.gethostname() and not pid_alive(holder.get("pid"))
+        dead_here = holder.get("host") == socket.gethostname() and not alive(holder.get("pid"))
         if dead_here or time.monotonic() - since > STALE_S:
             logger.warning("%s: taking over the verification abandoned by %s", path.parent, _who(holder))
             with contextlib.suppress(FileNotFoundError):
@@ -187,19 +189,6 @@ def _wait_for(path: Path) -> None:
 
 def _who(holder: dict[str, Any]) -> str:
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-
-
-def pid_alive(pid: Any) -> bool:
-    """Whether process `pid` of this host exists; True when unknown (a file still being written)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return True  # unknown: let the staleness clock decide
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

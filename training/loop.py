@@ -26,12 +26,12 @@ from deepspeed.checkpoint.constants import (
     UNIVERSAL_CHECKPOINT_VERSION_VALUE,
 )
 
+from data_tools.processes import alive, process_start
 from model.flops import flops_per_token
 from training import checkpoint
 from training.config import RunConfig
 from training.data import Batch, RankData
 from training.metrics import MetricsWriter, memory_gib, peak_flops
-from training.run_lock import alive, process_start
 from training.stop import StopRequest
 from training.validate import Resolved
 

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from data_tools.processes import alive, process_start
 from training.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -44,35 +45,6 @@ HEARTBEAT_S = 30.0
 STALE_AFTER_S = 300.0  # five missed-by-far heartbeats: a lock from another host is stale after this
 CLAIM_STALE_S = 60.0  # a takeover claim whose claimant died between claim and rename (microseconds)
 ATTEMPTS = 50  # rounds of look-and-take before giving up (each contender wins or sees a live holder)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat after the command name (field 3 on), None if unreadable."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of `pid` in clock ticks since boot (/proc/PID/stat field 22), None if unknown."""
-    fields = _stat_fields(pid)
-    return fields[19] if fields else None
-
-
-def alive(pid: int, start: str | None) -> bool:
-    """Whether process `pid` (started at `start`, if known) still runs on this host: not gone, not a
-    zombie (killed but not yet reaped by its parent), not a reused pid."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: it exists
-    fields = _stat_fields(pid)
-    if fields and fields[0] in ("Z", "X"):
-        return False
-    return start is None or (fields[19] if fields else None) in (None, start)
 
 
 def stale_reason(holder: dict[str, Any], age_s: float, host: str, slurm_job: str | None = None) -> str | None:
