@@ -255,11 +255,11 @@ class Relay:
             code = self.runner.poll()
             if code is None:
                 continue
-            if self.first is None and self.ranks():
-                logger.warning("the runner exited (%s) with ranks still running: asking them to save", code)
-                self.first = (signal.SIGUSR1, time.monotonic())
-                self.relay(STOP)
             if self.ranks():
+                if self.first is None:
+                    logger.warning("the runner exited (%s) with ranks running: asking them to save", code)
+                    self.first = (signal.SIGUSR1, time.monotonic())
+                    self.relay(STOP)
                 continue  # this host's ranks are saving: a cancelled job must not end before they have
             relaying = [r for r in self.relays if r.poll() is None]
             if relaying and code != 0:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_tools.processes import alive
+
 LAUNCH = """\
 import subprocess, sys, time
 rank = subprocess.Popen([sys.executable, "-u", "-c", "import time; time.sleep(900)", "pretrain_gpt.py",
@@ -41,15 +43,6 @@ def decoy(tmp_path: Path, master_port: int, env: dict[str, str] | None = None) -
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 9)
         proc.wait()
-
-
-def alive(pid: int) -> bool:
-    """Running (not a zombie, not gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
