@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -113,3 +114,41 @@ def test_param_groups_of_a_zero3_partitioned_model_are_the_plain_models(tmp_path
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == plain
     assert len(plain[0]) > 0 and len(plain[1]) > 0
+
+
+def test_deepspeed_arch_list_drops_architecture_specific_suffixes_only_when_needed() -> None:
+    assert optim.deepspeed_arch_list("9.0a") == "9.0"
+    assert optim.deepspeed_arch_list("8.0;9.0a+PTX") == "8.0;9.0+PTX"
+    assert optim.deepspeed_arch_list("9.0 9.0a 10.0f") == "9.0;10.0"
+    assert optim.deepspeed_arch_list("8.6;9.0+PTX") is None  # DeepSpeed parses it: left as it is
+    assert optim.deepspeed_arch_list("8.6 9.0") is None
+    assert optim.deepspeed_arch_list("Hopper;9.0a") is None  # not fixed by dropping a suffix: left to fail
+
+
+def test_deepspeed_op_builder_parses_the_arch_list_inside_deepspeed_arch_env(monkeypatch, caplog) -> None:
+    """DeepSpeed 0.19.8's own parser (the CUDA FusedAdam builder's, pure Python: no GPU needed) fails on the
+    Hopper image's "9.0a" and accepts what deepspeed_arch_env gives it; the user's value is back after."""
+    from deepspeed.ops.op_builder.fused_adam import FusedAdamBuilder
+
+    def parse() -> str:
+        builder = FusedAdamBuilder()
+        builder.jit_mode = True  # as in jit_load: the list comes from TORCH_CUDA_ARCH_LIST
+        builder.compute_capability_args()
+        return os.environ[optim.ARCH_LIST_VAR]
+
+    monkeypatch.setenv(optim.ARCH_LIST_VAR, "9.0a")
+    with pytest.raises(ValueError, match="0a"):
+        parse()
+    monkeypatch.setenv(optim.ARCH_LIST_VAR, "9.0a")
+    with caplog.at_level(logging.INFO, logger="model.optim"), optim.deepspeed_arch_env():
+        assert parse() == "9.0+PTX"
+    assert os.environ[optim.ARCH_LIST_VAR] == "9.0a"
+    assert "'9.0a'" in caplog.text and "'9.0'" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv(optim.ARCH_LIST_VAR, "9.0")
+    with caplog.at_level(logging.INFO, logger="model.optim"), optim.deepspeed_arch_env():
+        assert os.environ[optim.ARCH_LIST_VAR] == "9.0"
+    assert caplog.text == ""
+    monkeypatch.delenv(optim.ARCH_LIST_VAR)
+    with optim.deepspeed_arch_env():
+        assert optim.ARCH_LIST_VAR not in os.environ
