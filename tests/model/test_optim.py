@@ -77,7 +77,6 @@ def test_fused_cpu_adamw_takes_the_steps_foreach_takes() -> None:
         assert (finals[0][k] - start[k]).abs().mean() > 1e-2
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
