@@ -1,6 +1,8 @@
 """The compiled Triton kernels and the "auto" model on a CUDA device; skipped without one.
 
-Tolerances: fp32 as the CPU tests (forward 1e-5, gradients rtol 1e-4 / atol 1e-5); bf16 outputs 2e-2.
+Tolerances: fp32 as the CPU tests (forward 1e-5, gradients rtol 1e-4 / atol 1e-5); bf16 outputs 2e-2, but
+the bf16 bias-GELU, whose outputs reach magnitudes where one bf16 ulp exceeds that, is judged against a
+float64 reference beside torch's own bf16 result.
 """
 
 from __future__ import annotations
@@ -54,13 +56,46 @@ def test_triton_layer_norm_on_cuda(dtype: torch.dtype, atol: float, grad_tol: fl
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("dtype, atol, grad_tol", [(torch.float32, 1e-5, 1e-4), (torch.bfloat16, 2e-2, 5e-2)])
-def test_triton_bias_gelu_on_cuda(dtype: torch.dtype, atol: float, grad_tol: float) -> None:
+def test_triton_bias_gelu_on_cuda_fp32() -> None:
     pytest.importorskip("triton")
     from model.kernels.bias_gelu_triton import triton_bias_gelu
 
-    x, b = leaves((256, 6400), (6400,), dtype=dtype)
-    compare(triton_bias_gelu, bias_gelu_reference, [x, b], atol, grad_tol, grad_tol)
+    x, b = leaves((256, 6400), (6400,))
+    compare(triton_bias_gelu, bias_gelu_reference, [x, b], 1e-5, 1e-4, 1e-4)
+
+
+def relative_error(value: torch.Tensor, exact: torch.Tensor) -> float:
+    """Normwise relative error of ``value`` against a float64 ``exact``."""
+    return ((value.double() - exact).norm() / exact.norm()).item()
+
+
+# Triton's bf16 error may exceed torch's own by this factor (statistical noise of the norms, summation order).
+BF16_ERROR_FACTOR = 1.5
+
+
+def test_triton_bias_gelu_on_cuda_bf16_is_as_accurate_as_torch() -> None:
+    """Two bf16 roundings of one value differ by up to one bf16 ulp (2^-7 relative: 0.06 at 8), more than a
+    tolerance on bf16 outputs can allow; so Triton's result and torch's own bf16 one are each compared with
+    a float64 reference from the same bf16 inputs, output and both gradients, and Triton's error must be no
+    worse than torch's (x BF16_ERROR_FACTOR). Measured on an H200: output 1.7e-3 (Triton) vs 2.5e-3."""
+    pytest.importorskip("triton")
+    from model.kernels.bias_gelu_triton import triton_bias_gelu
+
+    x, b = leaves((256, 6400), (6400,), dtype=torch.bfloat16)
+    dy = leaves((256, 6400), dtype=torch.bfloat16)[0].detach() * 0.5
+    x64, b64 = (t.detach().double().requires_grad_() for t in (x, b))
+    exact = bias_gelu_reference(x64, b64)
+    exact_grads = torch.autograd.grad(exact, (x64, b64), dy.double())
+    errors = {}
+    for name, fn in (("triton", triton_bias_gelu), ("torch", bias_gelu_reference)):
+        out = fn(x, b)
+        assert out.dtype == torch.bfloat16, name
+        grads = torch.autograd.grad(out, (x, b), dy)
+        pairs = zip((out, *grads), (exact, *exact_grads), strict=True)
+        errors[name] = [relative_error(v, e) for v, e in pairs]
+    for what, ours, theirs in zip(("output", "grad x", "grad bias"), *errors.values(), strict=True):
+        assert 0 < ours <= BF16_ERROR_FACTOR * theirs, f"{what}: Triton {ours:.2e} vs torch {theirs:.2e}"
+        assert ours < 1e-2, f"{what}: Triton's relative error {ours:.2e} is not a bf16 rounding"
 
 
 def test_chunked_cross_entropy_on_cuda_bf16() -> None:
