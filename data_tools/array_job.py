@@ -34,14 +34,16 @@ writes the same files again (merge), so submitting the whole chain again complet
 from __future__ import annotations
 
 import argparse
-import bisect
+import array
 import dataclasses
 import hashlib
+import itertools
+import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,7 @@ from data_tools.preprocess import (
     write_manifest,
     write_units,
 )
-from data_tools.sources import Problems, expand_inputs, iter_batches, iter_records, location
+from data_tools.sources import Problems, SourceConfig, iter_batches, iter_inputs, iter_records, location
 from data_tools.train_tokenizer import tokenizer_sha256, train_on_documents
 
 logger = logging.getLogger(__name__)
@@ -87,12 +89,37 @@ PHASES = {
 def split_inputs(inputs: Sequence[tuple[str, Path]], tasks: int) -> list[tuple[int, int]]:
     """A contiguous range [start, end) of `inputs` per task, balanced by size on disk: an input goes to
     the task whose share holds its middle byte. Some ranges are empty when there are fewer inputs."""
-    sizes = [_size_on_disk(path) + 1 for _, path in inputs]  # +1: empty files count a little
-    total, before, owner = sum(sizes), 0, []
+    return _ranges([_size_on_disk(path) + 1 for _, path in inputs], tasks)  # +1: empty files count a little
+
+
+def _ranges(sizes: Sequence[int], tasks: int) -> list[tuple[int, int]]:
+    """split_inputs' ranges from the inputs' sizes (each +1)."""
+    total, before, per_task = sum(sizes), 0, [0] * tasks
     for size in sizes:
-        owner.append(min(tasks - 1, (2 * before + size) * tasks // (2 * total)))
+        per_task[min(tasks - 1, (2 * before + size) * tasks // (2 * total))] += 1
         before += size
-    return [(bisect.bisect_left(owner, t), bisect.bisect_right(owner, t)) for t in range(tasks)]
+    ends = list(itertools.accumulate(per_task))
+    return [(end - n, end) for end, n in zip(ends, per_task, strict=True)]
+
+
+def _share(sources: SourceConfig, tasks: int) -> tuple[list[tuple[int, int]], int, str]:
+    """split_inputs' ranges of the inputs, their number and their digest, from one streamed pass over
+    them: what is held per input is its size (8 bytes), not its path, so a task's memory barely grows
+    with the number of input files. The task then reads its range in a second pass (`_task_inputs`)."""
+    sizes = array.array("Q")
+
+    def sized() -> Iterator[tuple[str, Path]]:
+        for kind, path in iter_inputs(sources):
+            sizes.append(_size_on_disk(path) + 1)
+            yield kind, path
+
+    digest = _inputs_digest(sized())
+    return _ranges(sizes, tasks), len(sizes), digest
+
+
+def _task_inputs(sources: SourceConfig, start: int, end: int) -> Iterator[tuple[str, Path]]:
+    """The inputs [start, end) of the single-process job's order, streamed."""
+    return itertools.islice(iter_inputs(sources), start, end)
 
 
 def _size_on_disk(path: Path) -> int:
@@ -104,8 +131,14 @@ def _size_on_disk(path: Path) -> int:
         return 0
 
 
-def _inputs_digest(inputs: Sequence[tuple[str, Path]]) -> str:
-    return key_digest([[kind, str(path)] for kind, path in inputs])
+def _inputs_digest(inputs: Iterable[tuple[str, Path]]) -> str:
+    """key_digest([[kind, path], ...]) of the inputs, hashed as they stream by (the same value: the JSON
+    text of the list is written piece by piece)."""
+    sha = hashlib.sha256(b"[")
+    for i, (kind, path) in enumerate(inputs):
+        sha.update((", " if i else "").encode() + json.dumps([kind, str(path)]).encode())
+    sha.update(b"]")
+    return sha.hexdigest()[:16]
 
 
 def scan(job: ArrayJob, task: int) -> dict[str, Any]:
@@ -117,28 +150,21 @@ def scan(job: ArrayJob, task: int) -> dict[str, Any]:
     cli.prepare_output_dir(cfg.output)  # a bad --output or --tokenizer fails now, not in a later phase
     if cfg.tokenizer is not None:
         LoadedTokenizer.load(cfg.tokenizer)
-    inputs = expand_inputs(cfg.sources)
-    start, end = split_inputs(inputs, job.tasks)[task]
+    ranges, count, digest = _share(cfg.sources, job.tasks)
+    start, end = ranges[task]
     key = {
         "fingerprint": cfg.cleaning_fingerprint(),
         "tasks": job.tasks,
         "task": task,
-        "inputs": _inputs_digest(inputs),
+        "inputs": digest,
         "inputs_range": [start, end],
     }
     if done := _already_done(job.scan_meta(task), key):
         return done
-    logger.info(
-        "scan task %d/%d: inputs %d-%d of %d (%s)",
-        task,
-        job.tasks,
-        start,
-        end - 1,
-        len(inputs),
-        f"{inputs[start][1]} .. {inputs[end - 1][1]}" if end > start else "none",
-    )
+    logger.info("scan task %d/%d: inputs %d-%d of %d", task, job.tasks, start, end - 1, count)
     problems = Problems()
-    meta = key | _scan_records(job, task, inputs[start:end], problems) | {"problems": problems.to_dict()}
+    inputs = _task_inputs(cfg.sources, start, end)
+    meta = key | _scan_records(job, task, inputs, problems) | {"problems": problems.to_dict()}
     write_json_atomic(job.scan_meta(task), meta)
     logger.info(
         "scan task %d/%d: %d records -> %s", task, job.tasks, meta["rows"]["count"], job.scan_meta(task)
@@ -158,7 +184,7 @@ def _already_done(record: Path, key: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _scan_records(
-    job: ArrayJob, task: int, inputs: Sequence[tuple[str, Path]], problems: Problems
+    job: ArrayJob, task: int, inputs: Iterable[tuple[str, Path]], problems: Problems
 ) -> dict[str, Any]:
     """Read, filter and hash `inputs` in the workers; write the rows and signatures files. Returns their
     part of the task's record."""
@@ -313,13 +339,12 @@ class _KeptRecords:
 
     def __iter__(self) -> Cleaned:
         job, task, meta, cfg = self.job, self.task, self.meta, self.job.cfg
-        inputs = expand_inputs(cfg.sources)
-        if _inputs_digest(inputs) != meta["inputs"]:
+        if _inputs_digest(iter_inputs(cfg.sources)) != meta["inputs"]:
             raise self._changed("the list of input files differs")
         rows, paths = job.rows(task, meta), meta["paths"]
         mask = job.keep_mask_of(task, len(rows))
         start, end = meta["inputs_range"]
-        records = iter_records(cfg.sources, Problems(log=False), inputs[start:end])
+        records = iter_records(cfg.sources, Problems(log=False), _task_inputs(cfg.sources, start, end))
         n = 0
         for batch in iter_batches(records, BATCH_DOCS, BATCH_CHARS):
             if n + len(batch) > len(rows):

@@ -25,6 +25,7 @@ from data_tools.processes import alive
 from data_tools.sources import (
     DEFAULT_EXTENSIONS,
     DEFAULT_MAX_DOC_CHARS,
+    DIR_FORMATS,
     SourceConfig,
     default_workers,
 )
@@ -48,8 +49,17 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         default=[],
         metavar="PATH",
-        help="JSONL(.gz/.zst), Parquet, a source directory or a saved HF dataset; several allowed. "
+        help="JSONL(.gz/.zst), Parquet, a directory (of JSONL/Parquet files, read as one corpus in sorted "
+        "path order, or of source files; see --dir-format) or a saved HF dataset; several allowed. "
         "Default: this interpreter's standard library.",
+    )
+    g.add_argument(
+        "--dir-format",
+        choices=DIR_FORMATS,
+        default="auto",
+        help="how a directory in --input is read: data = every JSONL(.gz/.zst)/Parquet file under it as one "
+        "corpus; source = every file with --extensions as a document; auto (default) = data if it holds "
+        "such files and no source files, source if the reverse, an error if both",
     )
     g.add_argument("--text-field", default="content", help="field holding the code (default: content)")
     g.add_argument(
@@ -115,6 +125,7 @@ def source_config(args: argparse.Namespace) -> SourceConfig:
         text_field=args.text_field,
         extensions=exts,
         max_doc_chars=args.max_doc_chars,
+        dir_format=args.dir_format,
     )
 
 

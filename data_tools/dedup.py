@@ -14,6 +14,7 @@ decisions are made in one place, in corpus order, so the result is deterministic
 
 from __future__ import annotations
 
+import array
 import hashlib
 import re
 import zlib
@@ -86,22 +87,26 @@ class _Clusters:
 
 
 class _Locations:
-    """Interns paths so a location is one int: (path id << 32) | line."""
+    """Interns paths so a location is one int: (path id << 32) | line. Records arrive file by file, so a
+    path is compared with the last one only (a path met again later gets a second id), and the paths are
+    kept back to back in one buffer: a few bytes per input file beyond its name, whatever their number."""
 
     def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.paths: list[str] = []
+        self._names = bytearray()  # every path's UTF-8 bytes, back to back
+        self._ends = array.array("Q")  # where each path ends in _names
+        self._last: str | None = None
 
     def pack(self, path: str, line: int) -> int:
-        pid = self.ids.get(path)
-        if pid is None:
-            pid = self.ids[path] = len(self.paths)
-            self.paths.append(path)
-        return (pid << 32) | line
+        if path != self._last:
+            self._names += path.encode("utf-8", "surrogatepass")
+            self._ends.append(len(self._names))
+            self._last = path
+        return ((len(self._ends) - 1) << 32) | line
 
     def unpack(self, packed: int) -> str:
-        path, line = self.paths[packed >> 32], packed & 0xFFFFFFFF
-        return location(path, line)
+        pid, line = packed >> 32, packed & 0xFFFFFFFF
+        start = self._ends[pid - 1] if pid else 0
+        return location(self._names[start : self._ends[pid]].decode("utf-8", "surrogatepass"), line)
 
 
 class ExactDeduplicator:

@@ -2,6 +2,7 @@
 
     codeparrot-preprocess --output data/                         # the standard library, tokenizer trained
     codeparrot-preprocess --input corpus/*.jsonl.zst --tokenizer tok/ --output data/ --workers 32
+    codeparrot-preprocess --input corpus/ --tokenizer tok/ --output data/  # every .jsonl[.gz|.zst] under it
     codeparrot-preprocess --tokenize-only --input corpus.jsonl --tokenizer tok/ --output data/
 
 Steps: read the inputs (streamed), clean and deduplicate them in worker processes, train a byte-level BPE
@@ -109,9 +110,12 @@ class PreprocessConfig:
         return key_digest(self._cleaning_key())
 
     def _cleaning_key(self) -> dict[str, Any]:
+        source_config = dataclasses.asdict(self.sources) | {"inputs": None}
+        if source_config["dir_format"] == "auto":  # the default: fingerprints stay what they were
+            del source_config["dir_format"]
         return {
             "sources": self.sources.describe(),
-            "source_config": dataclasses.asdict(self.sources) | {"inputs": None},
+            "source_config": source_config,
             "clean": self.clean.to_dict(),
         }
 

@@ -3,7 +3,13 @@
 `iter_records` yields every input's records in a deterministic order (files sorted by path), undecoded
 where decoding is costly, so that workers decode them (`decode_record`); `iter_documents` decodes in this
 process. Neither holds more than one record (or one Parquet batch) in memory, so a 10 GB corpus streams in
-bounded memory.
+bounded memory. A directory is walked while it is read, never listed whole, so memory does not grow with
+the number of input files either.
+
+A directory of JSONL (.jsonl, .jsonl.gz, .jsonl.zst) and Parquet files, subdirectories included, is one
+corpus read in sorted path order (the layout Megatron-LM's and GPT-NeoX's users bring); a directory of
+source files gives a document per file; a directory holding both is refused unless `dir_format` says which
+(`iter_inputs` has the rule).
 
 Bad input never raises half-way: each problem is counted in a `Problems` tally with its file and line, the
 record is skipped, and reading goes on. Only conditions that make the whole input unusable (a path that
@@ -32,7 +38,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from data_tools.errors import DataError
 
@@ -45,10 +51,12 @@ DEFAULT_EXTENSIONS = (".py",)
 # How many example locations each problem kind keeps for the report.
 MAX_EXAMPLES = 20
 # Problems that concern a whole file: the job's closing summary names where they happened.
-FILE_PROBLEMS = ("truncated", "unreadable_file", "not_regular_file")
+FILE_PROBLEMS = ("truncated", "unreadable_file", "not_regular_file", "unsupported_file")
 # A JSON line may hold its text escaped (\uXXXX: 6 bytes per character) plus other fields: lines longer
 # than 6 bytes per max_doc_chars character plus this allowance are skipped unread as too large.
 JSONL_OTHER_FIELDS_BYTES = 1 << 20
+# How a directory given as input is read (SourceConfig.dir_format, iter_inputs).
+DIR_FORMATS = ("auto", "data", "source")
 # Characters that cannot be encoded as UTF-8 (lone surrogates, which JSON's \ud800 escapes can produce).
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -124,6 +132,13 @@ class SourceConfig:
     text_field: str = "content"
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     max_doc_chars: int = DEFAULT_MAX_DOC_CHARS
+    # How a directory in `inputs` is read: its JSONL/Parquet files as one corpus ("data"), its files with
+    # `extensions` as documents ("source"), or whichever it holds ("auto"; both: an error). See iter_inputs.
+    dir_format: Literal["auto", "data", "source"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.dir_format not in DIR_FORMATS:
+            raise DataError(f"dir_format ({self.dir_format!r}) must be one of {', '.join(DIR_FORMATS)}")
 
     def describe(self) -> list[str]:
         return list(self.inputs) if self.inputs else [f"stdlib:{stdlib_dir()}"]
@@ -423,13 +438,42 @@ SKIP_DIRS = frozenset(
 )
 
 
-def _walk(root: Path) -> list[Path]:
-    """Files under `root`, sorted, skipping SKIP_DIRS and symlinked directories (no cycles)."""
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-        out.extend(Path(dirpath, f) for f in filenames)
-    return sorted(out)
+class _Entry(NamedTuple):
+    """A directory entry found by `_walk`: a file (or anything but a directory to descend into), or a
+    directory that could not be listed (`error`)."""
+
+    path: Path
+    error: OSError | None = None
+
+
+def _walk(root: Path) -> Iterator[_Entry]:
+    """The files under `root` in sorted path order (`sorted()`'s order of their Paths: a directory's
+    entries by name, each subdirectory's files in its place), skipping SKIP_DIRS and symlinked
+    directories (no cycles). Streamed: only the entry names of the directories on the way down are held,
+    never a list of the tree's files. A directory that cannot be listed is yielded with its error."""
+    try:
+        with os.scandir(root) as it:
+            entries = sorted((e.name, _is_dir(e)) for e in it)
+    except OSError as e:
+        yield _Entry(root, e)
+        return
+    for name, is_dir in entries:
+        if not is_dir:
+            yield _Entry(root / name)
+        elif is_dir == "descend" and name not in SKIP_DIRS:
+            yield from _walk(root / name)
+
+
+def _is_dir(entry: os.DirEntry) -> Literal["descend", "symlink", False]:
+    """Whether a directory entry is a directory to descend into, a symlink to one (neither read nor
+    descended into, as os.walk does), or anything else (False: a file, also a symlink that cannot be
+    followed, reported when read)."""
+    try:
+        if not entry.is_dir():
+            return False
+    except OSError:  # a symlink loop, say
+        return False
+    return "symlink" if entry.is_symlink() else "descend"
 
 
 def _is_hf_dataset_dir(path: Path) -> bool:
@@ -443,42 +487,138 @@ def _is_jsonl(path: Path) -> bool:
     )
 
 
-def expand_inputs(cfg: SourceConfig) -> list[tuple[str, Path]]:
-    """Resolve `cfg.inputs` to an ordered list of (kind, path). Raises DataError for a missing path."""
+# JSON lines in a compression this reader does not know (.jsonl.bz2, .json.xz, .ndjson.lz4, ...): in a data
+# directory they are reported as unsupported_file, never skipped unseen.
+_UNSUPPORTED_DATA = re.compile(r"\.(?:jsonl|ndjson|json)\.[a-z0-9]+$")
+
+
+def _member_kind(path: Path, extensions: tuple[str, ...]) -> str | None:
+    """How a file found in a directory is read: "jsonl" or "parquet" (data), "unsupported" (data in a
+    compression not read), "source" (one document), or None (not read: README, metadata, ...)."""
+    if _is_jsonl(path):
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    if _UNSUPPORTED_DATA.search(path.name.lower()):
+        return "unsupported"
+    return "source" if path.suffix in extensions else None
+
+
+def _dir_format(root: Path, cfg: SourceConfig) -> str:
+    """How directory `root` is read: "data" or "source". With cfg.dir_format "auto", a walk decides: data
+    if it holds data files and no source files, source otherwise; a directory holding both raises
+    DataError, naming examples of each and the flag that chooses."""
+    if cfg.dir_format != "auto":
+        return cfg.dir_format
+    counts: Counter = Counter()
+    examples: dict[str, list[str]] = {"data": [], "source": []}
+    for entry in _walk(root):
+        kind = None if entry.error else _member_kind(entry.path, cfg.extensions)
+        if kind is None:
+            continue
+        group = "source" if kind == "source" else "data"
+        counts[group] += 1
+        if len(examples[group]) < 3:
+            examples[group].append(str(entry.path.relative_to(root)))
+    if counts["data"] and counts["source"]:
+        raise DataError(
+            f"{root}: holds both data files ({counts['data']:,} JSONL/Parquet, e.g. "
+            f"{', '.join(examples['data'])}) and source files ({counts['source']:,} with extensions "
+            f"{list(cfg.extensions)}, e.g. {', '.join(examples['source'])}), so how to read it cannot be "
+            "guessed. Pass --dir-format data to read its JSONL/Parquet files as one corpus, or --dir-format "
+            "source to read its source files as documents."
+        )
+    return "data" if counts["data"] else "source"
+
+
+def _dir_inputs(root: Path, fmt: str, cfg: SourceConfig) -> Iterator[tuple[str, Path]]:
+    """The inputs of directory `root` read as `fmt` ("data" or "source"), in sorted path order, streamed.
+    A subdirectory that cannot be listed is an "unreadable_dir" input (reported by iter_records); the
+    files a data directory does not read (README, metadata) are counted in a log line."""
+    wanted = ("jsonl", "parquet", "unsupported") if fmt == "data" else ("source",)
+    other, examples = 0, []
+    for entry in _walk(root):
+        kind = "unreadable_dir" if entry.error else _member_kind(entry.path, cfg.extensions)
+        if kind in wanted or kind == "unreadable_dir":
+            yield kind, entry.path
+        elif fmt == "data":
+            other += 1
+            if len(examples) < 3:
+                examples.append(str(entry.path.relative_to(root)))
+    if other:
+        logger.info(
+            "%s: %d file(s) that are not JSONL/Parquet were not read (%s%s)",
+            root,
+            other,
+            ", ".join(examples),
+            ", ..." if other > len(examples) else "",
+        )
+
+
+def _named_input(path: Path, cfg: SourceConfig) -> tuple[str, Path]:
+    """How a path named in cfg.inputs is read: ("hf_dataset" | "data" | "source", a directory) or a file's
+    kind. Raises DataError for a file of unknown format or a directory whose kind cannot be guessed."""
+    if path.is_dir():
+        return ("hf_dataset" if _is_hf_dataset_dir(path) else _dir_format(path, cfg)), path
+    if path.suffix == ".parquet":
+        return "parquet", path
+    if _is_jsonl(path) or path.suffix == ".json":
+        return "jsonl", path
+    if path.suffix in cfg.extensions:
+        return "source", path
+    raise DataError(
+        f"{path}: unknown input format. Supported: .jsonl[.gz|.zst], .parquet, a directory of "
+        f"source files with extensions {list(cfg.extensions)} (set --extensions), a directory of "
+        "JSONL/Parquet files, or a directory written by datasets.save_to_disk."
+    )
+
+
+def iter_inputs(cfg: SourceConfig) -> Iterator[tuple[str, Path]]:
+    """`cfg.inputs` as (kind, path) in a deterministic order; kind: "jsonl", "parquet", "source",
+    "hf_dataset", or, found in a directory, "unsupported" and "unreadable_dir" (reported, never read).
+
+    A directory is read as one of (a `--dir-format`, "auto" by default):
+      - a saved HF dataset, if it holds dataset_info.json or dataset_dict.json;
+      - data: every JSONL (.jsonl, .jsonl.gz, .jsonl.zst, .json.gz, .json.zst, .ndjson) and Parquet file
+        under it, subdirectories included, in sorted path order, as one corpus (JSON lines in another
+        compression are reported as unsupported_file; other files, such as a README, are not read);
+      - source: every file with one of cfg.extensions under it, one document each.
+    "auto" chooses data for a directory holding data files and no source files, source for the reverse,
+    and raises DataError for one holding both.
+
+    Every named input is checked first: a missing path, a file of unknown format or a directory that is
+    both raise DataError before anything is yielded. Directories are then walked while they are read
+    (`_walk`): no list of the tree's files is held, so memory does not grow with their number."""
     inputs = cfg.inputs or (stdlib_dir(),)
-    out: list[tuple[str, Path]] = []
     missing = [p for p in inputs if not Path(p).exists()]
     if missing:
         raise DataError(
             f"input path(s) not found: {', '.join(missing)}. Pass existing JSONL/Parquet files, a source "
             "directory or a saved HF dataset; with no --input the standard library is used."
         )
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir() and _is_hf_dataset_dir(path):
-            out.append(("hf_dataset", path))
-        elif path.is_dir():
-            files = _walk(path)
-            data_files = [p for p in files if _is_jsonl(p) or p.suffix == ".parquet"]
-            code_files = [p for p in files if p.suffix in cfg.extensions and not _is_jsonl(p)]
-            # A directory of data files is a sharded dataset; otherwise it is a source tree.
-            if data_files and not code_files:
-                out.extend(("parquet" if p.suffix == ".parquet" else "jsonl", p) for p in data_files)
-            else:
-                out.extend(("source", p) for p in code_files)
-        elif path.suffix == ".parquet":
-            out.append(("parquet", path))
-        elif _is_jsonl(path) or path.suffix == ".json":
-            out.append(("jsonl", path))
-        elif path.suffix in cfg.extensions:
-            out.append(("source", path))
+    for kind, path in [_named_input(Path(raw), cfg) for raw in inputs]:
+        if kind in ("data", "source") and path.is_dir():  # a named file can be "source" too
+            yield from _dir_inputs(path, kind, cfg)
         else:
-            raise DataError(
-                f"{path}: unknown input format. Supported: .jsonl[.gz|.zst], .parquet, a directory of "
-                f"source files with extensions {list(cfg.extensions)} (set --extensions), or a directory "
-                "written by datasets.save_to_disk."
-            )
-    return out
+            yield kind, path
+
+
+def expand_inputs(cfg: SourceConfig) -> list[tuple[str, Path]]:
+    """`iter_inputs` as a list (the jobs stream `iter_inputs` instead). Raises DataError as it does."""
+    return list(iter_inputs(cfg))
+
+
+def _unsupported_why(path: Path) -> str:
+    compression = path.name.rsplit(".", 1)[-1]
+    return f"JSON lines compressed as .{compression}, which is not read: recompress it as .gz or .zst"
+
+
+def _listing_error(path: Path) -> str:
+    try:
+        os.scandir(path).close()
+    except OSError as e:
+        return f"a directory that cannot be listed ({e.strerror}): its files were not read"
+    return "a directory that could not be listed while reading: its files were not read"
 
 
 def iter_records(
@@ -487,7 +627,13 @@ def iter_records(
     """Every record of every input, in a deterministic order, undecoded where decoding is costly (JSON
     lines, source files): the cheap, serial part of reading. `inputs`: read only these (a part of
     `expand_inputs(cfg)`, in its order) instead of all."""
-    for kind, path in expand_inputs(cfg) if inputs is None else inputs:
+    for kind, path in iter_inputs(cfg) if inputs is None else inputs:
+        if kind == "unsupported":
+            problems.add("unsupported_file", str(path), _unsupported_why(path))
+            continue
+        if kind == "unreadable_dir":
+            problems.add("unreadable_file", str(path), _listing_error(path))
+            continue
         if kind != "hf_dataset" and (why := not_regular(path)):
             problems.add("not_regular_file", str(path), why)
             continue

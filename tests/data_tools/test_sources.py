@@ -326,3 +326,86 @@ def test_lone_surrogates_are_skipped_as_invalid_unicode_and_pairs_kept(tmp_path)
         f"{path}:2: lone surrogate U+D800 at character 21 (not encodable as UTF-8)",
         f"{path}:4: lone surrogate U+DC00 at character 21 (not encodable as UTF-8)",
     ]
+
+
+# ---- a directory as input: data corpus or source tree --------------------------------------------------
+
+
+def _zst_lines(texts: list[str]) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(_jsonl_bytes(texts))
+
+
+def test_a_directory_of_jsonl_files_is_one_corpus_in_sorted_path_order(tmp_path, caplog):
+    corpus = tmp_path / "corpus"
+    (corpus / "b" / "deeper").mkdir(parents=True)
+    (corpus / "b" / "deeper" / "x.jsonl.zst").write_bytes(_zst_lines([code_doc(1)]))
+    (corpus / "b" / "y.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes([code_doc(2), code_doc(3)])))
+    write_jsonl(corpus / "a.jsonl", [{"content": code_doc(0)}])
+    write_jsonl(corpus / "c.ndjson", [{"content": code_doc(4)}])
+    (corpus / "README.md").write_text("one JSON object per line\n")
+    (corpus / "stats.json").write_text("{}\n")
+    caplog.set_level("INFO", logger="data_tools.sources")
+    docs, problems = read([corpus])
+    assert [d.text for d in docs] == [code_doc(i) for i in range(5)] and not problems.counts
+    assert [d.path for d in docs][1:3] == [str(corpus / "b/deeper/x.jsonl.zst"), str(corpus / "b/y.jsonl.gz")]
+    assert "2 file(s) that are not JSONL/Parquet were not read (README.md, stats.json)" in caplog.text
+    # The order is sorted()'s over the whole paths, as before directories were streamed.
+    files = [p for p in corpus.rglob("*") if p.is_file() and p.name not in ("README.md", "stats.json")]
+    assert [p for _, p in expand_inputs(SourceConfig(inputs=(str(corpus),)))] == sorted(files)
+
+
+def test_a_directory_of_data_and_source_files_is_refused_unless_dir_format_chooses(tmp_path):
+    write_jsonl(tmp_path / "shard.jsonl", [{"content": code_doc(0)}])
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "download.py").write_text(code_doc(1))
+    with pytest.raises(DataError) as e:
+        read([tmp_path])
+    assert str(e.value) == (
+        f"{tmp_path}: holds both data files (1 JSONL/Parquet, e.g. shard.jsonl) and source files (1 with "
+        "extensions ['.py'], e.g. tools/download.py), so how to read it cannot be guessed. Pass "
+        "--dir-format data to read its JSONL/Parquet files as one corpus, or --dir-format source to read "
+        "its source files as documents."
+    )
+    docs, _ = read([tmp_path], dir_format="data")
+    assert [d.text for d in docs] == [code_doc(0)]
+    docs, _ = read([tmp_path], dir_format="source")
+    assert [d.text for d in docs] == [code_doc(1)]
+    with pytest.raises(DataError, match=r"dir_format \('jsonl'\) must be one of auto, data, source"):
+        SourceConfig(dir_format="jsonl")
+
+
+def test_bad_members_of_a_data_directory_are_reported_by_file_and_good_ones_read(tmp_path, monkeypatch):
+    write_jsonl(tmp_path / "a.jsonl", [{"content": code_doc(0)}])
+    corrupt = bytearray(_zst_lines([code_doc(i) for i in range(400)]))
+    corrupt[len(corrupt) // 2 : len(corrupt) // 2 + 8] = b"\xff" * 8
+    (tmp_path / "b.jsonl.zst").write_bytes(bytes(corrupt))
+    (tmp_path / "c.jsonl.bz2").write_bytes(b"BZh9")
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(_jsonl_bytes([code_doc(5)]))[:-12])
+    (tmp_path / "locked").mkdir()
+    write_jsonl(tmp_path / "locked" / "e.jsonl", [{"content": code_doc(6)}])
+    write_jsonl(tmp_path / "z.jsonl", [{"content": code_doc(7)}])
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root can list any directory: deny this one as a permission would
+        if Path(path) == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    docs, problems = read([tmp_path])
+    assert [d.text for d in docs][0] == code_doc(0) and docs[-1].text == code_doc(7)
+    assert dict(problems.counts) == {"unreadable_file": 2, "unsupported_file": 1, "truncated": 1}
+    unreadable = problems.examples["unreadable_file"]
+    assert unreadable[0].startswith(f"{tmp_path / 'b.jsonl.zst'}:") and "ZstdError" in unreadable[0]
+    assert unreadable[1] == (
+        f"{tmp_path / 'locked'}: a directory that cannot be listed (Permission denied): its files were "
+        "not read"
+    )
+    assert problems.examples["unsupported_file"] == [
+        f"{tmp_path / 'c.jsonl.bz2'}: JSON lines compressed as .bz2, which is not read: recompress it as "
+        ".gz or .zst"
+    ]
+    summary = problems.summary()
+    assert "1 unsupported_file (" in summary and str(tmp_path / "c.jsonl.bz2") in summary

@@ -138,7 +138,7 @@ def no_input_reading(monkeypatch):
     def refuse(cfg):
         raise AssertionError("the inputs were read before the output location was checked")
 
-    monkeypatch.setattr(sources, "expand_inputs", refuse)
+    monkeypatch.setattr(sources, "iter_inputs", refuse)  # expand_inputs and iter_records call it
 
 
 @pytest.mark.parametrize("tool", ["clean", "train", "preprocess"])
