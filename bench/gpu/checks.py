@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -41,6 +42,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _location(package: str) -> str | None:
+    try:
+        files = importlib.metadata.distribution(package).locate_file("")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return str(files)
+
+
 def _command_line(cmd: Sequence[str]) -> str | None:
     """The last non-empty line a command prints, or None when it is missing or fails."""
     try:
@@ -65,6 +74,10 @@ def env_info(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "nvcc": _command_line(["nvcc", "--version"]),
         "driver": _command_line(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+        "pythonpath": os.environ.get("PYTHONPATH"),
+        "torch_cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST"),
+        # Where each package was imported from: the machine's own, or run.sh's wheel directory.
+        "locations": {p: _location(p) for p in PACKAGES},
     }
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -188,9 +201,12 @@ def kernel_checks(device: str) -> dict[str, Any]:
 
 
 def fused_adam_check(steps: int = 5) -> dict[str, Any]:
-    """Build DeepSpeed's FusedAdam (a JIT nvcc compile into TORCH_EXTENSIONS_DIR, or a load from it) and
-    compare ``steps`` AdamW updates with torch's on the same parameters and gradients (fp32)."""
+    """Build DeepSpeed's FusedAdam (a JIT nvcc compile into TORCH_EXTENSIONS_DIR, or a load from it) as
+    model.optim does (TORCH_CUDA_ARCH_LIST in a form DeepSpeed parses) and compare ``steps`` AdamW updates
+    with torch's on the same parameters and gradients (fp32)."""
     import torch
+
+    from model.optim import deepspeed_arch_env, deepspeed_arch_list
 
     start = time.perf_counter()
     from deepspeed.ops.adam import FusedAdam
@@ -200,7 +216,8 @@ def fused_adam_check(steps: int = 5) -> dict[str, Any]:
     ours = [torch.randn(*s, generator=gen, device="cuda").requires_grad_() for s in shapes]
     theirs = [p.detach().clone().requires_grad_() for p in ours]
     kwargs = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    fused = FusedAdam(ours, adam_w_mode=True, **kwargs)  # the first construction builds or loads the op
+    with deepspeed_arch_env():
+        fused = FusedAdam(ours, adam_w_mode=True, **kwargs)  # the first construction builds or loads the op
     build_s = time.perf_counter() - start
     reference = torch.optim.AdamW(theirs, foreach=False, **kwargs)
     for _ in range(steps):
@@ -210,6 +227,7 @@ def fused_adam_check(steps: int = 5) -> dict[str, Any]:
         fused.step()
         reference.step()
     diff = max(_max_diff(a.detach(), b.detach()) for a, b in zip(ours, theirs, strict=True))
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
     return {
         "status": "ok" if diff < 1e-5 else "failed",
         "build_or_load_s": build_s,
@@ -217,6 +235,8 @@ def fused_adam_check(steps: int = 5) -> dict[str, Any]:
         "max_param_diff_vs_torch_adamw": diff,
         "tolerance": 1e-5,
         "extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR"),
+        "arch_list": arch,
+        "arch_list_for_deepspeed": deepspeed_arch_list(arch) if arch is not None else None,
     }
 
 
@@ -294,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     p.add_argument("--seconds", type=float, default=0.25, help="matmul: timing per shape and layout")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     if args.check == "env":
         result = {"status": "ok", **env_info(args.device)}

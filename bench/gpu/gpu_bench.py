@@ -1,36 +1,32 @@
 """The GPU benchmark: one command, under 8 minutes on one H100/H200, no network (see bench/gpu/run.sh).
 
-    bash bench/gpu/run.sh                                   # installs bench/gpu/wheels, then runs this
-    python bench/gpu/gpu_bench.py --out bench/results       # on a machine where deepspeed is installed
-    python bench/gpu/gpu_bench.py --cpu-smoke --out /tmp/x  # every code path on a CPU, in under a minute
-    python bench/gpu/gpu_bench.py --stages matmul,training  # a subset (a rerun of one stage)
+    OUT=/some/dir bash bench/gpu/run.sh                      # installs bench/gpu/wheels, then runs this
+    python bench/gpu/gpu_bench.py --out /some/dir            # on a machine where deepspeed is installed
+    python bench/gpu/gpu_bench.py --cpu-smoke --out /tmp/x   # every code path on a CPU, in under a minute
+    python bench/gpu/gpu_bench.py --stages env,training,planner --cases small-compile,codeparrot-no-ac-zero1
 
-Stages, in order, each in its own process with its own timeout (clipped to what is left of --budget-s); a
-failing stage is recorded and the next one runs. Times: estimates for an H100 with cold caches (max: timeout).
-  env         GPU, driver, nvcc, versions (checks.py env)                              ~5 s
-  fused-adam  DeepSpeed FusedAdam JIT-built by nvcc into a private TORCH_EXTENSIONS_DIR,
-              compared with torch AdamW (checks.py fused-adam); started first, in the
-              background (CPU work), collected before training                         60-120 s (max 300)
-  tests       pytest -m gpu tests/model/test_gpu_kernels.py (Triton compiles included) 30-60 s (max 150)
-  kernels     each fused kernel (SDPA attention, Triton LayerNorm and bias-GeLU,
-              chunked cross-entropy) against its torch reference, bf16, forward and
-              gradients (checks.py kernels)                                            15-30 s (max 120)
-  matmul      bf16 dense matmul TFLOP/s over large squares and the models' shapes,
-              the best against the rated peak of training.metrics                     15-25 s (max 90)
-  training    codeparrot-small (micro 16, no activation checkpointing) and codeparrot
-              1.5B (micro 8, activation checkpointing), seq 1024, ZeRO-2, bf16, one
-              rank, fused kernels on and off: 3 warm-up + 10 timed steps each
-              (train_case.py); out of memory halves the micro batch and retries.
-              Small 25-40 s per case, 1.5B 60-100 s (the CPU-side model build and
-              initialisation dominate)                                   ~4 min (max 150/240 each)
-  planner     codeparrot-plan's prediction per case (memory, tokens/s) when
-              training/planner.py exists; the measured MFU is passed as --mfu         ~3 s per case
-Total with run.sh's install: about 6-7 minutes. Cases that no longer fit in the budget are skipped (and
-recorded), the most informative first: small fused, 1.5B fused, small unfused, 1.5B unfused.
+``--out`` receives exactly two files, rewritten after every stage (so a kill leaves both): gpu_report.json
+and gpu_logs.tar.gz, the archive of the log directory (``--logs``, outside ``--out``: run.sh's own log, the
+install log, each stage's log and JSON). ``--out`` may not lie under bench/results/, where bench/report.py
+reads CPU reports.
 
-Writes ``<out>/gpu_report.json`` after every stage (so a kill leaves a report) and each stage's output under
-``<out>/gpu_logs/``. The report: mode, command, times, machine, install, one entry per stage (status ok,
-failed, timeout or skipped, seconds, figures) and the summary lines printed at the end.
+Stages, in order, each in its own process with its own budget (printed when it starts, clipped to what is
+left of --budget-s); a failing stage is recorded and the next one runs. Times: estimates on an H200.
+  env         GPU, driver, nvcc, package versions, where they came from (checks.py env)     ~5 s
+  fused-adam  DeepSpeed FusedAdam built through model.optim (TORCH_CUDA_ARCH_LIST made
+              parseable) into a private TORCH_EXTENSIONS_DIR, against torch AdamW; started
+              in the background, collected before training                        10-30 s (max 150)
+  smoke       one short codeparrot-small case end to end (accumulation, timing, MFU), its
+              report written before anything longer runs                           20-40 s (max 75)
+  tests       pytest -m gpu tests/model/test_gpu_kernels.py; a run where every test
+              skipped (or none ran) is a failure                                   30-60 s (max 90)
+  kernels     each fused kernel against its torch reference, bf16 (checks.py)      15-30 s (max 60)
+  matmul      bf16 dense matmul TFLOP/s, large squares and the models' shapes      10-20 s (max 45)
+  training    the cases of bench/gpu/cases.py, most informative first, each at the
+              shipped tokens per optimizer step; out of memory halves the micro batch
+              (doubling the accumulation) and retries; cases that no longer fit are
+              skipped and recorded                                                 what is left
+  planner     codeparrot-plan per case: memory and tokens/s against the measurement   ~5 s (max 40)
 """
 
 from __future__ import annotations
@@ -38,11 +34,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import signal
-import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
@@ -52,60 +48,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench.gpu.cases import Case, cpu_cases, gpu_cases, select, smoke_case  # noqa: E402
+from bench.gpu.procs import Processes, read_json, status_of, worker_env  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-STAGES = ("env", "fused-adam", "tests", "kernels", "matmul", "training", "planner")
+STAGES = ("env", "fused-adam", "smoke", "tests", "kernels", "matmul", "training", "planner")
+# Each stage's most seconds (training: what is left, less the planner's).
+STAGE_BUDGET_S = {"env": 30, "fused-adam": 150, "smoke": 75, "tests": 90, "kernels": 60, "matmul": 45,
+                  "planner": 40}  # fmt: skip
 DEFAULT_BUDGET_S = 450.0  # run.sh's install comes before; 8 minutes in all
 RESERVE_S = 10.0  # kept back from every timeout for the report
-LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
-LAUNCHER_PREFIXES = ("OMPI_COMM_WORLD_", "PMI_", "PMIX_", "SLURM_", "MPI_LOCAL")
-GIB = 2**30
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Case:
-    """One training measurement (train_case.py's arguments) and its time allowance."""
-
-    name: str
-    preset: str
-    micro: int
-    seq: int
-    fused: bool
-    activation_checkpointing: bool
-    precision: str = "bf16"
-    ds: str = "ds_configs/zero2.json"
-    warmup: int = 3
-    steps: int = 10
-    timeout_s: float = 150.0
-    min_s: float = 40.0  # not started with less budget left
-
-    def argv(self, micro: int) -> list[str]:
-        return [
-            f"--preset={self.preset}", f"--micro={micro}", f"--seq={self.seq}",
-            f"--precision={self.precision}", f"--ds={self.ds}", f"--warmup={self.warmup}",
-            f"--steps={self.steps}", "--fused" if self.fused else "--no-fused",
-            "--activation-checkpointing" if self.activation_checkpointing
-            else "--no-activation-checkpointing",
-        ]  # fmt: skip
-
-
-def gpu_cases() -> list[Case]:
-    """Most informative first: a case that no longer fits in the budget is skipped."""
-    small = dict(preset="codeparrot-small", micro=16, seq=1024, activation_checkpointing=False)
-    large = dict(
-        preset="codeparrot", micro=8, seq=1024, activation_checkpointing=True, timeout_s=240, min_s=90
-    )
-    return [
-        Case(name="codeparrot-small fused", fused=True, **small),
-        Case(name="codeparrot fused", fused=True, **large),
-        Case(name="codeparrot-small unfused", fused=False, **small),
-        Case(name="codeparrot unfused", fused=False, **large),
-    ]
-
-
-def smoke_cases() -> list[Case]:
-    tiny = dict(preset="tiny", micro=2, seq=64, activation_checkpointing=False, precision="fp32",
-                ds="ds_configs/zero2_cpu.json", warmup=1, steps=2, timeout_s=120, min_s=10)  # fmt: skip
-    return [Case(name="tiny fused", fused=True, **tiny), Case(name="tiny unfused", fused=False, **tiny)]
+REPORT, ARCHIVE, LOGS_NAME = "gpu_report.json", "gpu_logs.tar.gz", "gpu_logs"
+GPU_TESTS = ["-m", "gpu", "tests/model/test_gpu_kernels.py"]
+# On a CPU the GPU tests skip; a CPU test beside them lets the smoke run pass the all-skipped rule.
+CPU_SMOKE_TESTS = ["tests/model/test_gpu_kernels.py", "tests/model/test_flops.py"]
 
 
 class Budget:
@@ -127,86 +84,23 @@ class Budget:
         return self.left() - RESERVE_S >= need_s
 
 
-# ---- processes ------------------------------------------------------------------------------------------
+# ---- the report and the log archive --------------------------------------------------------------------
 
 
-def worker_env(smoke: bool) -> dict[str, str]:
-    """The environment of every stage process: the checkout importable, no launcher variables (each
-    training case is its own world of one), a private extension cache shared by the stages."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in LAUNCHER_VARS and not k.startswith(LAUNCHER_PREFIXES) and k != "MASTER_PORT"
-    }
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "codeparrot_gpu_ext"))
-    env["PYTHONUNBUFFERED"] = "1"
-    # DeepSpeed refuses to JIT-build an op when nvcc's CUDA version differs from torch's in the minor
-    # number; the build is what the fused-adam stage tests, so let it try and record what happens.
-    env.setdefault("DS_SKIP_CUDA_CHECK", "1")
-    if smoke:
-        env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def start(cmd: Sequence[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """Start ``cmd`` in its own session (a timeout kills its whole tree), output to ``log``."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
-        f.flush()
-        return subprocess.Popen(
-            list(cmd), cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def finish(proc: subprocess.Popen, log: Path, timeout: float, started: float) -> dict[str, Any]:
-    """Wait for ``proc`` up to ``timeout`` s, killing its process group after; rc, time, output tail."""
-    timed_out = False
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
-    return {
-        "rc": proc.returncode,
-        "timed_out": timed_out,
-        "seconds": time.time() - started,
-        "log": log.name,
-        "tail": tail,
-    }
-
-
-def run(cmd: Sequence[str], log: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
-    started = time.time()
-    return finish(start(cmd, log, env), log, timeout, started)
-
-
-def status_of(proc: dict[str, Any], result: dict[str, Any] | None = None) -> str:
-    if proc["timed_out"]:
-        return "timeout"
-    if result is not None and "status" in result:
-        return result["status"]
-    return "ok" if proc["rc"] == 0 else "failed"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-# ---- the report -----------------------------------------------------------------------------------------
+def write_archive(logs: Path, out: Path) -> None:
+    """``out``/gpu_logs.tar.gz: the log directory under the name gpu_logs/, replaced whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    part = out / f".{ARCHIVE}.part"
+    with tarfile.open(part, "w:gz") as tar:
+        tar.add(logs, arcname=LOGS_NAME)
+    part.replace(out / ARCHIVE)
 
 
 class Report:
-    """gpu_report.json, rewritten whole (atomically) after every stage."""
+    """gpu_report.json and the log archive, rewritten whole (each replaced atomically) after every stage."""
 
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path = path
+    def __init__(self, out: Path, logs: Path, header: dict[str, Any]) -> None:
+        self.out, self.logs = out, logs
         self.data: dict[str, Any] = {**header, "stages": {s: {"status": "pending"} for s in STAGES}}
 
     def stage(self, name: str, record: dict[str, Any]) -> None:
@@ -214,22 +108,28 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        tmp.replace(self.path)
+        self.out.mkdir(parents=True, exist_ok=True)
+        part = self.out / f".{REPORT}.part"
+        part.write_text(json.dumps(self.data, indent=1) + "\n")
+        part.replace(self.out / REPORT)
+        (self.logs / REPORT).write_text(json.dumps(self.data, indent=1) + "\n")  # archived too
+        try:
+            write_archive(self.logs, self.out)
+        except OSError as err:  # the report matters more; the previous archive stays
+            print(f"gpu_bench: could not archive {self.logs}: {err}", file=sys.stderr)
 
 
 @dataclasses.dataclass(kw_only=True)
 class Context:
     smoke: bool
     device: str
-    out: Path
     logs: Path
     env: dict[str, str]
     budget: Budget
     report: Report
+    procs: Processes
     selected: tuple[str, ...]
+    cases: list[Case]
     say: Callable[[str], None]
 
 
@@ -241,35 +141,57 @@ def check_stage(ctx: Context, check: str, timeout_s: float, extra: Sequence[str]
     """checks.py ``check`` in its own process: its JSON, plus how the process went."""
     out = ctx.logs / f"{check}.json"
     cmd = [sys.executable, str(HERE / "checks.py"), check, f"--device={ctx.device}", f"--out={out}", *extra]
-    proc = run(cmd, ctx.logs / f"{check}.log", ctx.env, ctx.budget.timeout(timeout_s))
-    result = read_json(out) if not proc["timed_out"] else None
+    proc = ctx.procs.run(cmd, ctx.logs / f"{check}.log", ctx.env, ctx.budget.timeout(timeout_s))
+    return process_record(proc, read_json(out) if not proc["timed_out"] else None)
+
+
+def process_record(proc: dict[str, Any], result: dict[str, Any] | None, keep: Sequence[str] = ()) -> dict:
+    """A stage's record: its JSON, status, seconds and log name, the output's tail unless the status is
+    ok (or one of ``keep``)."""
     record = {**(result or {}), "status": status_of(proc, result), "seconds": proc["seconds"]}
     record["log"] = proc["log"]
-    if record["status"] != "ok":
+    if record["status"] not in ("ok", *keep):
         record["tail"] = proc["tail"]
     return record
 
 
+# ---- tests ----------------------------------------------------------------------------------------------
+
+
+def status_of_tests(process_status: str, counts: dict[str, int]) -> tuple[str, str | None]:
+    """(status, reason): a run in which no test passed (every one skipped, or none collected) failed,
+    whatever pytest's exit status: it checked nothing."""
+    if process_status != "ok":
+        return process_status, None
+    if counts.get("passed", 0) == 0:
+        ran = sum(counts.values())
+        return "failed", f"every one of the {ran} tests skipped" if ran else "no test ran"
+    return "ok", None
+
+
 def stage_tests(ctx: Context) -> dict[str, Any]:
-    """pytest -m gpu on the GPU kernel tests; per-test outcomes from its JUnit XML."""
+    """The GPU kernel tests under pytest; per-test outcomes from its JUnit XML."""
     xml = ctx.logs / "pytest.xml"
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/model/test_gpu_kernels.py", "-q",
-           "-p", "no:cacheprovider", f"--junitxml={xml}"]  # fmt: skip
-    proc = run(cmd, ctx.logs / "tests.log", ctx.env, ctx.budget.timeout(150))
+    selection = CPU_SMOKE_TESTS if ctx.smoke else GPU_TESTS
+    cmd = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    proc = ctx.procs.run(cmd, ctx.logs / "tests.log", ctx.env, ctx.budget.timeout(STAGE_BUDGET_S["tests"]))
     record: dict[str, Any] = {"status": status_of(proc), "seconds": proc["seconds"], "log": proc["log"]}
     record["command"] = shlex.join(cmd[1:])
     try:
-        cases = ET.parse(xml).getroot().iter("testcase")
+        cases = list(ET.parse(xml).getroot().iter("testcase"))
     except (OSError, ET.ParseError):
-        record["tail"] = proc["tail"]
-        return record
+        cases = []
     tests = {}
     for case in cases:
         outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
         detail = next((c.get("message", "") for c in case if c.tag != "system-out"), "")
         tests[case.get("name")] = {"outcome": outcome, "message": detail[:500]} if detail else outcome
     outcomes = [t if isinstance(t, str) else t["outcome"] for t in tests.values()]
-    record.update({k: outcomes.count(k) for k in ("passed", "failure", "error", "skipped")}, tests=tests)
+    counts = {k: outcomes.count(k) for k in ("passed", "failure", "error", "skipped")}
+    record.update(counts, tests=tests)
+    record["status"], reason = status_of_tests(record["status"], counts)
+    if reason:
+        record["reason"] = reason
     if record["status"] != "ok":
         record["tail"] = proc["tail"]
     return record
@@ -279,8 +201,9 @@ def stage_tests(ctx: Context) -> dict[str, Any]:
 
 
 def with_retries(case: Case, attempt: Callable[[int], dict[str, Any]], budget: Budget) -> dict[str, Any]:
-    """``attempt(micro)`` from the case's micro batch, halving after each out-of-memory result, while the
-    budget allows; the last result with every attempt listed."""
+    """``attempt(micro)`` from the case's micro batch, halving after each out-of-memory result (the tokens
+    per optimizer step stay: Case.accum doubles), while the budget allows; the last result with every
+    attempt listed."""
     micro, attempts = case.micro, []
     result: dict[str, Any] = skipped(f"under {case.min_s:.0f} s of budget left")
     while budget.enough(case.min_s):
@@ -293,168 +216,75 @@ def with_retries(case: Case, attempt: Callable[[int], dict[str, Any]], budget: B
     return {**result, "attempts": attempts}
 
 
-def stage_training(ctx: Context, cases: list[Case], torch_adamw: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+def run_case(ctx: Context, case: Case, torch_adamw: bool) -> dict[str, Any]:
+    """One case through train_case.py, retried at smaller micro batches after out of memory."""
 
-    def attempt(case: Case, micro: int) -> dict[str, Any]:
-        slug = case.name.replace(" ", "_") + f"_micro{micro}"
-        out = ctx.logs / f"train_{slug}.json"
+    def attempt(micro: int) -> dict[str, Any]:
+        slug = f"train_{case.name}_micro{micro}"
+        out = ctx.logs / f"{slug}.json"
         cmd = [sys.executable, str(HERE / "train_case.py"), *case.argv(micro), f"--out={out}"]
-        cmd += ["--torch-adamw"] if torch_adamw else []
-        proc = run(cmd, ctx.logs / f"train_{slug}.log", ctx.env, ctx.budget.timeout(case.timeout_s))
-        result = read_json(out) if not proc["timed_out"] else None
-        record = {**(result or {}), "status": status_of(proc, result), "seconds": proc["seconds"]}
-        record["log"] = proc["log"]
-        if record["status"] not in ("ok", "oom"):
-            record["tail"] = proc["tail"]
-        return record
+        cmd += ["--torch-adamw"] if torch_adamw and not case.torch_adamw else []
+        proc = ctx.procs.run(cmd, ctx.logs / f"{slug}.log", ctx.env, ctx.budget.timeout(case.timeout_s))
+        return process_record(proc, read_json(out) if not proc["timed_out"] else None, keep=("oom",))
 
-    for case in cases:
-        result = with_retries(case, lambda micro, case=case: attempt(case, micro), ctx.budget)
-        results[case.name] = {"case": dataclasses.asdict(case), **result}
+    return {"case": dataclasses.asdict(case), **with_retries(case, attempt, ctx.budget)}
+
+
+def stage_training(ctx: Context, torch_adamw: bool, reserve_s: float) -> dict[str, Any]:
+    """The cases in order while the budget (less ``reserve_s`` for the planner) allows."""
+    from bench.gpu.summary import case_line
+
+    results: dict[str, Any] = {}
+    for case in ctx.cases:
+        if not ctx.budget.enough(case.min_s + reserve_s):
+            results[case.name] = {"case": dataclasses.asdict(case), **skipped(
+                f"needs about {case.min_s:.0f} s; {ctx.budget.left() - RESERVE_S - reserve_s:.0f} s left"
+            )}  # fmt: skip
+            continue
+        ctx.say(f"[{ctx.budget.elapsed():4.0f} s] training {case.name}: up to {case.timeout_s:.0f} s")
+        results[case.name] = run_case(ctx, case, torch_adamw)
         ctx.say(f"training {case.name}: {case_line(results[case.name])}")
         ctx.report.stage("training", {"status": "running", "cases": results})
-    statuses = {r["status"] for r in results.values()}
-    status = "ok" if statuses <= {"ok"} else "failed" if statuses - {"ok", "skipped"} else "partial"
-    return {"status": status, "torch_adamw_forced": torch_adamw, "cases": results}
-
-
-def case_line(r: dict[str, Any]) -> str:
-    if r["status"] != "ok":
-        return f"{r['status']} {r.get('reason', '')}".strip()
-    mfu = f", MFU {r['mfu']:.1%}" if r.get("mfu") is not None else ""
-    return (
-        f"micro {r['micro_batch']}: {r['tokens_per_s']:,.0f} tok/s{mfu}, peak memory "
-        f"{r['peak_memory_bytes'] / GIB:.1f} GiB, {r['optimizer']}, kernels {r['kernels']}"
-    )
-
-
-# ---- the planner's predictions --------------------------------------------------------------------------
-
-
-def stage_planner(ctx: Context, training: dict[str, Any], gpu_key: str | None) -> dict[str, Any]:
-    """codeparrot-plan's prediction for every case, measured or not (bench/gpu/predictions.py)."""
-    from bench.gpu.predictions import predict_all
-
-    cases = training.get("cases", {})
-    if not cases:
-        return skipped("no training cases ran")
-    key = gpu_key or "h100-sxm"  # the CPU smoke run asks about the H100
-    started = time.time()
-    predictions = predict_all(cases, key, ctx.env, ctx.budget.timeout(60))  # skipped cases too
-    ok = [p for p in predictions.values() if p["status"] == "ok"]
-    status = (
-        "ok" if ok and len(ok) == len(predictions) else "failed" if ok else predictions_status(predictions)
-    )
+    ran = [r["status"] for r in results.values() if r["status"] != "skipped"]
+    status = "ok" if ran and set(ran) == {"ok"} else "failed" if ran else "skipped"
+    skipped_names = [n for n, r in results.items() if r["status"] == "skipped"]
     return {
         "status": status,
-        "seconds": time.time() - started,
-        "gpu": key,
-        "gpu_from": "device" if gpu_key else "default",
-        "cases": predictions,
+        "torch_adamw_forced": torch_adamw,
+        "skipped_cases": skipped_names,
+        "cases": results,
     }
 
 
-def predictions_status(predictions: dict[str, Any]) -> str:
+def stage_planner(ctx: Context) -> dict[str, Any]:
+    """codeparrot-plan's prediction for every case, measured or not, the smoke case last
+    (bench/gpu/predictions.py)."""
+    from bench.gpu.predictions import predict_all
+
+    stages = ctx.report.data["stages"]
+    records = dict(stages["training"].get("cases", {}))
+    if stages["smoke"].get("case"):
+        records["smoke"] = stages["smoke"]
+    if not records:
+        return skipped("no training cases")
+    gpu_key = (ctx.report.data.get("machine") or {}).get("gpu_key")
+    key = gpu_key or "h100-sxm"  # the CPU smoke run asks about the H100
+    started = time.time()
+    predictions = predict_all(records, key, ctx.env, ctx.budget.timeout(STAGE_BUDGET_S["planner"]))
     statuses = {p["status"] for p in predictions.values()}
-    return "planner unavailable" if statuses == {"planner unavailable"} else "failed"
+    status = (
+        "ok"
+        if statuses == {"ok"}
+        else "planner unavailable"
+        if statuses == {"planner unavailable"}
+        else "failed"
+    )
+    seconds = time.time() - started
+    return {"status": status, "seconds": seconds, "gpu": key, "gpu_from": "device" if gpu_key else "default",
+            "cases": predictions}  # fmt: skip
 
 
-# ---- summary and driver ---------------------------------------------------------------------------------
-
-
-def summary_lines(data: dict[str, Any]) -> list[str]:
-    """The report in a few lines: machine, tests, kernels, FusedAdam, matmul peak, cases, planner, time."""
-    m, st = data.get("machine") or {}, data["stages"]
-    v = m.get("versions", {})
-    lines = [
-        f"machine: {m.get('gpu') or 'no GPU'} ({m.get('gpu_key')}), driver {m.get('driver')}, python "
-        f"{m.get('python')}, torch {v.get('torch')} (CUDA {m.get('torch_cuda')}), triton {v.get('triton')}, "
-        f"deepspeed {v.get('deepspeed')}, nvcc: {m.get('nvcc')}"
-    ]
-    t = st["tests"]
-    counts = ", ".join(f"{t[k]} {k}" for k in ("passed", "failure", "error", "skipped") if t.get(k))
-    lines.append(f"tests: {t['status']}" + (f" ({counts})" if counts else ""))
-    k = st["kernels"]
-    for c in k.get("checks", []):
-        diffs = (
-            f"max diff out {c['max_out_diff']:.2e}, grad {c['max_grad_diff']:.2e}"
-            if "max_out_diff" in c
-            else ""
-        )
-        lines.append(f"kernel {c['name']}: {c['status']} {diffs or c.get('reason', '')}".rstrip())
-    if not k.get("checks"):
-        lines.append(f"kernels: {k['status']}")
-    a = st["fused-adam"]
-    adam = ""
-    if "build_or_load_s" in a:
-        adam = f", built or loaded in {a['build_or_load_s']:.0f} s"
-        adam += f", max diff vs torch AdamW {a['max_param_diff_vs_torch_adamw']:.1e}"
-    lines.append(f"FusedAdam: {a['status']}{adam}")
-    mm = st["matmul"]
-    if mm.get("best_tflops"):
-        rated = (
-            f" = {mm['best_vs_rated']:.0%} of rated {mm['rated_tflops']:.0f}"
-            if mm.get("rated_tflops")
-            else ""
-        )
-        lines.append(
-            f"matmul {mm['precision']}: best {mm['best_tflops']:.4g} TFLOP/s at {mm['best_shape']}{rated}"
-        )
-    else:
-        lines.append(f"matmul: {mm['status']}")
-    plans = st["planner"].get("cases", {})
-    for name, r in st["training"].get("cases", {}).items():
-        line = f"case {name}: {case_line(r)}"
-        if r.get("mfu") is not None and mm.get("best_tflops"):
-            line += (
-                f"; {r['mfu'] * r['rated_peak_tflops'] / mm['best_tflops']:.0%} of the measured matmul peak"
-            )
-        lines.append(line + plan_note(plans.get(name, {})))
-    lines.append(f"planner: {st['planner']['status']}")
-    lines.append(f"total wall time {data.get('wall_s', 0):.0f} s (budget {data['budget_s']:.0f} s)")
-    return lines
-
-
-def plan_note(p: dict[str, Any]) -> str:
-    """The planner's prediction for a case, in a few words."""
-    if not p:
-        return ""
-    if not p.get("predicted_peak_bytes"):
-        return f"; planner: {p['status']}"
-    note = f"; planner: memory {p['predicted_peak_bytes'] / GIB:.1f} GiB"
-    if "measured_over_predicted_memory" in p:
-        note += f" (measured/predicted {p['measured_over_predicted_memory']:.2f})"
-    if "mfu_matching_measurement" in p:
-        note += (
-            f", {p['predicted_tokens_per_s']:,.0f} tok/s at --mfu {p['mfu_assumed']} (measured/predicted "
-            f"{p['measured_over_predicted_tokens_per_s']:.2f}; --mfu {p['mfu_matching_measurement']:.2f} "
-            "matches)"
-        )
-    return note
-
-
-def install_record(log: Path | None, rc: int | None) -> dict[str, Any] | None:
-    if log is None and rc is None:
-        return None
-    tail = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
-    return {"rc": rc, "log": log.name if log else None, "tail": tail}
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="report and logs go here")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny preset, fp32, CPU, gloo: the code paths")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="total seconds from --started")
-    p.add_argument("--started", type=float, help="epoch seconds the run began (run.sh: before its install)")
-    p.add_argument("--install-log", type=Path, help="run.sh's pip log, recorded in the report")
-    p.add_argument("--install-rc", type=int, help="run.sh's install exit status")
-    args = p.parse_args(argv)
-    unknown = sorted(set(args.stages.split(",")) - set(STAGES))
-    if unknown:
-        p.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
-    return args
+# ---- driver ---------------------------------------------------------------------------------------------
 
 
 def run_stages(ctx: Context) -> None:
@@ -464,55 +294,112 @@ def run_stages(ctx: Context) -> None:
     def record(name: str, result: dict[str, Any]) -> dict[str, Any]:
         rep.stage(name, result)
         seconds = f" ({result['seconds']:.0f} s)" if "seconds" in result else ""
-        ctx.say(f"[{ctx.budget.elapsed():4.0f} s] {name}: {result['status']}{seconds}")
+        reason = f": {result['reason']}" if result.get("reason") else ""
+        ctx.say(f"[{ctx.budget.elapsed():4.0f} s] {name}: {result['status']}{seconds}{reason}")
         return result
 
-    def chosen(name: str, need_s: float) -> bool:
+    def chosen(name: str, need_s: float, budget_s: float | None = None) -> bool:
         if name not in want:
             record(name, skipped("not selected (--stages)"))
             return False
         if not ctx.budget.enough(need_s):
             record(name, skipped(f"under {need_s:.0f} s of budget left"))
             return False
+        budget_s = STAGE_BUDGET_S[name] if budget_s is None else budget_s
+        ctx.say(
+            f"[{ctx.budget.elapsed():4.0f} s] {name}: budget {ctx.budget.timeout(budget_s):.0f} s "
+            f"(run: {ctx.budget.left():.0f} s left)"
+        )
         return True
 
     if chosen("env", 5):
-        rep.data["machine"] = record("env", check_stage(ctx, "env", 60))
+        rep.data["machine"] = record("env", check_stage(ctx, "env", STAGE_BUDGET_S["env"]))
     adam = None
     if ctx.smoke:
         record("fused-adam", skipped("GPU only: FusedAdam is a CUDA op"))
     elif chosen("fused-adam", 30):
         log, out = ctx.logs / "fused-adam.log", ctx.logs / "fused-adam.json"
         cmd = [sys.executable, str(HERE / "checks.py"), "fused-adam", f"--out={out}"]
-        adam = (start(cmd, log, ctx.env), log, out, time.time())
+        adam = (ctx.procs.start(cmd, log, ctx.env), log, out, time.time())
         ctx.say(f"[{ctx.budget.elapsed():4.0f} s] fused-adam: building in the background")
+    if chosen("smoke", 15):
+        case = smoke_case(ctx.smoke)
+        result = run_case(ctx, case, torch_adamw=False)
+        record("smoke", {**result, "seconds": result.get("seconds", 0.0)})
     if chosen("tests", 20):
         record("tests", stage_tests(ctx))
     if chosen("kernels", 15):
-        record("kernels", check_stage(ctx, "kernels", 120))
+        record("kernels", check_stage(ctx, "kernels", STAGE_BUDGET_S["kernels"]))
     if chosen("matmul", 15):
-        record("matmul", check_stage(ctx, "matmul", 90, ["--seconds=0.02"] if ctx.smoke else []))
+        extra = ["--seconds=0.02"] if ctx.smoke else ["--seconds=0.1"]
+        record("matmul", check_stage(ctx, "matmul", STAGE_BUDGET_S["matmul"], extra))
     if adam is not None:
         proc, log, out, began = adam
-        p = finish(proc, log, ctx.budget.timeout(max(1.0, 300 - (time.time() - began))), began)
-        result = read_json(out) if not p["timed_out"] else None
-        rec = {**(result or {}), "status": status_of(p, result), "seconds": p["seconds"], "log": p["log"]}
-        record("fused-adam", rec if rec["status"] == "ok" else {**rec, "tail": p["tail"]})
-    torch_adamw = not ctx.smoke and rep.data["stages"]["fused-adam"]["status"] not in ("ok", "skipped")
-    cases = smoke_cases() if ctx.smoke else gpu_cases()
-    if chosen("training", min(c.min_s for c in cases)):
-        record("training", stage_training(ctx, cases, torch_adamw))
-    if "planner" not in want:
-        record("planner", skipped("not selected (--stages)"))
-    else:
-        gpu_key = (rep.data.get("machine") or {}).get("gpu_key")
-        record("planner", stage_planner(ctx, rep.data["stages"]["training"], gpu_key))
+        waited = STAGE_BUDGET_S["fused-adam"] - (time.time() - began)
+        p = ctx.procs.finish(proc, log, ctx.budget.timeout(max(1.0, waited)), began)
+        record("fused-adam", process_record(p, read_json(out) if not p["timed_out"] else None))
+    adam_status = rep.data["stages"]["fused-adam"]["status"]
+    torch_adamw = not ctx.smoke and adam_status not in ("ok", "skipped")
+    planner_s = STAGE_BUDGET_S["planner"] if "planner" in want else 0.0
+    if chosen("training", min(c.min_s for c in ctx.cases) + planner_s, ctx.budget.left() - planner_s):
+        record("training", stage_training(ctx, torch_adamw, planner_s))
+    if chosen("planner", 5):
+        record("planner", stage_planner(ctx))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "codeparrot_gpu_out",
+                   help=f"{REPORT} and {ARCHIVE} go here, nothing else (default: %(default)s)")  # fmt: skip
+    p.add_argument("--logs", type=Path, help=f"log directory, outside --out (default: a new temporary "
+                   f".../{LOGS_NAME}; run.sh passes its own)")  # fmt: skip
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny preset, fp32, CPU, gloo: the code paths")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--cases", help="comma-separated training cases, in this order (default: all, in theirs)")
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="total seconds from --started")
+    p.add_argument("--started", type=float, help="epoch seconds the run began (run.sh: before its install)")
+    p.add_argument("--install-log", type=Path, help="run.sh's install log, recorded in the report")
+    p.add_argument("--install-rc", type=int, help="run.sh's install exit status")
+    p.add_argument("--archive-only", action="store_true", help=f"only rewrite {ARCHIVE} from --logs (run.sh)")
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.stages.split(",")) - set(STAGES))
+    if unknown:
+        p.error(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    try:
+        args.case_list = select(cpu_cases() if args.cpu_smoke else gpu_cases(), args.cases)
+    except ValueError as err:
+        p.error(str(err))
+    args.out = args.out.resolve()
+    results = (ROOT / "bench" / "results").resolve()
+    if args.out == results or results in args.out.parents:
+        p.error(f"--out {args.out} is under {results}, where bench/report.py reads the CPU reports and a GPU "
+                "report breaks it; choose another directory (e.g. /tmp/gpu_out)")  # fmt: skip
+    if args.logs is not None:
+        args.logs = args.logs.resolve()
+        if args.logs == args.out or args.out in args.logs.parents:
+            p.error(f"--logs {args.logs} is inside --out {args.out}, which holds only {REPORT} and {ARCHIVE}")
+    elif args.archive_only:
+        p.error("--archive-only needs --logs")
+    return args
+
+
+def install_record(log: Path | None, rc: int | None) -> dict[str, Any] | None:
+    if log is None and rc is None:
+        return None
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    return {"rc": rc, "log": log.name if log else None, "tail": tail}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.archive_only:
+        write_archive(args.logs, args.out)
+        return 0
+    from bench.gpu.summary import summary_lines
+
     started = args.started or time.time()
-    out = args.out.resolve()
+    logs = args.logs or Path(tempfile.mkdtemp(prefix="codeparrot_gpu_bench_")) / LOGS_NAME
+    logs.mkdir(parents=True, exist_ok=True)
     printed: list[str] = []
 
     def say(line: str) -> None:
@@ -520,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         printed.append(line)
 
     header = {
-        "schema": 1,
+        "schema": 2,
         "benchmark": "gpu_bench",
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
         "command": shlex.join([Path(sys.executable).name, "bench/gpu/gpu_bench.py", *(argv or sys.argv[1:])]),
@@ -528,33 +415,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         "budget_s": args.budget_s,
         "machine": None,
         "install": install_record(args.install_log, args.install_rc),
+        "archive": {"file": ARCHIVE, "logs": LOGS_NAME},
     }
-    report = Report(out / "gpu_report.json", header)
     ctx = Context(
         smoke=args.cpu_smoke,
         device="cpu" if args.cpu_smoke else "cuda",
-        out=out,
-        logs=out / "gpu_logs",
+        logs=logs,
         env=worker_env(args.cpu_smoke),
         budget=Budget(started, args.budget_s),
-        report=report,
+        report=Report(args.out, logs, header),
+        procs=Processes(),
         selected=tuple(args.stages.split(",")),
+        cases=args.case_list,
         say=say,
     )
-    say(f"gpu_bench ({header['mode']}): report {out / 'gpu_report.json'}, logs {ctx.logs}")
+
+    def stop(signum: int, _frame: Any) -> None:  # run.sh's timeout: end the stage, keep the report
+        ctx.procs.kill_all()
+        ctx.report.data["status"] = f"stopped by signal {signum}"
+        ctx.report.data["summary"] = printed
+        ctx.report.write()
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    say(f"gpu_bench ({header['mode']}): {args.out / REPORT} and {args.out / ARCHIVE} (logs {logs})")
+    ctx.report.write()
     run_stages(ctx)
-    data = report.data
+    data = ctx.report.data
     data["wall_s"] = ctx.budget.elapsed()
     data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    problems = [
-        s for s, r in data["stages"].items() if r["status"] not in ("ok", "skipped", "planner unavailable")
-    ]
+    quiet = ("ok", "skipped", "planner unavailable")
+    problems = [s for s, r in data["stages"].items() if r["status"] not in quiet]
     data["status"] = "ok" if not problems else "problems in " + ", ".join(problems)
     for line in summary_lines(data):
         say(line)
     say(f"status: {data['status']}")
     data["summary"] = printed
-    report.write()
+    ctx.report.write()
     return 0 if not problems else 1
 
 
