@@ -36,6 +36,7 @@ setup(
         "deepspeed>=0.15",
         "transformers>=4.45",
         "tokenizers>=0.20",
+        "tiktoken>=0.11",  # data_tools/fast_encode.py (0.11 fixed special tokens in encode_to_numpy)
         "datasets>=3.0",
         "numpy>=1.26",
         "pyarrow>=15",

@@ -73,12 +73,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _init_worker(tokenizer: Any | None) -> None:
+def _init_worker(encoder: Any | None) -> None:
     _die_with_parent()
     # Each worker is one core: tokenizers' own thread pool would oversubscribe.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    if tokenizer is not None:
-        _WORKER["tokenizer"] = tokenizer
+    if encoder is not None:
+        _WORKER["encoder"] = encoder
 
 
 class Verdict(NamedTuple):
@@ -130,7 +130,7 @@ def tokenize_records(
     """Decode and tokenise records (already known good): token ids of all, each followed by `eod_id`,
     flat; and the per-record lengths (EOD included). Decoding again here, rather than shipping the text
     through the main process, keeps the main process's share of the work small."""
-    return encode_documents(_WORKER["tokenizer"], decode_records(records, sources), eod_id, dtype)
+    return encode_documents(_WORKER["encoder"], decode_records(records, sources), eod_id, dtype)
 
 
 class TokenizedBatch(NamedTuple):
@@ -162,7 +162,7 @@ def tokenize_batch(
         texts.append(text)
         nbytes += utf8_bytes(text)
     if tokenize:
-        flat, lengths = encode_documents(_WORKER["tokenizer"], texts, eod_id, dtype)
+        flat, lengths = encode_documents(_WORKER["encoder"], texts, eod_id, dtype)
     else:
         flat, lengths = np.empty(0, dtype=dtype), np.empty(0, dtype=np.int64)
     digests = [content_hash(t) for t in texts] if hashes and tokenize else None
@@ -192,43 +192,44 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 class _InlineExecutor(Executor):
     """Runs submissions in this process, one core: the 1-worker case, and easy to debug. The worker state
-    (tokenizer, single-threaded tokenizers) holds only during a call, so the caller's process is left as
+    (encoder, single-threaded tokenizers) holds only during a call, so the caller's process is left as
     it was."""
 
-    def __init__(self, tokenizer: Any | None) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, encoder: Any | None) -> None:
+        self._encoder = encoder
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
-        saved = _WORKER.get("tokenizer")
-        _WORKER["tokenizer"] = self._tokenizer
+        saved = _WORKER.get("encoder")
+        _WORKER["encoder"] = self._encoder
         try:
             with _env("TOKENIZERS_PARALLELISM", "false"):
                 future.set_result(fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(e)
         finally:
-            _WORKER["tokenizer"] = saved
+            _WORKER["encoder"] = saved
         return future
 
 
-def make_executor(workers: int, tokenizer: Any | None = None) -> Executor:
-    """A process pool of `workers` (inline for 1), started before returning; `tokenizer` (a
-    tokenizers.Tokenizer, or None) is the one the workers' tokenising functions use.
+def make_executor(workers: int, encoder: Any | None = None) -> Executor:
+    """A process pool of `workers` (inline for 1), started before returning; `encoder` (what
+    data_tools.encode.encode_documents takes: a tokenizers.Tokenizer or a TiktokenEncoder, or None) is
+    the one the workers' tokenising functions use.
 
-    Linux: fork, so workers start in milliseconds with the parent's modules and its loaded tokenizer
-    (not parsed again per worker: 0.1 s of CPU each for a 32K vocabulary), and scripts need no
+    Linux: fork, so workers start in milliseconds with the parent's modules and its loaded encoder
+    (not built again per worker: 0.1 s of CPU each for a 32K vocabulary), and scripts need no
     `if __name__ == "__main__"` guard. tokenizers warns in a child forked after its thread pool has run
     (training in the same process); the variable set around the fork marks parallelism as configured, and
-    each worker is single-threaded anyway. Elsewhere: spawn, and the tokenizer travels pickled."""
+    each worker is single-threaded anyway. Elsewhere: spawn, and the encoder travels pickled."""
     if workers <= 1:
-        return _InlineExecutor(tokenizer)
+        return _InlineExecutor(encoder)
     method = "fork" if sys.platform == "linux" else "spawn"
     executor = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_init_worker,
-        initargs=(tokenizer,),
+        initargs=(encoder,),
     )
     with _env("TOKENIZERS_PARALLELISM", "false"):
         executor.submit(int).result()  # with fork, the first submit starts every worker
