@@ -190,7 +190,7 @@ def block_activation_bytes(model: GPTConfig, B: int, T: int, act_bytes: int, mas
 
 def loss_terms(model: GPTConfig, B: int, T: int, pb: int, last_stage_logits: bool) -> list[Term]:
     """The head and loss: chunked in the plain model, materialised logits on a pipeline's last stage."""
-    from model.kernels.cross_entropy import default_chunk_rows
+    from model.kernels.cross_entropy import default_chunk_rows, default_group_rows
 
     d, V, Vp, N = model.n_embd, model.vocab_size, model.padded_vocab_size, B * T
     ln_f = N * d * pb + 8 * N
@@ -200,11 +200,14 @@ def loss_terms(model: GPTConfig, B: int, T: int, pb: int, last_stage_logits: boo
             Term("loss transient", N * V * 4, "backward", "fp32 upcast of the logits"),
         ]
     c = min(default_chunk_rows(V, "cuda"), N)
+    g = max(c, min(default_group_rows(V, c, pb, "cuda"), N))  # low-precision logits/gradient rows
     saved = ln_f + N * d * pb + Vp * d * pb
-    transient = c * V * (pb + 4) + V * d * 4 + (V * d * pb if pb != 4 else 0) + N * d * pb + Vp * d * (4 + pb)
+    buffers = g * V * pb + c * V * 4  # logits and softmax gradients; one chunk's fp32 log-probs
+    transient = buffers + V * d * 4 + (V * d * pb if pb != 4 else 0) + N * d * pb + Vp * d * (4 + pb)
+    how = f"{g}-row logits and {c}-row fp32 buffers, fp32 weight gradient"
     return [
         Term("ln_f + chunked loss", saved, "backward", "head gradients kept for backward: [B*T,d] + [Vp,d]"),
-        Term("loss transient", transient, "backward", f"{c}-row chunk buffers, fp32 weight gradient"),
+        Term("loss transient", transient, "backward", how),
     ]
 
 

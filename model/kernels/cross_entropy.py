@@ -6,6 +6,13 @@ the chunk's hidden states and the weight) and stores only those gradients: the p
 ``[chunk_rows, V]`` fp32 block instead of ``[N, V]`` (1 GiB for micro-batch 8 x 1024 tokens x 32768 fp32),
 and no head matmul is recomputed. Backward then only scales the stored gradients by the incoming one.
 
+In bf16 (or fp16) the weight gradient is summed in fp32, but the matmul of a chunk can only write the
+matmul dtype: each partial ``[V, d]`` product is cast and added to the fp32 sum, a pass over ``V x d`` that
+cost as much as the chunk's matmuls on a CPU (over a third of the loss's time at a 32,768 vocabulary, 64-row
+chunks). So the low-precision softmax gradients of several chunks are gathered in one ``[group_rows, V]``
+buffer (which also holds each chunk's logits) and go into the weight gradient in one matmul and one add per
+group, on CPU (`default_group_rows`); the fp32 buffer of log-probabilities stays one chunk.
+
 Rows whose target is ``IGNORE_INDEX`` contribute neither loss nor gradient; the loss is the mean over the
 other rows, like ``F.cross_entropy(reduction="mean")``. Only the first ``vocab_size`` rows of the (padded)
 weight take part, so padded vocabulary rows get exactly zero gradient.
@@ -64,6 +71,20 @@ def default_chunk_rows(vocab_size: int, device_type: str = "cpu") -> int:
     return max(16, chunk_bytes // (4 * vocab_size))
 
 
+def default_group_rows(vocab_size: int, chunk_rows: int, itemsize: int, device_type: str = "cpu") -> int:
+    """Rows of low-precision softmax gradient gathered per weight-gradient matmul (a multiple of
+    ``chunk_rows``): at most 30 MiB of them on CPU; one chunk in fp32, where the matmul accumulates into
+    the fp32 gradient itself (``addmm_``), and on CUDA, where a chunk already has thousands of rows and the
+    add is a small part of its time.
+
+    CPU: below glibc's 32 MiB ceiling for its dynamic mmap threshold, so the buffer is recycled from the
+    heap at every step instead of mmap'ed and page-faulted in afresh (a 64 MiB group was slower than none
+    in a VM, where page faults are dear)."""
+    if itemsize >= 4 or device_type == "cuda":
+        return chunk_rows
+    return max(1, 30 * 2**20 // (itemsize * vocab_size * chunk_rows)) * chunk_rows
+
+
 def _chunked_loss_and_grads(
     h: torch.Tensor,
     w: torch.Tensor,
@@ -84,35 +105,43 @@ def _chunked_loss_and_grads(
     """
     (N, d), V, dev = h.shape, w.size(0), h.device
     c_max = min(chunk_rows, N)
+    mixed = want_dw and h.dtype != torch.float32  # fp32 weight gradient from low-precision matmuls
+    group_rows = min(default_group_rows(V, chunk_rows, h.element_size(), dev.type), N) if mixed else c_max
     # Buffers reused by every chunk: fresh multi-MiB allocations per chunk cost page faults on CPU.
-    logits_buf = torch.empty(c_max, V, dtype=h.dtype, device=dev)
+    # group_buf holds each chunk's logits, then its softmax gradient, group_rows rows at a time.
+    group_buf = torch.empty(max(group_rows, c_max), V, dtype=h.dtype, device=dev)
     logp_buf = torch.empty(c_max, V, dtype=torch.float32, device=dev)
     row_ids = torch.arange(c_max, device=dev)
     loss_sum = torch.zeros((), dtype=torch.float32, device=dev)
     grad_h = torch.empty(N, d, dtype=h.dtype, device=dev) if want_dh else None
     grad_w = torch.zeros(V, d, dtype=torch.float32, device=dev) if want_dw else None
-    partial_w = torch.empty(V, d, dtype=h.dtype, device=dev) if want_dw and h.dtype != torch.float32 else None
+    partial_w = torch.empty(V, d, dtype=h.dtype, device=dev) if mixed else None
     # Ignored rows must not reach the weight gradient: zero their hidden state in the g^T h product
     # (an [N, d] pass) rather than their gradient rows (an [N, V] pass).
     h_valid = h * valid[:, None].to(h.dtype) if want_dw else None  # [N, d]
+    group_start = 0
     for start in range(0, N, chunk_rows):
         rows = slice(start, min(start + chunk_rows, N))
         c, t_c, v_c = rows.stop - start, targets[rows], valid[rows]
-        logits = torch.mm(h[rows], w.t(), out=logits_buf[:c])  # [c, V]
+        at = start - group_start if mixed else 0  # this chunk's rows in group_buf
+        logits = torch.mm(h[rows], w.t(), out=group_buf[at : at + c])  # [c, V]
         logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32, out=logp_buf[:c])  # [c, V], fused
         loss_sum -= (logp.gather(1, t_c[:, None]).squeeze(1) * v_c).sum()
         if not (want_dh or want_dw):
             continue
         # dL/dlogits before the mean: softmax - onehot. exp and the cast to the matmul dtype in one pass,
-        # into the logits buffer (no longer needed) unless the matmul dtype is fp32.
+        # into the logits' rows (no longer needed) unless the matmul dtype is fp32.
         g = logp.exp_() if h.dtype == torch.float32 else torch.exp(logp, out=logits)
         g.index_put_((row_ids[:c], t_c), -v_c.to(g.dtype), accumulate=True)  # scatter_add_ is slow in bf16
         if want_dh:
             torch.mm(g, w, out=grad_h[rows])  # [c, d]
-        if want_dw and partial_w is None:
+        if want_dw and not mixed:
             grad_w.addmm_(g.t(), h_valid[rows])  # [V, d]
-        elif want_dw:
-            grad_w.add_(torch.mm(g.t(), h_valid[rows], out=partial_w))  # fp32 += low-precision partial
+        elif want_dw and (rows.stop - group_start == group_rows or rows.stop == N):
+            # fp32 += one low-precision product over the whole group
+            group = slice(group_start, rows.stop)
+            grad_w.add_(torch.mm(group_buf[: rows.stop - group_start].t(), h_valid[group], out=partial_w))
+            group_start = rows.stop
     return loss_sum, grad_h, grad_w
 
 

@@ -162,3 +162,27 @@ def test_auto_keeps_torch_on_cpu_even_with_the_interpreter(fresh_choices) -> Non
     assert layernorm.resolve_layernorm("triton", "cpu") == "triton"
     assert bias_gelu.resolve_bias_gelu("triton", "cpu") == "triton"
     assert layernorm.resolve_layernorm("auto", "cuda") == "triton"
+
+
+def test_chunked_cross_entropy_bf16_weight_gradient_over_several_groups() -> None:
+    """bf16 weights (as DeepSpeed's bf16 mode holds them): the softmax gradients of several chunks go into the
+    fp32 weight gradient per group of rows; three groups here, the last one partial, with ignored rows."""
+    from model.kernels.cross_entropy import default_group_rows
+
+    V, d, N, chunk = 32768, 8, 1000, 64
+    group = default_group_rows(V, chunk, 2)
+    assert chunk < group < N and N % group != 0  # several full groups of several chunks, then a partial one
+    hidden = leaf(N, d, seed=0).to(torch.bfloat16).detach().requires_grad_()
+    weight = leaf(V, d, seed=1, scale=0.5).to(torch.bfloat16).detach().requires_grad_()
+    targets = torch.randint(0, V, (N,), generator=torch.Generator().manual_seed(2))
+    targets[::5] = -100
+    loss = chunked_cross_entropy(hidden, weight, targets, V, chunk_rows=chunk)
+    dh, dw = torch.autograd.grad(loss, (hidden, weight))
+    assert dh.dtype == dw.dtype == torch.bfloat16
+    h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+    ref = F.cross_entropy(h64 @ w64.t(), targets, ignore_index=-100)  # float64 throughout
+    dh_ref, dw_ref = torch.autograd.grad(ref, (h64, w64))
+    torch.testing.assert_close(loss.double(), ref, rtol=0, atol=2e-2)
+    for got, want in ((dh, dh_ref), (dw, dw_ref)):  # within bf16 rounding of the exact gradient
+        torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert torch.all(dw[torch.unique(targets[targets >= 0])].abs().sum(1) > 0)
