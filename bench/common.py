@@ -174,17 +174,41 @@ def precision_record(support: dict[str, PrecisionSupport], auto: Any) -> dict[st
 SQUARES = (256, 512, 1024, 2048)
 
 
-def peak_shapes(n_embd: int, rows: int, vocab: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the sweep: squares 256..2048 and the model's own matmuls at ``rows`` tokens (QKV,
-    MLP up and down, LM head), smallest first."""
+def model_matmuls(n_embd: int, rows: int, vocab: int, n_layer: int) -> list[tuple[tuple[int, int, int], int]]:
+    """The dense matmuls of one training step of a GPT-2 at ``rows`` tokens, as ((m, k, n), count): per
+    linear layer (QKV, attention output, MLP up, MLP down per block; the LM head once) its forward
+    ``[rows, k] x [k, n]``, its input gradient ``[rows, n] x [n, k]`` and its weight gradient
+    ``[n, rows] x [rows, k]``. The whole batch's shapes: the model's, not one implementation's chunking."""
     d = n_embd
-    shapes = {(s, s, s) for s in SQUARES} | {
-        (rows, d, 3 * d),
-        (rows, d, 4 * d),
-        (rows, 4 * d, d),
-        (rows, d, vocab),
-    }
+    linears = [((d, 3 * d), n_layer), ((d, d), n_layer), ((d, 4 * d), n_layer), ((4 * d, d), n_layer)]
+    counts: dict[tuple[int, int, int], int] = {}
+    for (k, n), count in [*linears, ((d, vocab), 1)]:
+        for shape in ((rows, k, n), (rows, n, k), (n, rows, k)):
+            counts[shape] = counts.get(shape, 0) + count
+    return sorted(counts.items())
+
+
+def peak_shapes(n_embd: int, rows: int, vocab: int, n_layer: int = 1) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the sweep: squares 256..2048 (the large-matmul peak) and every matmul shape of the
+    model's training step at ``rows`` tokens (`model_matmuls`, the achievable peak), smallest first."""
+    model = {shape for shape, _ in model_matmuls(n_embd, rows, vocab, n_layer)}
+    shapes = {(s, s, s) for s in SQUARES} | model
     return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
+def achievable_gflops(
+    rates: dict[tuple[int, int, int], float | None], matmuls: list[tuple[tuple[int, int, int], int]]
+) -> float | None:
+    """The peak a model's own matmuls allow: its step's matmul FLOPs over the time they take at the rate
+    measured for each shape (a FLOP-weighted harmonic mean of ``rates``); None if a shape went unmeasured."""
+    flops = seconds = 0.0
+    for shape, count in matmuls:
+        rate = rates.get(shape)
+        if not rate:
+            return None
+        f = 2.0 * shape[0] * shape[1] * shape[2] * count
+        flops, seconds = flops + f, seconds + f / (rate * 1e9)
+    return flops / seconds / 1e9
 
 
 def _rate(a: Any, b: Any, seconds: float) -> float:

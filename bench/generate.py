@@ -14,7 +14,14 @@ then the reverse, ...); a side's figure is its median time / new tokens, the spr
 
     python bench/generate.py                  # 4 layers, width 128, vocab 4096, prompt 16, 64..512 new tokens
     python bench/generate.py --threads 1      # on a machine shared with other jobs (2 threads contend)
-    python bench/generate.py --layers 12 --width 768 --heads 12 --vocab 32768   # codeparrot-small's shape
+    python bench/generate.py --layers 12 --width 768 --heads 12 --vocab 32768 --lengths 32 128 \
+        --no-cache-up-to 32                  # codeparrot-small's shape: model work, not framework overhead
+
+At the default toy shape (4 x 128, vocab 4,096) a step is mostly framework overhead (Python, dispatch,
+cache bookkeeping); at codeparrot-small's shape it is mostly the model's matmuls, which both sides share.
+The attention implementation each side ran is recorded (ours: the resolved `model.attention`; transformers:
+its config's `_attn_implementation`). `--no-cache-up-to N` runs the no-cache baseline only at lengths up to
+N (its cost grows with the square of the length: at codeparrot-small's shape 512 tokens take minutes).
 
 Prints a line per length, writes bench/results/generate_<date>_<cpu>.json, and ends with the ratio
 transformers/ours at the longest length (above 1: ours faster), e.g.
@@ -50,6 +57,7 @@ from bench.common import (  # noqa: E402
 )
 from model.gpt2 import GPT  # noqa: E402
 from model.hf import to_hf  # noqa: E402
+from model.kernels.attention import resolve_attention  # noqa: E402
 
 HOW = (
     "median over {n} greedy generations of each kind (order alternating, after a warm-up) of wall time / "
@@ -97,14 +105,15 @@ def timed(fn, *args) -> tuple[float, torch.Tensor]:
 def measure_length(runners: dict, prompt: torch.Tensor, n: int, repeats: int) -> dict[str, Any]:
     """Every side ``repeats`` times at ``n`` new tokens, order alternating; per side median and spread of
     ms per token; the ratios no-cache/cache and transformers/cache; whether the tokens agree."""
-    times: dict[str, list[float]] = {s: [] for s in SIDES}
+    sides = tuple(s for s in SIDES if s in runners)
+    times: dict[str, list[float]] = {s: [] for s in sides}
     tokens: dict[str, torch.Tensor] = {}
     for r in range(repeats):
-        for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+        for side in sides if r % 2 == 0 else sides[::-1]:
             t, tokens[side] = timed(runners[side], prompt, n)
             times[side].append(t)
-    row: dict[str, Any] = {"new_tokens": n, "repeats": repeats}
-    for side in SIDES:
+    row: dict[str, Any] = {"new_tokens": n, "repeats": repeats, "no_cache": None}
+    for side in sides:
         ms = [1e3 * t / n for t in times[side]]
         row[side] = {
             "seconds": times[side],
@@ -112,9 +121,10 @@ def measure_length(runners: dict, prompt: torch.Tensor, n: int, repeats: int) ->
             "min_ms_per_token": min(ms),
             "max_ms_per_token": max(ms),
         }
-    row["ratio"] = row["no_cache"]["ms_per_token"] / row["cache"]["ms_per_token"]
+    no_cache = row["no_cache"]
+    row["ratio"] = no_cache["ms_per_token"] / row["cache"]["ms_per_token"] if no_cache else None
     row["hf_ratio"] = row["hf"]["ms_per_token"] / row["cache"]["ms_per_token"]
-    row["same_tokens"] = bool(torch.equal(tokens["cache"], tokens["no_cache"]))
+    row["same_tokens"] = bool(torch.equal(tokens["cache"], tokens["no_cache"])) if no_cache else None
     row["hf_same_tokens"] = bool(torch.equal(tokens["cache"], tokens["hf"]))
     return row
 
@@ -124,10 +134,15 @@ def length_line(row: dict[str, Any]) -> str:
         x = row[side]
         return f"{x['ms_per_token']:7.2f} ({x['min_ms_per_token']:.2f}-{x['max_ms_per_token']:.2f}) ms/token"
 
+    no_cache = (
+        f"no cache {ms('no_cache')} | no-cache/cache {row['ratio']:5.2f}x"
+        if row["no_cache"]
+        else "no cache not run (--no-cache-up-to)"
+    )
     return (
-        f"{row['new_tokens']:4d} new tokens: cache {ms('cache')} | no cache {ms('no_cache')} | transformers "
-        f"{ms('hf')} | no-cache/cache {row['ratio']:5.2f}x | transformers/ours {row['hf_ratio']:5.2f}x | "
-        f"same tokens: no cache {row['same_tokens']}, transformers {row['hf_same_tokens']}"
+        f"{row['new_tokens']:4d} new tokens: cache {ms('cache')} | transformers {ms('hf')} | {no_cache} | "
+        f"transformers/ours {row['hf_ratio']:5.2f}x | same tokens: no cache {row['same_tokens']}, "
+        f"transformers {row['hf_same_tokens']}"
     )
 
 
@@ -143,14 +158,15 @@ def table_rows(row: dict[str, Any], setting: str, repeats: int) -> list[dict[str
 
     n, how = row["new_tokens"], HOW.format(n=repeats)
     common = {"benchmark": "bench/generate.py", "precision": "fp32", "native": "native", "how": how}
+    vs_no_cache = lambda: {  # noqa: E731
+        **common,
+        "setting": f"{setting}, {n} new tokens",
+        "baseline": cell("no_cache"),
+        "ours": cell("cache"),
+        "ratio": round(row["ratio"], 3),
+    }
     return [
-        {
-            **common,
-            "setting": f"{setting}, {n} new tokens",
-            "baseline": cell("no_cache"),
-            "ours": cell("cache"),
-            "ratio": round(row["ratio"], 3),
-        },
+        *([vs_no_cache()] if row["no_cache"] else []),
         {
             **common,
             "setting": f"{setting}, {n} new tokens, vs transformers' generate",
@@ -173,6 +189,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lengths", type=int, nargs="+", default=[64, 128, 256, 512], help="new tokens")
     p.add_argument("--repeats", type=int, default=3, help="generations per side and length, alternating")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--no-cache-up-to", type=int, default=None, help="no-cache baseline only up to N tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = p.parse_args(argv)
@@ -206,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     out(f"model: {setting}; greedy")
     hf = to_hf(model, **HF_KWARGS).eval()
+    attention = {"ours": resolve_attention(config.attention, "cpu"), "hf": hf.config._attn_implementation}
+    out(f"attention: ours {attention['ours']}, transformers {attention['hf']}")
     runners = {
         "cache": lambda p, n: model.generate(p, n, 0.0),
         "no_cache": lambda p, n: generate_without_cache(model, p, n),
@@ -215,20 +234,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         run(prompt, 8)
     rows, table = [], []
     for n in args.lengths:
-        row = measure_length(runners, prompt, n, args.repeats)
+        run_no_cache = args.no_cache_up_to is None or n <= args.no_cache_up_to
+        chosen = {k: v for k, v in runners.items() if k != "no_cache" or run_no_cache}
+        row = measure_length(chosen, prompt, n, args.repeats)
         rows.append(row)
         out(length_line(row))
         table += table_rows(row, setting, args.repeats)
     first, last = rows[0], rows[-1]
+    grown = [s for s in SIDES if first[s] and last[s]]
     out(
         f"per-token time from {first['new_tokens']} to {last['new_tokens']} new tokens: "
-        + ", ".join(f"{LABELS[s]} x{last[s]['ms_per_token'] / first[s]['ms_per_token']:.2f}" for s in SIDES)
+        + ", ".join(f"{LABELS[s]} x{last[s]['ms_per_token'] / first[s]['ms_per_token']:.2f}" for s in grown)
     )
-    if not all(r["same_tokens"] for r in rows):
+    if any(r["same_tokens"] is False for r in rows):
         out("WARNING: cached and uncached greedy tokens differ (float rounding between shapes near a tie)")
     if not all(r["hf_same_tokens"] for r in rows):
         out("WARNING: our and transformers' greedy tokens differ (float rounding between kernels near a tie)")
-    out(f"ratio no-cache/cache ({last['new_tokens']} new tokens): {last['ratio']:.2f}x")
+    longest = [r for r in rows if r["no_cache"]][-1:]
+    for r in longest:
+        out(f"ratio no-cache/cache ({r['new_tokens']} new tokens): {r['ratio']:.2f}x")
     return finish(
         out,
         benchmark="generate",
@@ -239,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         figures={
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "hf_kwargs": HF_KWARGS,
+            "attention": attention,
             "rows": rows,
         },
         table=table,

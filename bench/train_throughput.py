@@ -2,8 +2,9 @@
 
     python bench/train_throughput.py                          # 4 layers, width 256, seq 256, micro-batch 4
     python bench/train_throughput.py --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2 --repeats 5
+    python bench/train_throughput.py --vocab 32768 --heads 8 --micro 8   # the 1.5B configs' vocabulary
 
-Per precision, on the same shards (the standard library, an 8,192-id tokenizer), each side runs in its own
+Per precision, on the same shards (the standard library, a --vocab-id tokenizer), each side runs in its own
 `deepspeed --num_gpus R` launch:
   ours   pretrain_gpt.py itself (our GPT, ZeRO from the JSON); tokens/s per step from its metrics.jsonl;
   hf     a worker (this file, --worker): the same DeepSpeed JSON resolved the same way, the same batches
@@ -18,10 +19,19 @@ excluded); each side's figure is the median over its launches, the spread the mi
 With --compile both sides run compiled (ours: train.compile; hf: module.compile() before
 deepspeed.initialize); the first step compiles and is a warm-up step.
 
-MFU = tokens/s x FLOPs per token (6N + 12 L d T, model.flops) / peak, where the peak is measured: the best
-dense matmul throughput in that precision over a sweep of shapes (squares 256-2048 and the model's own
-matmuls), run on every rank at once with one thread per rank as in training, summed over the ranks. CPUs
-have no rated peak; for a known GPU the rated one (training.metrics.GPUS) is printed beside.
+MFU = tokens/s x FLOPs per token (6N + 12 L d T, model.flops) / peak, against two measured peaks, both
+from one sweep of dense matmuls in that precision run on every rank at once with one thread per rank as in
+training, summed over the ranks:
+  large-matmul peak  the best shape of the sweep (squares 256-2048 and the model's shapes): what the CPU
+                     can do at its best;
+  achievable peak    the model's own training-step matmuls at micro-batch x seq rows (each linear's forward,
+                     input and weight gradients, the LM head; bench.common.model_matmuls), their FLOPs over
+                     the time they take at the rate measured for each shape: what a step of this model
+                     could reach if it did nothing but its matmuls.
+CPUs have no rated peak; for a known GPU the rated one (training.metrics.GPUS) is printed beside.
+
+The shards' tokenizer has --vocab ids (default 8,192; 32,768 is the vocabulary of the shipped 1.5B configs,
+where the LM head is most of a small model's FLOPs).
 
 A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16, see training/precision.py) is
 still measured and marked, but at --emulated-micro sequences, --emulated-repeats launches per side and
@@ -116,27 +126,37 @@ def run_config(args: argparse.Namespace, plan: Plan, data: Path, save_dir: Path)
 # ---- the HF worker (runs under the deepspeed launcher) -----------------------------------------------
 
 
-def measure_peak(dtype: Any, shapes: list[tuple[int, int, int]]) -> dict[str, Any]:
+def measure_peak(dtype: Any, n_embd: int, rows: int, vocab: int, n_layer: int) -> dict[str, Any]:
     """The matmul sweep on every rank at once (ranks agree on skipped shapes and start each together);
-    per shape, the sum of the ranks' GFLOP/s. Collective: every rank must call it."""
+    per shape, the sum of the ranks' GFLOP/s. Two peaks from it: the best shape of the sweep (the
+    large-matmul peak) and the achievable one of the model's own step shapes. Collective: every rank must
+    call it."""
     import torch
     import torch.distributed as dist
 
-    from bench.common import matmul_sweep
+    from bench.common import achievable_gflops, matmul_sweep, model_matmuls, peak_shapes
 
     def agree(x: float) -> float:
         t = torch.tensor([x], dtype=torch.float64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)  # also a barrier: the ranks start the shape together
         return t.item()
 
-    sweep = matmul_sweep(dtype, shapes, agree=agree)
+    sweep = matmul_sweep(dtype, peak_shapes(n_embd, rows, vocab, n_layer), agree=agree)
     rates = torch.tensor([s["gflops"] or 0.0 for s in sweep], dtype=torch.float64)
     dist.all_reduce(rates)
     for s, total in zip(sweep, rates.tolist(), strict=True):
         s["total_gflops"] = total if s["gflops"] is not None else None
         s["rank0_gflops"] = s.pop("gflops")
     best = max((s for s in sweep if s["total_gflops"]), key=lambda s: s["total_gflops"])
-    return {"sweep": sweep, "best_gflops": best["total_gflops"], "best_shape": best["shape"]}
+    matmuls = model_matmuls(n_embd, rows, vocab, n_layer)
+    achievable = achievable_gflops({tuple(s["shape"]): s["total_gflops"] for s in sweep}, matmuls)
+    return {
+        "sweep": sweep,
+        "best_gflops": best["total_gflops"],
+        "best_shape": best["shape"],
+        "achievable_gflops": achievable,
+        "model_matmuls": [{"shape": list(shape), "count": count} for shape, count in matmuls],
+    }
 
 
 def hf_worker(args: argparse.Namespace) -> None:
@@ -145,7 +165,6 @@ def hf_worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from transformers import GPT2LMHeadModel
 
-    from bench.common import peak_shapes
     from launch.env import LaunchEnv
     from model.hf import gpt2_config
     from model.optim import build_optimizer, param_groups
@@ -161,9 +180,8 @@ def hf_worker(args: argparse.Namespace) -> None:
     peak = None
     if args.peak:
         dtype = torch.bfloat16 if run.train.precision == "bf16" else torch.float32
-        peak = measure_peak(
-            dtype, peak_shapes(m.n_embd, run.train.micro_batch * run.data.seq_len, m.vocab_size)
-        )
+        rows = run.train.micro_batch * run.data.seq_len
+        peak = measure_peak(dtype, m.n_embd, rows, m.vocab_size, m.n_layer)
     hf = GPT2LMHeadModel(gpt2_config(m, **HF_KWARGS))
     if run.train.compile:
         hf.compile()  # nn.Module.compile: in place, so DeepSpeed wraps the compiled module
@@ -220,13 +238,13 @@ def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
 
 
-def build_data(tmp: Path) -> Path:
+def build_data(tmp: Path, vocab: int = 8192) -> Path:
     from data_tools.preprocess import PreprocessConfig, preprocess
     from data_tools.sources import Problems, SourceConfig, iter_documents
     from data_tools.train_tokenizer import train
 
     docs = [d.text for d in iter_documents(SourceConfig(), Problems(log=False))]
-    train(docs[::4], tmp / "tok", vocab_size=8192, show_progress=False)
+    train(docs[::4], tmp / "tok", vocab_size=vocab, show_progress=False)
     preprocess(PreprocessConfig(output=tmp / "data", tokenizer=tmp / "tok", show_progress=False, workers=2))
     return tmp / "data"
 
@@ -284,6 +302,8 @@ def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: An
         median = statistics.median(tps)
         sides[side] = {"median_tps": median, "min_tps": min(tps), "max_tps": max(tps), "launches": len(tps)}
         sides[side]["mfu"] = median * fpt / (peak["best_gflops"] * 1e9)
+        achievable = peak.get("achievable_gflops")
+        sides[side]["mfu_achievable"] = median * fpt / (achievable * 1e9) if achievable else None
     rated = rated_peak_tflops(plan.precision)
     return {
         "native": plan.native,
@@ -318,13 +338,17 @@ def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> 
         if over
         else []
     )
+    achievable = pk.get("achievable_gflops")
+    pct = lambda x: f"{x:.1%}" if x is not None else "-"  # noqa: E731
     return [
         f"{plan.precision}: ours {o['median_tps']:,.0f} tok/s ({o['min_tps']:,.0f}-{o['max_tps']:,.0f}, "
         f"MFU {o['mfu']:.1%}) | hf {h['median_tps']:,.0f} tok/s ({h['min_tps']:,.0f}-{h['max_tps']:,.0f}, "
         f"MFU {h['mfu']:.1%}) | ratio ours/hf {r['ratio']:.2f}x ({HOW.format(n=o['launches'])})",
-        f"{plan.precision}: MFU against the measured peak {pk['best_gflops']:,.1f} GFLOP/s: the best dense "
+        f"{plan.precision}: large-matmul peak {pk['best_gflops']:,.1f} GFLOP/s: the best dense "
         f"{plan.precision} matmul of the sweep ([{m}x{k}]x[{k}x{n}]), {args.ranks} ranks x 1 thread at once; "
         f"{rated}",
+        f"{plan.precision}: achievable peak {achievable or 0:,.1f} GFLOP/s (the model's own step "
+        f"matmuls): MFU ours {pct(o.get('mfu_achievable'))}, hf {pct(h.get('mfu_achievable'))}",
         *note,
     ]
 
@@ -349,11 +373,14 @@ def table_rows(args: argparse.Namespace, plans: dict[str, Plan], results: dict[s
         o, h, plan = r["sides"]["ours"], r["sides"]["hf"], plans[p]
         mode = "compiled" if args.compile else "eager"
         peak = f"{r['peak']['best_gflops']:,.1f} GFLOP/s"
+        if r["peak"].get("achievable_gflops"):
+            achievable = r["peak"]["achievable_gflops"]
+            peak += f" (achievable peak {achievable:,.1f}: MFU ours {o['mfu_achievable']:.1%})"
         rows.append(
             {
                 "benchmark": "bench/train_throughput.py",
                 "setting": f"{args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, "
-                f"seq {args.seq}, micro-batch {plan.micro}, {mode}",
+                f"{args.heads} heads, seq {args.seq}, vocab {args.vocab}, micro-batch {plan.micro}, {mode}",
                 "precision": p,
                 "native": plan.note,
                 "baseline": f"GPT2LMHeadModel {h['median_tps']:,.0f} tok/s (MFU {h['mfu']:.1%})",
@@ -374,6 +401,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_shape_args(p)
+    p.add_argument("--vocab", type=int, default=8192, help="ids of the shards' tokenizer (and the model)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per launch")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per launch")
     p.add_argument("--repeats", type=int, default=3, help="launches per side, alternating")
@@ -424,8 +452,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
-        out("building shards (standard library, 8,192-id tokenizer) ...")
-        data = build_data(tmp)
+        out(f"building shards (standard library, {args.vocab:,}-id tokenizer) ...")
+        data = build_data(tmp, args.vocab)
         for p, plan in plans.items():
             out(plan_line(args, plan))
             results[p] = measure(args, plan, data, tmp, out)

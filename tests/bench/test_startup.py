@@ -21,7 +21,7 @@ def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypat
     def fake_launch(args, side, data, tmp, k):
         calls.append((side, k))
         t = next(seconds[side])
-        return {"side": side, "seconds": t, "to_exit_s": t + 1, "to_barrier_s": t - 1, "cpu_s": 2 * t}
+        return {"side": side, "seconds": t, "to_exit_s": t + (3 if side == "ours" else 1), "cpu_s": 2 * t}
 
     monkeypatch.setattr(bench, "launch_side", fake_launch)
     args = bench.parse_args(["--repeats", "3", "--warmup", "1"])
@@ -32,13 +32,9 @@ def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypat
     assert [x["side"] for x in result["launches"]] == ["noop", "ours", "ours", "noop", "noop", "ours"]
     noop, ours = result["sides"]["noop"], result["sides"]["ours"]
     assert (noop["median_s"], noop["min_s"], noop["max_s"], noop["n"]) == (11.0, 10.0, 12.0, 3)
-    assert (ours["median_s"], ours["to_exit"]["median_s"], noop["to_barrier"]["median_s"]) == (
-        12.0,
-        13.0,
-        10.0,
-    )
+    assert (ours["median_s"], ours["to_exit"]["median_s"], noop["to_exit"]["median_s"]) == (12.0, 15.0, 12.0)
     assert result["ratio"] == 12.0 / 11.0 and result["cpu_ratio"] == 12.0 / 11.0
-    assert result["ratio_to_barrier"] == 12.0 / 10.0
+    assert result["ratio_to_exit"] == 15.0 / 12.0
     assert result["ratio_min_max"] == [11.0 / 12.0, 13.0 / 10.0]
 
 
