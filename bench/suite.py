@@ -6,9 +6,9 @@
 
 Runs each benchmark as its own subprocess, one after another, in this order: bench/preprocess.py,
 bench/data_loading.py, bench/model_step.py, bench/train_throughput.py (eager at a 32,768 vocabulary, then
---compile at the default shape), bench/startup.py, bench/generate.py (a toy shape, then codeparrot-small's). The settings below keep the
-whole suite near 30 minutes on a 2-core machine; every figure keeps its spread (at least 2 runs or launches per side, where the benchmark has
-repeats). Each benchmark writes its own results JSON (bench/common.finish, the path printed as
+--compile at the default shape), bench/startup.py, bench/generate.py (a toy shape, then codeparrot-small's).
+The settings below keep the whole suite near 30 minutes on a 2-core machine; every figure keeps its spread
+(at least 2 runs or launches per side, where the benchmark has repeats). Each benchmark writes its own results JSON (bench/common.finish, the path printed as
 `results: <path>`); the suite reads it back and writes
 
     bench/results/suite_<date>_<cpu tag>.json
