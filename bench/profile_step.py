@@ -2,10 +2,13 @@
 
     python bench/profile_step.py              # model_step.py's shape, micro-batch 4, 1 thread
     python bench/profile_step.py --width 128  # the demo's width
+    python bench/profile_step.py --precision bf16 --vocab 32768 --heads 8 --batch 8  # bf16, as DeepSpeed
 
 Runs the same step as bench/model_step.py (forward, loss, backward, AdamW) under the torch profiler for both
-models, after warm-up steps, and groups the operators' self time into matmul (mm, addmm, bmm, linear),
-attention (SDPA kernels), GELU, softmax and loss, LayerNorm, optimizer, and the rest. Then prints the bound
+models (in bf16 as DeepSpeed's bf16 mode runs it: bf16 weights, forward and backward, then AdamW on fp32
+master copies of the weights, the gradients copied up and the weights copied back down), after warm-up
+steps, and groups the operators' self time into matmul (mm, addmm, bmm, linear), attention (SDPA kernels),
+GELU, softmax and loss, LayerNorm, optimizer, dtype copies, and the rest. Then prints the bound
 it implies for any ratio ours/hf at the same FLOPs:
 
     bound = t_hf / t_ours_matmul
@@ -42,7 +45,35 @@ CATEGORIES = (
     ("softmax+loss", ("softmax", "log_softmax", "aten::exp", "nll_loss", "cross_entropy")),
     ("layernorm", ("layer_norm",)),
     ("optimizer", ("_fused_adamw", "_foreach_", "aten::lerp", "aten::addcdiv", "aten::addcmul")),
+    ("dtype copies", ("aten::copy_", "aten::_to_copy")),
 )
+
+
+def bf16_step(model: torch.nn.Module, is_hf: bool):
+    """One step as DeepSpeed's bf16 mode takes it: bf16 weights, AdamW on fp32 masters."""
+    from model.optim import build_optimizer, param_groups
+
+    model.to(torch.bfloat16)
+    groups = param_groups(model, 0.1)
+    params = [p for g in groups for p in g["params"]]
+    masters = [p.detach().float().requires_grad_() for p in params]
+    index = {id(p): m for p, m in zip(params, masters, strict=True)}
+    opt = build_optimizer([{**g, "params": [index[id(p)] for p in g["params"]]} for g in groups], lr=1e-4)
+
+    def step(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = model(input_ids=idx, labels=idx).loss if is_hf else model(idx, targets)[1]
+        loss.backward()
+        for p, m in zip(params, masters, strict=True):
+            m.grad = p.grad.float()
+            p.grad = None
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, m in zip(params, masters, strict=True):
+                p.copy_(m)
+        return loss.detach()
+
+    return step
 
 
 def category(name: str) -> str:
@@ -79,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(describe_machine(machine_info()))
@@ -93,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> float:
     hf_batch = (tokens[:, :-1].contiguous(), tokens[:, :-1].contiguous())  # HF shifts the labels itself
     results = {}
     for side, model, is_hf, b in (("ours", ours, False, batch), ("hf", hf, True, hf_batch)):
-        step = make_step(model, is_hf, "fp32")
+        step = make_step(model, is_hf, "fp32") if args.precision == "fp32" else bf16_step(model, is_hf)
         for _ in range(args.warmup):
             step(*b)
         results[side] = profile_step(step, b, args.steps)

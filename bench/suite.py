@@ -7,9 +7,9 @@
 Runs each benchmark as its own subprocess, one after another, in this order: bench/preprocess.py,
 bench/data_loading.py, bench/model_step.py, bench/train_throughput.py (eager at a 32,768 vocabulary, then
 --compile at the default shape), bench/startup.py, bench/generate.py (a toy shape, then codeparrot-small's).
-The settings below keep the whole suite near 30 minutes on a 2-core machine; every figure keeps its spread
-(at least 2 runs or launches per side, where the benchmark has repeats). Each benchmark writes its own results JSON (bench/common.finish, the path printed as
-`results: <path>`); the suite reads it back and writes
+The settings below keep the whole suite near 30 minutes on a 2-core machine; every figure keeps its spread (at
+least 2 runs or launches per side, where the benchmark has repeats). Each benchmark writes its own results
+JSON (bench/common.finish, the path printed as `results: <path>`); the suite reads it back and writes
 
     bench/results/suite_<date>_<cpu tag>.json
 
@@ -120,6 +120,7 @@ def entry(
     target: str | None,
     spread: Sequence[float] | None = None,
     note: str = "",
+    unit: str = "x",
 ) -> dict[str, Any]:
     """One summary line: a figure, its spread (min-max, None where the benchmark keeps none), its target
     and its status: "met", "missed", "not distinguishable" (the spread crosses the target), "not
@@ -134,7 +135,7 @@ def entry(
     return {
         "figure": figure,
         "value": value,
-        "unit": t.unit if t else "x",
+        "unit": t.unit if t else unit,
         "spread": list(spread) if spread is not None else None,
         "target": str(t) if t else None,
         "target_key": target,
@@ -245,7 +246,9 @@ def train_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(entry(f"{p} {mode}: ours/hf tok/s", r["ratio"], ratio_target, spread, note))
         large = f"large-matmul peak {peak['best_gflops']:,.1f} GFLOP/s measured"
         mfu_target = f"train_mfu_{p}" if native and p == "fp32" else None
-        out.append(entry(f"{p} {mode}: MFU of the large-matmul peak", o["mfu"], mfu_target, note=large))
+        out.append(
+            entry(f"{p} {mode}: MFU of the large-matmul peak", o["mfu"], mfu_target, note=large, unit="%")
+        )
         achievable = peak.get("achievable_gflops")
         if achievable:
             mfu_target = f"train_mfu_{p}" if native and p == "bf16" else None
@@ -254,7 +257,7 @@ def train_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
                 f"hf {h['mfu_achievable']:.1%}"
             )
             label = f"{p} {mode}: MFU of the achievable peak"
-            out.append(entry(label, o["mfu_achievable"], mfu_target, note=note_a))
+            out.append(entry(label, o["mfu_achievable"], mfu_target, note=note_a, unit="%"))
     return out
 
 
