@@ -37,7 +37,6 @@ naming the copy, so exact dedup keeps all N copies (as different files of a real
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import multiprocessing
@@ -69,7 +68,7 @@ from bench.common import (  # noqa: E402
 from data_tools.encode import encode_texts  # noqa: E402
 from data_tools.fast_encode import TiktokenEncoder, tiktoken_encoder  # noqa: E402
 from data_tools.indexed_dataset import IndexedDataset  # noqa: E402
-from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor  # noqa: E402
+from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor, temporary_env  # noqa: E402
 from data_tools.preprocess import PreprocessConfig, preprocess  # noqa: E402
 from data_tools.sources import (  # noqa: E402
     Problems,
@@ -126,7 +125,7 @@ class Limit:
     def __init__(self, library: str, encoder: Any, texts: list[str], cores: int) -> None:
         self.library, self.encoder, self.texts, self.cores = library, encoder, texts, cores
         ctx = multiprocessing.get_context("fork")
-        with _env("TOKENIZERS_PARALLELISM", "false"):
+        with temporary_env("TOKENIZERS_PARALLELISM", "false"):
             self.pool = ctx.Pool(cores, _limit_worker_init, (encoder, texts))
         self.pool.starmap(_limit_task, [(0, 0)] * cores)
 
@@ -144,7 +143,7 @@ class Limit:
             worker_cpu = sum(cpu for _, cpu in results)
             counts = [c for c, _ in results]
         elif self.library == "tokenizers":
-            with _env("TOKENIZERS_PARALLELISM", "true"):
+            with temporary_env("TOKENIZERS_PARALLELISM", "true"):
                 counts = [
                     np.fromiter(
                         (
@@ -187,19 +186,6 @@ class Limit:
                     }
                 )
         return out
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
 
 
 def ours_run(cfg: PreprocessConfig) -> tuple[float, float, int, dict[str, Any]]:

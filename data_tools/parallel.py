@@ -178,7 +178,8 @@ def decode_records(records: list[Record], sources: SourceConfig) -> list[str]:
 
 
 @contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
+def temporary_env(name: str, value: str) -> Iterator[None]:
+    """The environment variable `name` set to `value` inside the block, then put back as it was."""
     previous = os.environ.get(name)
     os.environ[name] = value
     try:
@@ -203,7 +204,7 @@ class _InlineExecutor(Executor):
         saved = _WORKER.get("encoder")
         _WORKER["encoder"] = self._encoder
         try:
-            with _env("TOKENIZERS_PARALLELISM", "false"):
+            with temporary_env("TOKENIZERS_PARALLELISM", "false"):
                 future.set_result(fn(*args, **kwargs))
         except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
             future.set_exception(e)
@@ -231,7 +232,7 @@ def make_executor(workers: int, encoder: Any | None = None) -> Executor:
         initializer=_init_worker,
         initargs=(encoder,),
     )
-    with _env("TOKENIZERS_PARALLELISM", "false"):
+    with temporary_env("TOKENIZERS_PARALLELISM", "false"):
         executor.submit(int).result()  # with fork, the first submit starts every worker
     return executor
 
