@@ -38,14 +38,20 @@ def test_preprocess_bench_measures_both_modes_and_ends_with_the_ratios(capsys, m
         == 0
     )
     printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1].startswith("ratio ours/limit: ") and "tokenize-only" in printed[-1]
+    assert printed[-1].startswith("ratio ours/tokenizers limit: ") and "tokenize-only" in printed[-1]
     (path,) = (tmp_path / "res").glob("preprocess_*.json")
     record = json.loads(path.read_text())
     assert len(record["table"]) == 4 and record["printed"][-1] == printed[-1]
     for fig in record["figures"]["corpora"].values():
-        assert fig["ratio"] > 0 and fig["tokenize_only_ratio"] > 0
-        only = fig["tokenize_only"]
-        assert only["limit"]["tokens"] == only["ours"]["tokens"] > 0  # the same documents, the same tokens
+        for mode in (fig["whole_job"], fig["tokenize_only"]):
+            assert mode["ratio"] > 0 and mode["ceiling_ratio"] > 0
+            # the same documents, the same tokens: ours' count includes what its filter dropped after encoding
+            assert mode["limit"]["tokens"] == mode["ours"]["tokens"] > 0
+            ceiling = mode.get("ceiling", mode["limit"])
+            assert ceiling["tokens"] == mode["limit"]["tokens"]
+            assert {c["how"] for c in mode["configs"].values()} <= {"threads", "processes"}
+    sweeps = record["figures"]["corpora"]["stdlib"]["tokenize_only"]["sweeps"]
+    assert len(sweeps["limit"]) == 4  # threads and processes, two call sizes: picked on the first corpus
 
 
 def test_data_loading_bench_ends_with_the_headroom(capsys, monkeypatch, tmp_path, small_tokenizer):
