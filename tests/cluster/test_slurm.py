@@ -158,7 +158,10 @@ def test_scancel_of_a_hostfile_job_saves(slurm, hosts, tiny_data, tmp_path):
     tag = latest.read_text().strip()
     assert (tmp_path / "ckpt" / tag / "COMPLETE").exists()
     assert int(tag.removeprefix("global_step")) >= 3
-    assert "the same stop again, still saving" in out
+    # SLURM's SIGTERM and the trap's arrive microseconds apart; the kernel merges a standard signal that is
+    # still pending, so the launcher sees either both (the second logged as a duplicate) or one.
+    # tests/training/test_signals.py sends the two apart and always checks the duplicate line.
+    assert out.count("SIGTERM: every rank finishes its step, saves a checkpoint") == 1, out[-4000:]
     assert "stopping every rank now" not in out, out[-4000:]
 
 
