@@ -1,8 +1,10 @@
 """Train a byte-level BPE tokenizer (GPT-2's scheme) on the cleaned corpus.
 
 The result is saved so that `transformers.AutoTokenizer.from_pretrained(dir)` loads it offline, with
-`<|endoftext|>` as the end-of-document (and bos/unk) token. Documents of the validation split (by content
-hash, as in preprocess) are held out: the report gives characters per token on them.
+`<|endoftext|>` as the end-of-document (and bos/unk) token and the fill-in-the-middle sentinels
+(`<fim_prefix>`, `<fim_middle>`, `<fim_suffix>`, `<fim_pad>`: data_tools.fim) as special tokens, ids 0-4.
+Documents of the validation split (by content hash, as in preprocess) are held out: the report gives
+characters per token on them.
 
     codeparrot-train-tokenizer --output tok/                # the standard library, vocabulary 32,768
     codeparrot-train-tokenizer --input data/*.jsonl.gz --vocab-size 50000 --output tok/
@@ -21,6 +23,7 @@ from typing import Any
 from data_tools import cli
 from data_tools.encode import encode_one, pieces
 from data_tools.errors import DataError
+from data_tools.fim import FIM_TOKENS
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records, problems_summary
 
@@ -29,7 +32,8 @@ logger = logging.getLogger(__name__)
 EOD_TOKEN = "<|endoftext|>"
 DEFAULT_VOCAB_SIZE = 32768
 HELD_OUT_MAX_CHARS = 5_000_000
-MIN_VOCAB_SIZE = 257  # the 256 bytes of the byte-level alphabet and the end-of-document token
+SPECIAL_TOKENS = (EOD_TOKEN, *FIM_TOKENS)  # ids 0-4, reserved before any merge
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # the byte-level alphabet and the special tokens
 MAX_VOCAB_SIZE = 2**31 - 1  # the largest id an int32 shard holds (uint16 shards stop at 65,500 ids)
 
 
@@ -39,7 +43,7 @@ def vocab_size_problem(vocab_size: int, option: str = "--vocab-size") -> str | N
     if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
         return (
             f"{option} ({vocab_size}) must be between {MIN_VOCAB_SIZE} (the 256 bytes of the byte-level "
-            f"alphabet and the end-of-document token) and {MAX_VOCAB_SIZE:,} (the largest id an int32 shard "
+            f"alphabet and the {len(SPECIAL_TOKENS)} special tokens) and {MAX_VOCAB_SIZE:,} (the largest id an int32 shard "
             "holds); 32768 is the usual choice"
         )
     return None
@@ -56,7 +60,7 @@ def new_bpe_trainer(vocab_size: int, min_frequency: int = 2, show_progress: bool
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOD_TOKEN],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
@@ -72,6 +76,7 @@ def save_tokenizer(tokenizer: Any, out_dir: Path) -> None:
         bos_token=EOD_TOKEN,
         eos_token=EOD_TOKEN,
         unk_token=EOD_TOKEN,
+        additional_special_tokens=list(FIM_TOKENS),
         model_max_length=1024,
     )
     out_dir.mkdir(parents=True, exist_ok=True)

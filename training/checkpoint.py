@@ -176,6 +176,10 @@ def _write_latest(save_dir: Path, tag: str) -> None:
     os.replace(tmp, save_dir / LATEST)
 
 
+# Resume settings added after checkpoints were written without them: what those runs did.
+SETTINGS_BEFORE_RECORDED = {"data.fim_rate": 0.0, "data.fim_spm_rate": 0.5}
+
+
 def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """What a checkpoint's client state and the resuming run disagree on, one phrase each: every setting of
     `RunConfig.resume_values` with its old and new value, the data (manifest hashes) and the tokenizer."""
@@ -184,6 +188,7 @@ def resume_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     if old_cfg is None:
         out.append("settings (the checkpoint predates per-setting records, so they cannot be compared)")
     else:
+        old_cfg = {**SETTINGS_BEFORE_RECORDED, **old_cfg}
         for key in sorted(set(old_cfg) | set(new_cfg)):
             if old_cfg.get(key, "<unset>") != new_cfg.get(key, "<unset>"):
                 old, new = json.dumps(old_cfg.get(key)), json.dumps(new_cfg.get(key))

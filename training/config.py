@@ -50,6 +50,11 @@ class DataSection:
     weights: list[float] | None = _f(None, resume=True, gt=0)  # None: equal weights
     seq_len: int = _f(128, resume=True, ge=1)
     shuffle: bool = _f(True, resume=True)
+    # Fill-in-the-middle (data_tools/fim.py): the share of documents rearranged as prefix/suffix/middle, and
+    # the share of those written SPM rather than PSM. 0 trains left to right only, as before FIM existed
+    # (checkpoints from then resume with 0). Validation stays left to right.
+    fim_rate: float = _f(0.5, resume=True, ge=0, le=1)
+    fim_spm_rate: float = _f(0.5, resume=True, ge=0, le=1)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -93,6 +98,13 @@ class TrainSection:
     # alone for long (a checkpoint load from slow storage).
     dist_timeout_s: float | None = _f(None, gt=0)
     peak_tflops: float | None = _f(None, gt=0)  # per device, for MFU; None: looked up for known GPUs
+    # HumanEval pass@1 (greedy, in the sandbox) on the first `humaneval_problems` problems every
+    # `humaneval_interval` steps (0: never), on rank 0; the other ranks wait for it at the next collective.
+    # `humaneval_budget_s` bounds its time: generation stops and the problems not yet judged count as failed.
+    humaneval_interval: int = _f(0, ge=0)
+    humaneval_problems: int = _f(20, ge=1, le=164)
+    humaneval_max_new_tokens: int = _f(128, ge=1)
+    humaneval_budget_s: float = _f(300.0, gt=0)
     # A transformers GPT-2 directory (e.g. from codeparrot-export) whose weights replace the initialisation
     # when the run starts afresh; a resume loads its checkpoint over them.
     init_from: str | None = _f(None)

@@ -89,8 +89,8 @@ def test_vocabulary_sizes_outside_what_can_be_trained_or_stored(tool, size, tmp_
     args = ["--input", str(data), "--output", str(tmp_path / "out"), "--quiet", "--vocab-size", str(size)]
     assert main(args) == 2
     assert capsys.readouterr().err == (
-        f"error: --vocab-size ({size}) must be between 257 (the 256 bytes of the byte-level alphabet and the "
-        "end-of-document token) and 2,147,483,647 (the largest id an int32 shard holds); 32768 is the usual "
+        f"error: --vocab-size ({size}) must be between 261 (the 256 bytes of the byte-level alphabet and the "
+        "5 special tokens) and 2,147,483,647 (the largest id an int32 shard holds); 32768 is the usual "
         "choice" + ("." if tool == "preprocess" else "") + "\n"
     )
     assert not (tmp_path / "out").exists()
