@@ -5,7 +5,8 @@
 
 Writes config.json and model.safetensors (``GPT2LMHeadModel``, fp32, padded vocabulary rows dropped), the
 tokenizer the data was made with (``PreTrainedTokenizerFast``: tokenizer.json and tokenizer_config.json,
-with the end-of-document token as bos, eos and unk) and generation_config.json (CodeParrot's sampling
+with the end-of-document token as bos, eos and unk and the fill-in-the-middle sentinels, where the tokenizer
+has them, as additional special tokens) and generation_config.json (CodeParrot's sampling
 defaults, eos and pad = end-of-document). ``AutoModelForCausalLM``, ``AutoTokenizer`` and
 ``pipeline("text-generation")`` load the directory offline. The way back is ``train.init_from``: a run that
 starts from an exported (or any transformers GPT-2) directory's weights.
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from data_tools.fim import FIM_TOKENS
 from evaluation.checkpoint import CheckpointError, Loaded, load_model
 
 logger = logging.getLogger(__name__)
@@ -36,22 +38,31 @@ GENERATION_DEFAULTS: dict[str, Any] = {
 
 
 def save_hf_tokenizer(loaded: Loaded, out_dir: Path) -> None:
-    """The model's tokenizer as a ``PreTrainedTokenizerFast`` (end-of-document as bos, eos and unk)."""
+    """The model's tokenizer as a ``PreTrainedTokenizerFast`` (end-of-document as bos, eos and unk; the
+    fill-in-the-middle sentinels it has as additional special tokens, so that transformers users build the
+    infilling prompt of ``data_tools.fim.infill_prompt`` and decode without them)."""
     from transformers import PreTrainedTokenizerFast
 
     eod = loaded.tokenizer.id_to_token(loaded.eod_id)
+    sentinels = [t for t in FIM_TOKENS if loaded.tokenizer.token_to_id(t) is not None]
     hf = PreTrainedTokenizerFast(
         tokenizer_object=loaded.tokenizer,
         bos_token=eod,
         eos_token=eod,
         unk_token=eod,
+        additional_special_tokens=sentinels,
         model_max_length=loaded.config.n_positions,
     )
     hf.save_pretrained(str(out_dir))
-    # transformers 5 records its new class name (TokenizersBackend), which 4.x cannot load; both load this.
+    # transformers 5 records its new class name (TokenizersBackend), which 4.x cannot load, and the extra
+    # special tokens as a list under "extra_special_tokens", where 4.x expects a dict of named tokens; both
+    # load this class, and both read "additional_special_tokens" (5 renames it on load).
     config_path = out_dir / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = config.pop("extra_special_tokens", None)
+    if extra:
+        config["additional_special_tokens"] = extra
     config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 

@@ -237,6 +237,34 @@ def test_generate_from_the_checkpoint_and_the_export_alike(zero2_run, zero2_expo
     assert from_stdin.stdout.count("# ---- completion") == 2
 
 
+def test_infill_from_the_checkpoint_the_export_and_transformers_alike(zero2_run, zero2_export, tmp_path):
+    """codeparrot-generate --suffix writes the same middle from the checkpoint and from its export; the
+    export's tokenizer keeps the fill-in-the-middle sentinels as special tokens, and transformers, given the
+    PSM prompt, greedily writes that middle too."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from data_tools.fim import FIM_TOKENS, infill_prompt
+
+    prefix, suffix = "def add(a, b):\n", "\n\nprint(add(1, 2))\n"
+    args = [prefix, "--suffix", suffix, "--max-new-tokens", "12", "--temperature", "0"]
+    outs = [
+        check(run([str(BIN / "codeparrot-generate"), str(model), *args], tmp_path)).stdout
+        for model in (zero2_run, zero2_export)
+    ]
+    assert outs[0] == outs[1]
+
+    tokenizer = AutoTokenizer.from_pretrained(zero2_export)
+    assert set(FIM_TOKENS) <= set(tokenizer.all_special_tokens)
+    model = GPT2LMHeadModel.from_pretrained(zero2_export).eval()
+    inputs = tokenizer(infill_prompt(prefix, suffix), return_tensors="pt")
+    ends = [tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(list(FIM_TOKENS))]
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=ends)
+    middle = ids[0, inputs.input_ids.shape[1] :].tolist()
+    middle = middle[: next((i for i, t in enumerate(middle) if t in ends), len(middle))]
+    assert outs[0] == tokenizer.decode(middle) + "\n"
+
+
 def test_perplexity_of_the_checkpoint_and_the_export_agree(zero2_run, zero2_export, tiny_data, tmp_path):  # noqa: F811
     lines = []
     for model in (zero2_run, zero2_export):

@@ -8,9 +8,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
+from data_tools.errors import DataError
+from data_tools.fim import FIM_TOKENS, fim_ids, infill_prompt
 from data_tools.train_tokenizer import EOD_TOKEN, train
 from evaluation import generate as gen
+from evaluation.checkpoint import Loaded
+from evaluation.export import save_hf_tokenizer
 from model.gpt2 import GPT, sample
+from model.hf import to_hf
 from model.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +173,148 @@ def test_completion_ends_at_a_stop_sequence_or_the_end_of_document(
     assert ended == tokenizer.decode(tokens[: tokens.index(eod)])
     assert len(decodes) == tokens.index(eod) + 1  # the prompt, then one step per token up to the end
     assert tokenizer.token_to_id(EOD_TOKEN) is not None
+
+
+# ---- infill ------------------------------------------------------------------------------------------
+
+
+def greedy_tokens(model: GPT, ids: list[int], new: int) -> list[int]:
+    return model.generate(torch.tensor([ids]), new, temperature=0)[0, len(ids) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def untied(tokenizer: Tokenizer) -> GPT:
+    """A random model with its own output projection: with tied embeddings a random model repeats its last
+    input token, here <fim_middle>, which would end every middle at once."""
+    return make(vocab_size=tokenizer.get_vocab_size(), n_positions=64, tie_word_embeddings=False)
+
+
+def test_infill_writes_the_middle_after_the_psm_prompt(untied: GPT, tokenizer: Tokenizer) -> None:
+    model = untied
+    prefix, suffix = "def forward(self, x):\n", "\n    return y\n"
+    ids = tokenizer.encode(infill_prompt(prefix, suffix)).ids
+    sentinels = fim_ids(tokenizer)
+    assert ids[0] == sentinels.prefix and ids[-1] == sentinels.middle and sentinels.suffix in ids
+    tokens = greedy_tokens(model, ids, 16)
+    ends = {sentinels.prefix, sentinels.middle, sentinels.suffix, sentinels.pad, 0}
+    assert ends.isdisjoint(tokens)  # nothing ends this random model's middle early: it is all 16 tokens
+    kw = dict(max_new_tokens=16, temperature=0.0)
+    [[middle]] = gen.infill(model, tokenizer, [prefix], [suffix], **kw)
+    assert middle == tokenizer.decode(tokens)
+    # Batched with other pairs (left padding), a pair fills as alone; a middle is complete's continuation of
+    # the PSM prompt text up to its first end token (complete reads past sentinels).
+    pairs = [("import torch\n", ""), (prefix, suffix), ("", "x = 1\n")]
+    batched = gen.infill(model, tokenizer, *map(list, zip(*pairs, strict=True)), batch_size=3, **kw)
+    assert batched[1] == [middle]
+    assert batched == [gen.infill(model, tokenizer, [p], [s], **kw)[0] for p, s in pairs]
+    completions = gen.complete(model, tokenizer, [infill_prompt(p, s) for p, s in pairs], stop=(), **kw)
+    assert all(c[0].startswith(m[0]) for c, m in zip(completions, batched, strict=True))
+
+
+def test_infill_ends_the_middle_at_a_sentinel(tokenizer: Tokenizer) -> None:
+    """Relabel the model so that the token it writes at step k is <fim_pad>: the middle ends there."""
+    model = make(vocab_size=tokenizer.get_vocab_size(), n_positions=64, tie_word_embeddings=False)
+    prefix, suffix = "class Block(nn.Module):\n", "\n        super().__init__()\n"
+    ids = tokenizer.encode(infill_prompt(prefix, suffix)).ids
+    tokens = greedy_tokens(model, ids, 24)
+    pad = fim_ids(tokenizer).pad
+    ends = {*vars(fim_ids(tokenizer)).values(), tokenizer.token_to_id(EOD_TOKEN)}
+    k = next(k for k in range(2, 24) if tokens[k] not in {*ids, *tokens[:k], *ends})
+    assert ends.isdisjoint(tokens[:k])
+    with torch.no_grad():  # swap two ids' rows in and out: the model then writes pad where it wrote tokens[k]
+        for weight in (model.embed.wte.weight, model.lm_head.weight):
+            weight[[tokens[k], pad]] = weight[[pad, tokens[k]]]
+    assert greedy_tokens(model, ids, k + 1) == [*tokens[:k], pad]
+    [[middle]] = gen.infill(model, tokenizer, [prefix], [suffix], max_new_tokens=24, temperature=0.0)
+    assert middle == tokenizer.decode(tokens[:k])
+
+
+def test_infill_keeps_the_text_around_the_hole_of_a_long_prompt(model: GPT, tokenizer: Tokenizer) -> None:
+    prefix = "".join(f"a{i} = {i}\n" for i in range(40))
+    suffix = "".join(f"b{i} = {i}\n" for i in range(40))
+    with pytest.raises(ValueError, match=r"longer than the model's context of 64 tokens"):
+        gen.infill(model, tokenizer, [prefix], [suffix], max_new_tokens=8)
+    cut = gen._cut_infill(tokenizer, prefix, suffix, fim_ids(tokenizer), 40)
+    s = fim_ids(tokenizer)
+    p_ids, s_ids = tokenizer.encode(prefix).ids, tokenizer.encode(suffix).ids
+    assert len(p_ids) + len(s_ids) > 40
+    assert cut == [s.prefix, *p_ids[len(p_ids) - 37 :], s.suffix, s.middle]  # the suffix went first
+    [[middle]] = gen.infill(
+        model, tokenizer, [prefix], [suffix], max_new_tokens=8, temperature=0.0, long_prompts="keep-end"
+    )
+    assert middle == tokenizer.decode(
+        greedy_tokens(model, gen._cut_infill(tokenizer, prefix, suffix, s, 56), 8)
+    )
+
+
+def plain_tokenizer() -> Tokenizer:
+    """A byte-level BPE tokenizer with an end-of-document token but no fill-in-the-middle sentinels."""
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    plain = Tokenizer(models.BPE())
+    plain.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    plain.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        special_tokens=[EOD_TOKEN], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    plain.train_from_iterator(["def f(x):\n    return x\n"], trainer)
+    return plain
+
+
+def export_dir(model: GPT, tokenizer: Tokenizer, out: Path) -> Path:
+    """``model`` written as codeparrot-export writes a model (its weights, then its tokenizer)."""
+    eod = tokenizer.token_to_id(EOD_TOKEN)
+    to_hf(model, bos_token_id=eod, eos_token_id=eod).save_pretrained(str(out), safe_serialization=True)
+    save_hf_tokenizer(Loaded(model, model.config, tokenizer, eod, "test"), out)
+    return out
+
+
+def test_infill_needs_the_sentinels(model: GPT, tmp_path: Path, capsys) -> None:
+    plain = plain_tokenizer()
+    with pytest.raises(DataError, match=r"^an old model: the tokenizer has no <fim_prefix>, <fim_middle>"):
+        gen.infill(model, plain, ["a"], ["b"], where="an old model")
+    with pytest.raises(ValueError, match="2 prefixes but 1 suffixes"):
+        gen.infill(model, plain, ["a", "b"], ["c"])
+
+    old = export_dir(make(vocab_size=plain.get_vocab_size(), n_positions=64), plain, tmp_path / "old")
+    assert gen.main([str(old), "def f(x):", "--suffix", "    return y\n", "--max-new-tokens", "4"]) == 2
+    out, err = capsys.readouterr()
+    lines = [
+        line for line in err.splitlines() if "codeparrot" in line or "Traceback" in line
+    ]  # no progress bars
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith(
+        f"codeparrot-generate: error: {old}: the tokenizer has no <fim_prefix>, "
+    ) and ("Train a tokenizer with codeparrot-train-tokenizer (it reserves them)" in lines[0])
+    with pytest.raises(SystemExit):
+        gen.parse_args([str(old), "x", "--suffix", "y", "--suffix-file", "z"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_transformers_infills_an_export_as_codeparrot_generate(
+    untied: GPT, tokenizer: Tokenizer, tmp_path: Path, capsys
+) -> None:
+    """The export's tokenizer keeps the sentinels as special tokens: transformers users build the same
+    PSM prompt, and greedy decoding gives the middle codeparrot-generate --suffix prints."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    out = export_dir(untied, tokenizer, tmp_path / "hf")
+    prefix, suffix = "def forward(self, x):\n", "\n    return y\n"
+    (tmp_path / "after.py").write_text(suffix)
+    args = ["--temperature", "0", "--max-new-tokens", "12"]
+    assert gen.main([str(out), prefix, "--suffix", suffix, *args]) == 0
+    printed = capsys.readouterr().out
+    assert gen.main([str(out), prefix, "--suffix-file", str(tmp_path / "after.py"), *args]) == 0
+    assert capsys.readouterr().out == printed
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(out)
+    assert set(FIM_TOKENS) <= set(hf_tokenizer.all_special_tokens)
+    hf_model = GPT2LMHeadModel.from_pretrained(out).eval()
+    inputs = hf_tokenizer(f"<fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>", return_tensors="pt")
+    assert inputs.input_ids[0].tolist() == tokenizer.encode(infill_prompt(prefix, suffix)).ids
+    ends = [hf_tokenizer.eos_token_id, *hf_tokenizer.convert_tokens_to_ids(list(FIM_TOKENS))]
+    with torch.no_grad():
+        ids = hf_model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=ends)
+    middle = ids[0, inputs.input_ids.shape[1] :].tolist()
+    middle = middle[: next((i for i, t in enumerate(middle) if t in ends), len(middle))]
+    assert middle and printed == hf_tokenizer.decode(middle) + "\n"
