@@ -1,6 +1,7 @@
-"""codeparrot-eval: HumanEval pass@k and validation perplexity of a trained model.
+"""codeparrot-eval: HumanEval pass@k, HumanEval infilling and validation perplexity of a trained model.
 
     codeparrot-eval humaneval MODEL --out DIR [-n 200] [--k 1 10 100] [--problems 20 | 0,5,HumanEval/7]
+    codeparrot-eval infill MODEL --out DIR [--mode single|multi|both] [--per-problem 3] [--problems 20]
     codeparrot-eval perplexity MODEL --data DATA_DIR [--split valid] [--max-batches 50]
 
 MODEL is anything `evaluation.checkpoint.load_model` accepts (a training checkpoint or an exported model).
@@ -14,6 +15,7 @@ import logging
 import zlib
 
 from data_tools.errors import DataError
+from evaluation.infill import DEFAULT_PER_PROBLEM
 from evaluation.sampling import check_sampling
 from evaluation.sandbox import SandboxUnavailable
 
@@ -52,6 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     he.add_argument("--device", default="cpu")
     he.add_argument("--unsafe-no-isolation", action="store_true", help=UNSAFE_HELP)
     he.set_defaults(func=humaneval_command)
+
+    fi = sub.add_parser(
+        "infill", help="single- and multi-line infilling of HumanEval's solutions: pass rate, exact match"
+    )
+    fi.add_argument("model", help="checkpoint directory or exported model")
+    fi.add_argument("--tag", help="checkpoint tag (default: the latest)")
+    fi.add_argument("--out", required=True, help="output directory (samples.jsonl, results.json); resumes")
+    fi.add_argument("--mode", choices=("single", "multi", "both"), default="both", help="default: both")
+    fi.add_argument(
+        "--per-problem",
+        type=int,
+        default=DEFAULT_PER_PROBLEM,
+        help=f"tasks per problem and mode, at most (default {DEFAULT_PER_PROBLEM})",
+    )
+    fi.add_argument(
+        "--task-seed", type=int, default=0, help="seeds the choice of lines to remove (default 0)"
+    )
+    fi.add_argument("--problems", help="the first N problems, or comma-separated ids (3,HumanEval/7)")
+    fi.add_argument(
+        "--max-new-tokens", type=int, default=128, help="tokens per middle, at most (default 128)"
+    )
+    fi.add_argument("--batch-size", type=int, default=16, help="sequences per generation forward pass")
+    fi.add_argument("--workers", type=int, default=4, help="programs run in parallel")
+    fi.add_argument("--timeout", type=float, default=3.0, help="seconds of wall clock per program")
+    fi.add_argument("--device", default="cpu")
+    fi.add_argument("--unsafe-no-isolation", action="store_true", help=UNSAFE_HELP)
+    fi.set_defaults(func=infill_command)
 
     ppl = sub.add_parser("perplexity", help="mean loss and perplexity on a preprocessed split")
     ppl.add_argument("model", help="checkpoint directory or exported model")
@@ -120,6 +149,66 @@ def humaneval_command(args: argparse.Namespace) -> dict:
         problems=chosen,
         workers=args.workers,
         identity=identity,
+    )
+    summary = {key: value for key, value in results.items() if key not in ("per_task", "run")}
+    print(json.dumps({"model": str(loaded.source), **summary}, indent=2))
+    return results
+
+
+def infill_command(args: argparse.Namespace) -> dict:
+    """Greedy infilling of the holes of ``evaluation.infill.make_tasks``, judged in the sandbox."""
+    from data_tools.fim import fim_ids
+    from evaluation.humaneval import load_problems, select_problems
+    from evaluation.infill import MAX_BLOCK_LINES, MODES, make_tasks, run_infill
+    from evaluation.sandbox import Limits, Sandbox
+
+    problems = [f"--timeout ({args.timeout}) must be > 0"] if args.timeout <= 0 else []
+    problems += [f"--per-problem ({args.per_problem}) must be >= 1"] if args.per_problem < 1 else []
+    problems += [f"--batch-size ({args.batch_size}) must be >= 1"] if args.batch_size < 1 else []
+    try:
+        check_sampling(temperature=0.0, top_p=1.0, max_new_tokens=args.max_new_tokens)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("; ".join(problems))
+    modes = MODES if args.mode == "both" else (args.mode,)
+    chosen = select_problems(load_problems(), args.problems)
+    tasks = make_tasks(chosen, modes, per_problem=args.per_problem, seed=args.task_seed)
+    sandbox = Sandbox(Limits(timeout=args.timeout), allow_unisolated=args.unsafe_no_isolation)
+
+    from evaluation.checkpoint import load_model, weights_sha256
+    from evaluation.generate import infill
+
+    loaded = load_model(args.model, tag=args.tag, device=args.device)
+    fim_ids(loaded.tokenizer, str(args.model))  # refuse a model that cannot infill before writing anything
+    identity = {
+        "model": loaded.source,
+        "weights_sha256": weights_sha256(loaded.model),
+        "sampling": {"decoding": "greedy", "max_new_tokens": args.max_new_tokens},
+        "tasks": {
+            "seed": args.task_seed,
+            "per_problem": args.per_problem,
+            "max_block_lines": MAX_BLOCK_LINES,
+        },
+    }
+
+    def fill(prefixes: list[str], suffixes: list[str]) -> list[str]:
+        middles = infill(
+            loaded.model,
+            loaded.tokenizer,
+            prefixes,
+            suffixes,
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.0,
+            batch_size=args.batch_size,
+            eod_id=loaded.eod_id,
+            long_prompts="keep-end",  # a model with a short context is still scored, with a warning
+            where=str(args.model),
+        )
+        return [m for [m] in middles]
+
+    results = run_infill(
+        fill, args.out, sandbox=sandbox, tasks=tasks, workers=args.workers, identity=identity
     )
     summary = {key: value for key, value in results.items() if key not in ("per_task", "run")}
     print(json.dumps({"model": str(loaded.source), **summary}, indent=2))

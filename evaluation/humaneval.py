@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from evaluation.records import Appender, check_resume, read_jsonl
 from evaluation.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
@@ -79,71 +80,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-RUN_FILE = "run.json"
 SAMPLE_FILES = ("generations.jsonl", "samples.jsonl")
-
-
-def _describe(identity: dict) -> str:
-    sampling = ", ".join(f"{k} {v}" for k, v in sorted(identity.get("sampling", {}).items()))
-    weights = str(identity.get("weights_sha256"))[:16]
-    return f"model {identity.get('model')} (weights sha256 {weights}; {sampling})"
-
-
-def check_resume(out: Path, identity: dict) -> None:
-    """Samples in ``out`` come from one model and one set of sampling settings: ``identity`` ({"model",
-    "weights_sha256", "sampling"}) is written to run.json by the first run and must match on resume
-    (the model's path may differ: the same weights give the same hash from a checkpoint or an export).
-
-    Raises:
-        ValueError: naming the directory, both models and settings, and the fix.
-    """
-    path = out / RUN_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if any(saved.get(key) != identity[key] for key in ("weights_sha256", "sampling")):
-            raise ValueError(
-                f"{out} holds the samples of {_describe(saved)}, not of {_describe(identity)}: resuming "
-                f"would score them under this model's name. Use another --out, or delete {out} to start again"
-            )
-        return
-    if any((out / name).exists() and (out / name).stat().st_size for name in SAMPLE_FILES):
-        raise ValueError(
-            f"{out} holds samples but no {RUN_FILE} saying which model and sampling settings made them: use "
-            f"another --out, or delete {out} to start again"
-        )
-    path.write_text(json.dumps(identity, indent=2) + "\n")
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (the run was killed mid-write) is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s:%d: skipping an incomplete row (interrupted write)", path, number)
-    return rows
-
-
-class _Appender:
-    """Appends JSON rows, each flushed and fsynced, after terminating a torn last line if there is one."""
-
-    def __init__(self, path: Path) -> None:
-        torn = path.exists() and path.stat().st_size > 0 and path.read_bytes()[-1:] != b"\n"
-        self.f = path.open("a", encoding="utf-8")
-        if torn:
-            self.f.write("\n")
-
-    def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def run_humaneval(
@@ -162,21 +99,22 @@ def run_humaneval(
     the output directory (see the module docstring) and return results.json's content.
 
     Problems are handled `prompts_per_call` at a time: one `complete` call, then judging, so an
-    interruption loses at most one call's generations. With ``identity`` (see ``check_resume``), a
-    resume of another model or other sampling settings is refused before anything is generated."""
+    interruption loses at most one call's generations. With ``identity`` (see
+    ``evaluation.records.check_resume``), a resume of another model or other sampling settings is refused
+    before anything is generated."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if identity is not None:
-        check_resume(out, identity)
+        check_resume(out, identity, SAMPLE_FILES)
     problems = list(load_problems() if problems is None else problems)
     ks = sorted({k for k in ks if k <= n})
     generations: dict[tuple[str, int], str] = {}
-    for row in _read_jsonl(out / "generations.jsonl"):
+    for row in read_jsonl(out / "generations.jsonl"):
         generations[row["task_id"], row["sample"]] = row["completion"]
-    verdicts = {(r["task_id"], r["sample"]): r["verdict"] for r in _read_jsonl(out / "samples.jsonl")}
+    verdicts = {(r["task_id"], r["sample"]): r["verdict"] for r in read_jsonl(out / "samples.jsonl")}
     if generations or verdicts:
         log.info("resuming in %s: %d generations, %d verdicts", out, len(generations), len(verdicts))
-    gen_out, judge_out = _Appender(out / "generations.jsonl"), _Appender(out / "samples.jsonl")
+    gen_out, judge_out = Appender(out / "generations.jsonl"), Appender(out / "samples.jsonl")
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for start in range(0, len(problems), prompts_per_call):
@@ -201,7 +139,7 @@ def run_humaneval(
     return results
 
 
-def _generate(complete: Complete, chunk: Sequence[dict], n: int, generations: dict, sink: _Appender) -> None:
+def _generate(complete: Complete, chunk: Sequence[dict], n: int, generations: dict, sink: Appender) -> None:
     """Ask `complete` for the missing samples of each problem in `chunk`; problems short of the same
     number of samples share a call."""
     by_missing: dict[int, list[dict]] = {}
@@ -230,7 +168,7 @@ def _judge(
     n: int,
     generations: dict,
     verdicts: dict,
-    sink: _Appender,
+    sink: Appender,
 ) -> None:
     todo = [(p, i) for p in chunk for i in range(n) if (p["task_id"], i) not in verdicts]
     futures = [
