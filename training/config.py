@@ -101,6 +101,8 @@ class TrainSection:
     # HumanEval pass@1 (greedy, in the sandbox) on the first `humaneval_problems` problems every
     # `humaneval_interval` steps (0: never), on rank 0; the other ranks wait for it at the next collective.
     # `humaneval_budget_s` bounds its time: generation stops and the problems not yet judged count as failed.
+    # It must be at most half the collective timeout (dist_timeout_s); ZeRO 0-2 without pipeline stages
+    # only (training/humaneval.py).
     humaneval_interval: int = _f(0, ge=0)
     humaneval_problems: int = _f(20, ge=1, le=164)
     humaneval_max_new_tokens: int = _f(128, ge=1)

@@ -4,6 +4,11 @@ One `Trainer` per process. ZeRO engines step micro-batch by micro-batch (DeepSpe
 the boundary); pipeline engines take a whole step in `train_batch`. A non-finite loss still runs backward:
 DeepSpeed's ZeRO and bf16 optimizers see the non-finite gradient norm, skip the update and clear the
 gradients; the loop counts it, and `max_bad_steps` in a row abort the run.
+
+Every `train.eval_interval` steps all ranks compute the validation loss; every `train.humaneval_interval`
+steps rank 0 alone scores HumanEval pass@1 within its time budget (training/humaneval.py says how that
+time is bounded, and why the other ranks waiting for it at their next collective stay within its timeout).
+Both go into that step's record.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from model.flops import flops_per_token
 from training import checkpoint
 from training.config import RunConfig
 from training.data import Batch, RankData
+from training.humaneval import HumanEvalHook, Score
 from training.metrics import MetricsWriter, memory_gib, peak_flops
 from training.stop import StopRequest
 from training.validate import Resolved
@@ -163,6 +169,7 @@ class Trainer:
         self.skipped = client.get("skipped_steps", 0) if client else 0
         self.flops_per_token = flops_per_token(resolved.model, run.data.seq_len)
         self.peak = peak_flops(resolved.precision.precision, run.train.peak_tflops)
+        self.humaneval = self._humaneval_hook() if run.train.humaneval_interval and self.rank == 0 else None
 
     # ---- one step ----------------------------------------------------------------------------------
 
@@ -212,7 +219,35 @@ class Trainer:
             loss = _mean_over_ranks(torch.stack(losses).mean())
         return loss.item()
 
-    def _log(self, losses: list[float], seconds: float, eval_loss: float | None) -> None:
+    def _humaneval_hook(self) -> HumanEvalHook:
+        """Rank 0's HumanEval evaluator, with the tokenizer of the run's data (found through the
+        run_config.json rank 0 wrote into save_dir before the engine was built)."""
+        from evaluation.checkpoint import run_tokenizer
+
+        tokenizer, eod_id, _ = run_tokenizer(self.save_dir)
+        return HumanEvalHook(self.run.train, tokenizer, eod_id)
+
+    def score_humaneval(self, stop: StopRequest) -> Score | None:
+        """Rank 0: HumanEval pass@1 of the current weights (ZeRO 0-2 without pipeline: rank 0's module is
+        whole). None on the other ranks, which go on to their next collective and wait there."""
+        if self.humaneval is None:
+            return None
+        score = self.humaneval.score(self.engine.module, lambda: stop.signal is not None)
+        if score is not None and score.judged < score.problems:
+            logger.warning(
+                "step %d: HumanEval judged %d of %d problems in %.1f s (train.humaneval_budget_s %s, or a "
+                "stop signal): the others count as failed",
+                self.step,
+                score.judged,
+                score.problems,
+                score.seconds,
+                self.run.train.humaneval_budget_s,
+            )
+        return score
+
+    def _log(
+        self, losses: list[float], seconds: float, eval_loss: float | None, humaneval: Score | None = None
+    ) -> None:
         steps = len(losses)
         tokens_per_s = steps * self.global_batch * self.run.data.seq_len / max(seconds, 1e-9)
         tflops = tokens_per_s * self.flops_per_token / dist.get_world_size() / 1e12  # per device
@@ -232,10 +267,17 @@ class Trainer:
         if eval_loss is not None:
             values["valid_loss"] = eval_loss
             values["valid_ppl"] = math.exp(min(eval_loss, 50.0))
+        if humaneval is not None:
+            values.update(humaneval.metrics())
         self.metrics.write(self.step, values)
         mfu = f" | mfu {values['mfu']:.1%}" if "mfu" in values else ""
         gn = f"{values['grad_norm']:.3f}" if values["grad_norm"] is not None else "n/a"
         ev = f" | valid loss {eval_loss:.4f} ppl {values['valid_ppl']:.2f}" if eval_loss is not None else ""
+        if humaneval is not None:
+            ev += (
+                f" | HumanEval pass@1 {humaneval.pass_at_1:.3f} ({humaneval.judged}/{humaneval.problems} "
+                f"judged, {humaneval.seconds:.1f} s)"
+            )
         logger.info(
             "step %d/%d | loss %.4f | lr %.3e | grad norm %s | %.0f tok/s | %.2f TFLOP/s/device%s"
             " | mem %.2f GiB%s",
@@ -306,10 +348,17 @@ class Trainer:
                 bad_in_a_row = 0
                 window.append(loss)
             eval_loss = self.evaluate() if t.eval_interval and self.step % t.eval_interval == 0 else None
+            humaneval_due = t.humaneval_interval and self.step % t.humaneval_interval == 0
+            humaneval = self.score_humaneval(stop) if humaneval_due else None
+            if humaneval is not None:
+                tick += humaneval.seconds  # not training time: tokens/s and MFU leave it out
             if window and (
-                self.step % t.log_interval == 0 or eval_loss is not None or self.step == self.total_steps
+                self.step % t.log_interval == 0
+                or eval_loss is not None
+                or humaneval_due
+                or self.step == self.total_steps
             ):
-                self._log(window, time.perf_counter() - tick, eval_loss)
+                self._log(window, time.perf_counter() - tick, eval_loss, humaneval)
                 window, tick = [], time.perf_counter()
             stopping = stop.agreed(self.device)
             if stopping or self.step % t.save_interval == 0 or self.step == self.total_steps:

