@@ -12,13 +12,14 @@ written with other ones. --task and --tasks default to $SLURM_ARRAY_TASK_ID and 
 launch/slurm/preprocess.sh submits the four phases as chained SLURM jobs.
 
 scan    Task I takes its share of the inputs: a contiguous range of the input files in the single-process
-        job's order, balanced by size (a file is never split). It reads, decodes, filters and hashes every
-        record (MinHash signatures too with --near-dedup) and writes a row per record to W/scan/. Nothing
-        is decided yet.
+        job's order, balanced by size (a file is never split). It reads, decodes, filters (decontamination
+        included) and hashes every record (MinHash signatures too with --near-dedup) and writes a row per
+        record to W/scan/. Nothing is decided yet.
 keep    Replays the rows of every task, task after task (the single-process job's input order), through
-        the same Cleaner: duplicates are found across all tasks and the first occurrence wins. Writes each
-        task's keep mask and the cleaning report, then trains the tokenizer on the kept documents as
-        codeparrot-preprocess does (unless --tokenizer is given): the same documents in the same order.
+        the same Cleaner: duplicates are found across all tasks and the first occurrence wins; each
+        document removed for a benchmark problem is logged. Writes each task's keep mask and the cleaning
+        report, then trains the tokenizer on the kept documents as codeparrot-preprocess does (unless
+        --tokenizer is given): the same documents in the same order.
 encode  Task I reads its inputs again and tokenises its kept documents into shards in W/encode/
         (resumable after a kill, like codeparrot-preprocess).
 merge   Links (or copies) the shards of every task, in task order, into --output as train_NNNNN/valid_NNNNN,
@@ -52,10 +53,19 @@ import numpy as np
 
 from data_tools import cli
 from data_tools.array_work import BAD, PASSED, ROW, Appender, ArrayJob, read_json, save_npy_atomic
+from data_tools.decontaminate import REASON as DECONTAMINATE
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
 from data_tools.manifest import MANIFEST, load_manifest
-from data_tools.parallel import Cleaner, Kept, decode_records, make_executor, ordered_map, verdict_batches
+from data_tools.parallel import (
+    Cleaner,
+    Kept,
+    benchmark,
+    decode_records,
+    make_executor,
+    ordered_map,
+    verdict_batches,
+)
 from data_tools.preprocess import (
     BATCH_CHARS,
     BATCH_DOCS,
@@ -158,6 +168,7 @@ def scan(job: ArrayJob, task: int) -> dict[str, Any]:
         "task": task,
         "inputs": digest,
         "inputs_range": [start, end],
+        "row_dtype": [list(field) for field in ROW.descr],  # as JSON has it: rows of another layout rescan
     }
     if done := _already_done(job.scan_meta(task), key):
         return done
@@ -190,7 +201,11 @@ def _scan_records(
     part of the task's record."""
     cfg, paths = job.cfg, {}
     rows, sigs = Appender(job.scan_file(task, "rows")), Appender(job.scan_file(task, "sigs"))
-    status_of = {name: i for i, name in enumerate(FILTER_NAMES)} | {None: PASSED}
+    filters = [*FILTER_NAMES, DECONTAMINATE]
+    status_of = {name: i for i, name in enumerate(filters)} | {None: PASSED}
+    index = benchmark(cfg.clean)  # loaded before the workers start: they inherit it
+    benchmark_ids = list(index.ids) if index is not None else []
+    problem_of = {problem: i for i, problem in enumerate(benchmark_ids)} | {None: -1}
     progress = Progress(cfg.show_progress, f"scan {task}/{job.tasks}")
     executor = make_executor(cfg.workers)
     try:
@@ -202,9 +217,10 @@ def _scan_records(
                 path = paths.setdefault(rec.path, len(paths))
                 if v.problem is not None:
                     problems.add(*v.problem)
-                    out[j] = (path, rec.line, 0, 0, 0, BAD)
+                    out[j] = (path, rec.line, 0, 0, 0, BAD, -1)
                 else:
-                    out[j] = (path, rec.line, v.nbytes, v.nchars, v.content_hash, status_of[v.failing])
+                    status, problem = status_of[v.failing], problem_of[v.contaminant]
+                    out[j] = (path, rec.line, v.nbytes, v.nchars, v.content_hash, status, problem)
             rows.write(out)
             signatures = [v.signature for v in verdicts if v.signature is not None]
             if signatures:
@@ -213,8 +229,8 @@ def _scan_records(
         return {
             "rows": rows.close(),
             "signatures": sigs.close(),
-            "row_dtype": ROW.descr,
-            "filters": list(FILTER_NAMES),
+            "filters": filters,
+            "benchmark_ids": benchmark_ids,
             "paths": list(paths),
         }
     except BaseException:
@@ -275,19 +291,20 @@ def _decide(job: ArrayJob, metas: list[dict[str, Any]]) -> tuple[dict[str, Any],
     for task, meta in enumerate(metas):
         problems.extend(meta["problems"])
         rows, sigs = job.rows(task, meta), job.signatures(task, meta)
-        paths, filters = meta["paths"], meta["filters"]
+        paths, filters, benchmark_ids = meta["paths"], meta["filters"], meta["benchmark_ids"]
         mask, next_sig = np.zeros(len(rows), dtype=bool), 0
         for start in range(0, len(rows), 1 << 16):
             chunk = rows[start : start + (1 << 16)]
-            columns = (chunk[k].tolist() for k in ("path", "line", "nbytes", "hash", "status"))
-            for j, (path, line, nbytes, h, status) in enumerate(zip(*columns, strict=True), start):
+            columns = (chunk[k].tolist() for k in ("path", "line", "nbytes", "hash", "status", "problem"))
+            for j, (path, line, nbytes, h, status, problem) in enumerate(zip(*columns, strict=True), start):
                 if status == BAD:
                     continue
                 sig = None
                 if status == PASSED and cfg.clean.near_dedup:
                     sig, next_sig = np.array(sigs[next_sig]), next_sig + 1
                 failing = None if status == PASSED else filters[status]
-                mask[j] = cleaner.decide(paths[path], line, nbytes, h, failing, sig)
+                contaminant = benchmark_ids[problem] if problem >= 0 else None
+                mask[j] = cleaner.decide(paths[path], line, nbytes, h, failing, sig, contaminant)
             bar.update(len(chunk))
         save_npy_atomic(job.keep_mask(task), mask)
         keep_sha.update(mask.tobytes())

@@ -30,8 +30,9 @@ from data_tools.errors import DataError
 from data_tools.preprocess import PreprocessConfig
 
 SBATCH = "launch/slurm/preprocess.sbatch"
-# A scanned record: where it is (an index into the task's paths, and its line), its size, content hash, and
-# status: BAD (bad input, in the task's problems), PASSED (the filters), or the index of the failing filter.
+# A scanned record: where it is (an index into the task's paths, and its line), its size, content hash,
+# status: BAD (bad input, in the task's problems), PASSED (the filters), or the index of the failing filter
+# in the task's list, and the benchmark problem it contains (an index into the task's list; -1: none).
 ROW = np.dtype(
     [
         ("path", "<i4"),
@@ -40,6 +41,7 @@ ROW = np.dtype(
         ("nchars", "<i8"),
         ("hash", "<u8"),
         ("status", "<i2"),
+        ("problem", "<i2"),
     ]
 )
 BAD, PASSED = -2, -1

