@@ -116,7 +116,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # rank calls it; one process per filesystem hashes, the others wait for its record.
         from training.startup import verify_data
 
-        problems += verify_data(run.data.paths, resolved.model.vocab_size, full=not args.no_verify_data)
+        problems += verify_data(
+            run.data.paths,
+            resolved.model.vocab_size,
+            full=not args.no_verify_data,
+            fim=run.data.fim_rate > 0,
+        )
     if launch.world == 1 and problems:  # nothing to agree with: say it without starting torch.distributed
         return _refuse(problems, launch.rank)
     launch.init_distributed(args.cpu_shm_allreduce, run.train.dist_timeout_s if run else None)

@@ -43,6 +43,24 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def dataset_tokenizer(data_dir: str | Path) -> tuple[Any, int, Path]:
+    """The tokenizer a dataset was made with: `(tokenizers.Tokenizer, eod_id, tokenizer dir)`, found
+    through its manifest (a relative path is taken from the dataset) and checked against its sha256."""
+    from data_tools.train_tokenizer import load_tokenizer, tokenizer_sha256
+
+    entry = load_manifest(data_dir)["tokenizer"]
+    tok_dir = Path(data_dir) / entry.get("path", "tokenizer")
+    tokenizer, eod = load_tokenizer(tok_dir)
+    if tokenizer_sha256(tok_dir) != entry["sha256"]:
+        raise DataError(
+            f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (its sha256 differs from "
+            f"{Path(data_dir) / MANIFEST}): restore that tokenizer, or preprocess the data again with this one."
+        )
+    if "eod_id" in entry and entry["eod_id"] != eod:
+        raise DataError(f"{Path(data_dir) / MANIFEST} says eod_id {entry['eod_id']}, {tok_dir} gives {eod}")
+    return tokenizer, eod, tok_dir
+
+
 def manifest_hash(data_dir: str | Path) -> str:
     """A hash of what the data is (tokenizer and every shard's sha256), for checkpoints to compare."""
     manifest = load_manifest(data_dir)

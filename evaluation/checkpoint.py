@@ -180,8 +180,7 @@ def run_tokenizer(save_dir: str | Path) -> tuple[Any, int, Path]:
     """The tokenizer the run's data was made with: ``(tokenizers.Tokenizer, eod_id, tokenizer dir)``,
     found through run_config.json's first data path and its manifest.json (checked against its sha256)."""
     from data_tools.errors import DataError
-    from data_tools.manifest import load_manifest
-    from data_tools.train_tokenizer import load_tokenizer, tokenizer_sha256
+    from data_tools.manifest import dataset_tokenizer
 
     save_dir = Path(save_dir)
     paths = _run_config(save_dir).get("data", {}).get("paths") or []
@@ -189,23 +188,12 @@ def run_tokenizer(save_dir: str | Path) -> tuple[Any, int, Path]:
         raise CheckpointError(f"{save_dir / RUN_CONFIG} lists no data.paths: the tokenizer cannot be found")
     data_dir = Path(paths[0])
     try:
-        entry = load_manifest(data_dir)["tokenizer"]
-        tok_dir = data_dir / entry["path"]  # relative to the dataset when preprocess trained it there
-        tokenizer, eod = load_tokenizer(tok_dir)
+        tokenizer, eod, tok_dir = dataset_tokenizer(data_dir)
     except DataError as e:
         raise CheckpointError(
             f"the tokenizer of {save_dir} comes from its data {data_dir} (run_config.json data.paths; "
             f"relative paths are taken from the current directory, as in training): {e}"
         ) from e
-    if tokenizer_sha256(tok_dir) != entry["sha256"]:
-        raise CheckpointError(
-            f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (sha256 differs from "
-            "its manifest.json): restore that tokenizer, or export from a run whose data matches it"
-        )
-    if "eod_id" in entry and entry["eod_id"] != eod:
-        raise CheckpointError(
-            f"{data_dir}/manifest.json says eod_id {entry['eod_id']}, {tok_dir} gives {eod}"
-        )
     return tokenizer, eod, tok_dir
 
 

@@ -92,16 +92,17 @@ def prepare_run_dir(
     return box[0]
 
 
-def verify_data(paths: list[str], vocab_size: int, full: bool = True) -> list[str]:
+def verify_data(paths: list[str], vocab_size: int, full: bool = True, fim: bool = False) -> list[str]:
     """Every dataset's shards against its manifest's sha256 (`full`), on every rank before the process
     group starts: hashing 100 GB takes longer than a collective's timeout, so no rank may wait in one
     meanwhile. Only files changed since the last check are hashed, by one process per filesystem while the
     others wait for its record (data_tools.hashing). Always, even without `full`: the files' sizes, each
     index against its .bin and the largest token id against the model's `vocab_size`, which read no
-    tokens, so a truncated shard is named before any engine is built. Returns the problems (rank 0
-    reports them after init)."""
+    tokens, so a truncated shard is named before any engine is built. With `fim`, that each dataset's
+    tokenizer has the fill-in-the-middle sentinels. Returns the problems (rank 0 reports them after init)."""
     from data_tools.errors import DataError
-    from data_tools.manifest import check_shards, verify_dataset
+    from data_tools.fim import fim_ids
+    from data_tools.manifest import check_shards, dataset_tokenizer, verify_dataset
 
     problems = []
     for path in paths:
@@ -109,6 +110,9 @@ def verify_data(paths: list[str], vocab_size: int, full: bool = True) -> list[st
             if full:
                 verify_dataset(path)
             check_shards(path, vocab_size)
+            if fim:
+                tokenizer, _, tok_dir = dataset_tokenizer(path)
+                fim_ids(tokenizer, f"data.fim_rate > 0 but {path} was tokenized with {tok_dir}")
         except DataError as e:
             problems.append(str(e))
     return problems

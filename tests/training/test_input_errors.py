@@ -75,3 +75,57 @@ def test_the_survivor_names_the_rank_that_was_killed(tiny_data, tmp_path):
     assert f"the last complete checkpoint is {tmp_path / 'ckpt' / 'global_step2'}" in line
     assert "rank 0 lost its connection to it" in line
     assert "[rank0]: Traceback" not in out
+
+
+def test_a_fim_run_on_data_whose_tokenizer_lacks_the_sentinels(tiny_data, tmp_path):
+    """Shards made with a tokenizer of before the sentinels (only the end-of-document token): a run with
+    data.fim_rate > 0 is refused in one line naming the dataset, the tokenizer and the two ways out; the
+    same data trains left to right with data.fim_rate=0 (the refusal is about FIM, not the data)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from data_tools.parallel import CleanConfig
+    from data_tools.preprocess import PreprocessConfig, preprocess
+    from data_tools.sources import SourceConfig
+
+    corpus = tiny_data.parent / "corpus.jsonl"
+    old = Tokenizer(models.BPE())
+    old.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    old.decoder = decoders.ByteLevel()
+    texts = [json.loads(line)["content"] for line in corpus.read_text().splitlines()]
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    old.train_from_iterator(texts, trainer)
+    (tmp_path / "tok").mkdir()
+    old.save(str(tmp_path / "tok" / "tokenizer.json"))
+    data = tmp_path / "data"
+    preprocess(
+        PreprocessConfig(
+            sources=SourceConfig(inputs=(str(corpus),)),
+            output=data,
+            tokenizer=tmp_path / "tok",
+            clean=CleanConfig.tokenize_only(0.1),
+            tokenize_only=True,
+            show_progress=False,
+        )
+    )
+    cfg = run_config(tmp_path, data, max_steps=1)
+    err = _one_error(tmp_path, "--config", str(cfg), "--set", "data.fim_rate=0.5")
+    assert (
+        f"data.fim_rate > 0 but {data} was tokenized with {tmp_path / 'tok'}: the tokenizer has no "
+        "<fim_prefix>, <fim_middle>, <fim_suffix>, <fim_pad> token, which fill-in-the-middle needs. Train a "
+        "tokenizer with codeparrot-train-tokenizer (it reserves them) and run codeparrot-preprocess again, "
+        "or set data.fim_rate=0 to train left to right only." in err
+    ), err
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain_gpt.py"), "--config", str(cfg), "--set", "data.fim_rate=0"],
+        cwd=ROOT,
+        env=env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr[-3000:]

