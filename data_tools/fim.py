@@ -59,9 +59,9 @@ def fim_ids(tokenizer: Any, where: str = "the tokenizer") -> FimIds:
     if None in ids:
         missing = ", ".join(t for t, i in zip(FIM_TOKENS, ids, strict=True) if i is None)
         raise DataError(
-            f"{where}: the tokenizer has no {missing} token, which fill-in-the-middle needs. Train a tokenizer "
-            "with codeparrot-train-tokenizer (it reserves them) and run codeparrot-preprocess again, or set "
-            "data.fim_rate=0 to train left to right only."
+            f"{where}: the tokenizer has no {missing} token, which fill-in-the-middle needs. Train a "
+            "tokenizer with codeparrot-train-tokenizer (it reserves them) and run codeparrot-preprocess "
+            "again, or set data.fim_rate=0 to train left to right only."
         )
     return FimIds(*ids)
 
@@ -100,7 +100,9 @@ class FimTransform:
     `encoder`: a `tokenizers.Tokenizer` or the TiktokenEncoder that gives its ids
     (data_tools.encode.choose_encoder)."""
 
-    def __init__(self, tokenizer: Any, encoder: Any, eod: int, settings: FimSettings, where: str = "") -> None:
+    def __init__(
+        self, tokenizer: Any, encoder: Any, eod: int, settings: FimSettings, where: str = ""
+    ) -> None:
         self.ids = fim_ids(tokenizer, where or "the tokenizer")
         self.encoder, self.eod, self.settings = encoder, eod, settings
         self._bytes = token_bytes(tokenizer)
@@ -131,9 +133,8 @@ class FimTransform:
             return None
         lo, hi = sorted(int(x) for x in rng.integers(0, len(text) + 1, size=2))
         spm = rng.random() < self.settings.spm_rate
-        prefix, middle, suffix = (
-            np.asarray(t, dtype=np.int64) for t in encode_texts(self.encoder, [text[:lo], text[lo:hi], text[hi:]])
-        )
+        parts = encode_texts(self.encoder, [text[:lo], text[lo:hi], text[hi:]])
+        prefix, middle, suffix = (np.asarray(t, dtype=np.int64) for t in parts)
         excess = len(prefix) + len(middle) + len(suffix) + 3 - len(doc)
         if excess > 0:
             cut = min(excess, len(suffix))

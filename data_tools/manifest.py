@@ -53,8 +53,9 @@ def dataset_tokenizer(data_dir: str | Path) -> tuple[Any, int, Path]:
     tokenizer, eod = load_tokenizer(tok_dir)
     if tokenizer_sha256(tok_dir) != entry["sha256"]:
         raise DataError(
-            f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (its sha256 differs from "
-            f"{Path(data_dir) / MANIFEST}): restore that tokenizer, or preprocess the data again with this one."
+            f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (its sha256 differs "
+            f"from {Path(data_dir) / MANIFEST}): restore that tokenizer, or preprocess the data again with "
+            "this one."
         )
     if "eod_id" in entry and entry["eod_id"] != eod:
         raise DataError(f"{Path(data_dir) / MANIFEST} says eod_id {entry['eod_id']}, {tok_dir} gives {eod}")

@@ -43,8 +43,8 @@ def vocab_size_problem(vocab_size: int, option: str = "--vocab-size") -> str | N
     if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
         return (
             f"{option} ({vocab_size}) must be between {MIN_VOCAB_SIZE} (the 256 bytes of the byte-level "
-            f"alphabet and the {len(SPECIAL_TOKENS)} special tokens) and {MAX_VOCAB_SIZE:,} (the largest id an int32 shard "
-            "holds); 32768 is the usual choice"
+            f"alphabet and the {len(SPECIAL_TOKENS)} special tokens) and {MAX_VOCAB_SIZE:,} (the largest id "
+            "an int32 shard holds); 32768 is the usual choice"
         )
     return None
 
