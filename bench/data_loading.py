@@ -8,17 +8,19 @@ bench/train_throughput.py builds them; or --data):
   ours      the batches pretrain_gpt.py trains on: `training.data.RankData(...).train_batches(0)` for each of
             --ranks data-parallel ranks (memory-mapped shards -> packed samples -> shuffled order -> int64
             input and target tensors), --batches micro-batches per rank after one untimed; each rank's
-            samples/s, and the slowest rank's as the figure;
+            samples/s, and the slowest rank's as the figure; twice, left to right (data.fim_rate 0) and with
+            fill-in-the-middle at --fim-rate (the default run's 0.5: each document chosen is decoded, split,
+            encoded again in three parts);
   baseline  what a training step consumes: samples/s of one step of `model.gpt2.GPT` (forward, loss,
             backward, AdamW; dropout off) on one thread, as each rank of bench/train_throughput.py runs,
             at the same micro-batch and sequence length; the median of --steps steps after --warmup.
 
-    headroom = slowest rank's loader samples/s / training-step samples/s
+    headroom = slowest rank's loader samples/s / training-step samples/s     (FIM off, and FIM on)
 
 A headroom >= 1 means the loader, run inline as pretrain_gpt.py runs it, can never starve the step; it is also
 the factor by which the step could get faster before the loader would. Loader and step alternate over
---step-repeats rounds (loader, step, step, loader, ...), so that drifts in machine load hit both; the figures
-are medians over the rounds, with min and max. The headroom is printed last; the figures go to
+--step-repeats rounds (loaders, step, step, loaders, ...), so that drifts in machine load hit both; the
+figures are medians over the rounds, with min and max. The headrooms are printed last; the figures go to
 bench/results/data_loading_<date>_<cpu>.json (bench/common.py).
 """
 
@@ -53,14 +55,14 @@ from bench.common import (  # noqa: E402
 HOW = "slowest rank's loader samples/s / one-thread step samples/s, medians over {n} alternating rounds"
 
 
-def run_config(args: argparse.Namespace, data: Path, save_dir: Path) -> Any:
+def run_config(args: argparse.Namespace, data: Path, save_dir: Path, fim_rate: float) -> Any:
     """The RunConfig pretrain_gpt.py would get for these settings (bench/train_throughput.py's shape)."""
     from training.config import from_dict
 
     return from_dict(
         {
             "model": run_config_model(args),
-            "data": {"paths": [str(data)], "seq_len": args.seq},
+            "data": {"paths": [str(data)], "seq_len": args.seq, "fim_rate": fim_rate},
             "train": {"micro_batch": args.micro, "max_steps": 10**6, "save_dir": str(save_dir)},
         }
     )
@@ -137,6 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed training steps per round")
     p.add_argument("--step-repeats", type=int, default=3, help="alternating rounds of loader and step")
     p.add_argument("--data", type=Path, help="a preprocess output directory (default: build the shards)")
+    p.add_argument("--fim-rate", type=float, default=0.5, help="data.fim_rate of the FIM-on loaders")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
     return p.parse_args(argv)
 
@@ -155,33 +158,53 @@ def main(argv: Sequence[str] | None = None) -> Path:
             out("building shards (standard library, 8,192-id tokenizer) ...")
         data = args.data or build_data(tmp)
         vocab = load_manifest(data)["tokenizer"]["vocab_size"]
-        run = run_config(args, data, tmp / "save")
-        step = Step(run, vocab)
+        runs = {
+            "fim_off": run_config(args, data, tmp / "save", 0.0),
+            "fim_on": run_config(args, data, tmp / "save", args.fim_rate),
+        }
+        step = Step(runs["fim_off"], vocab)
         out(
-            f"run: {args.ranks} ranks' loaders, micro-batch {args.micro}, seq {args.seq}; step: GPT "
-            f"{args.layers} layers x {args.width}, vocab {vocab}, 1 thread, fp32"
+            f"run: {args.ranks} ranks' loaders, micro-batch {args.micro}, seq {args.seq}, FIM off and at "
+            f"rate {args.fim_rate}; step: GPT {args.layers} layers x {args.width}, vocab {vocab}, 1 thread, "
+            "fp32"
         )
         rounds: list[dict[str, Any]] = []
         for k in range(args.step_repeats):
             r: dict[str, Any] = {}
             for side in ("loader", "step") if k % 2 == 0 else ("step", "loader"):
                 if side == "loader":
-                    r["loader_per_rank"] = loader_rates(run, args.ranks, args.batches)
+                    for mode, run in runs.items():
+                        r[f"loader_per_rank_{mode}"] = loader_rates(run, args.ranks, args.batches)
                 else:
                     r["step"] = step.rate(args.warmup if k == 0 else 0, args.steps)
-            r["headroom"] = min(r["loader_per_rank"]) / r["step"]
+            for mode in runs:
+                r[f"headroom_{mode}"] = min(r[f"loader_per_rank_{mode}"]) / r["step"]
             rounds.append(r)
-            out(
-                f"round {k + 1}: loader {', '.join(f'{v:,.0f}' for v in r['loader_per_rank'])} samples/s "
-                f"per rank | step {r['step']:.2f} samples/s | headroom {r['headroom']:,.1f}x"
+            off_rates, on_rates = (
+                ", ".join(f"{v:,.0f}" for v in r[f"loader_per_rank_{mode}"]) for mode in runs
             )
-    loader = spread([min(r["loader_per_rank"]) for r in rounds])
+            out(
+                f"round {k + 1}: loader {off_rates} samples/s per rank, with FIM {on_rates} | "
+                f"step {r['step']:.2f} samples/s | headroom {r['headroom_fim_off']:,.1f}x, with FIM "
+                f"{r['headroom_fim_on']:,.1f}x"
+            )
     step_rate = spread([r["step"] for r in rounds])
-    headroom = spread([r["headroom"] for r in rounds])
-    out(
-        f"loader (slowest rank) {loader['median']:,.0f} samples/s | step {step_rate['median']:.2f} samples/s "
-        f"| headroom {headroom['median']:,.1f}x ({headroom['min']:,.1f}-{headroom['max']:,.1f})"
-    )
+    modes = {
+        mode: {
+            "fim_rate": run.data.fim_rate,
+            "loader_samples_per_s": spread([min(r[f"loader_per_rank_{mode}"]) for r in rounds]),
+            "headroom": spread([r[f"headroom_{mode}"] for r in rounds]),
+        }
+        for mode, run in runs.items()
+    }
+    off, on = modes["fim_off"], modes["fim_on"]
+    for name, m in (("FIM off", off), (f"FIM {args.fim_rate}", on)):
+        h = m["headroom"]
+        out(
+            f"{name}: loader (slowest rank) {m['loader_samples_per_s']['median']:,.0f} samples/s | step "
+            f"{step_rate['median']:.2f} samples/s | headroom {h['median']:,.1f}x "
+            f"({h['min']:,.1f}-{h['max']:,.1f})"
+        )
     setting = (
         f"{args.ranks} ranks, seq {args.seq}, micro-batch {args.micro}; step: {args.layers} layers x "
         f"{args.width}, vocab {vocab}, 1 thread, fp32"
@@ -189,23 +212,30 @@ def main(argv: Sequence[str] | None = None) -> Path:
     table = [
         {
             "benchmark": "bench/data_loading.py",
-            "setting": setting,
+            "setting": f"{setting}; {label}",
             "precision": "fp32",
             "native": "native",
             "baseline": f"training step {step_rate['median']:.2f} samples/s",
-            "ours": f"RankData {loader['median']:,.0f} samples/s per rank",
-            "ratio": round(headroom["median"], 3),
+            "ours": f"RankData {m['loader_samples_per_s']['median']:,.0f} samples/s per rank",
+            "ratio": round(m["headroom"]["median"], 3),
             "how": HOW.format(n=args.step_repeats),
         }
+        for label, m in (("FIM off", off), (f"FIM rate {args.fim_rate}", on))
     ]
     figures = {
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "vocab_size": vocab,
         "rounds": rounds,
-        "loader_samples_per_s": loader,
         "step_samples_per_s": step_rate,
-        "headroom": headroom,
+        # FIM off at the top (the record's layout before FIM), FIM on under "fim"
+        "loader_samples_per_s": off["loader_samples_per_s"],
+        "headroom": off["headroom"],
+        "fim": on,
     }
+    final = (
+        f"headroom loader/step samples/s: FIM off {off['headroom']['median']:.2f}x, FIM rate {args.fim_rate} "
+        f"{on['headroom']['median']:.2f}x"
+    )
     return finish(
         out,
         benchmark="data_loading",
@@ -215,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         precision=None,
         figures=figures,
         table=table,
-        final_line=f"headroom loader/step samples/s: {headroom['median']:.2f}x",
+        final_line=final,
         results_dir=args.results_dir,
     )
 

@@ -73,9 +73,14 @@ def test_data_loading_bench_ends_with_the_headroom(capsys, monkeypatch, tmp_path
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1].startswith("headroom loader/step samples/s: ")
     record = json.loads(path.read_text())
-    h = record["figures"]["headroom"]
+    h, fim = record["figures"]["headroom"], record["figures"]["fim"]["headroom"]  # FIM off, FIM 0.5
     assert h["min"] <= h["median"] <= h["max"] and h["median"] > 0
-    assert (
-        len(record["figures"]["rounds"]) == 2 and len(record["figures"]["rounds"][0]["loader_per_rank"]) == 2
+    assert fim["min"] <= fim["median"] <= fim["max"] and fim["median"] > 0
+    assert record["figures"]["fim"]["fim_rate"] == 0.5
+    assert printed[-1] == (
+        f"headroom loader/step samples/s: FIM off {h['median']:.2f}x, FIM rate 0.5 {fim['median']:.2f}x"
     )
-    assert record["table"][0]["ratio"] == round(h["median"], 3)
+    (first, *_) = record["figures"]["rounds"]
+    assert len(first["loader_per_rank_fim_off"]) == 2 and len(first["loader_per_rank_fim_on"]) == 2
+    assert len(record["figures"]["rounds"]) == 2
+    assert [r["ratio"] for r in record["table"]] == [round(h["median"], 3), round(fim["median"], 3)]
