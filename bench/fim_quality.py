@@ -2,6 +2,7 @@
 
     python bench/fim_quality.py                         # the demo's data, model and steps; rates 0 and 0.5
     python bench/fim_quality.py --seeds 1234,7 --data runs/demo/data      # two seeds, existing shards
+    python bench/fim_quality.py --max-steps 1500       # the demo's model on 6x its tokens
 
 Bavarian et al. 2022 report that FIM at rate 0.5 leaves left-to-right loss unchanged at scale ("FIM for
 free"); this measures it at the size the demo trains in minutes. For each --seeds x --rates, in one run on
@@ -96,6 +97,8 @@ def train(args: argparse.Namespace, data: Path, save_dir: Path, rate: float, see
     cmd += ["--master_port", str(free_port()), "pretrain_gpt.py", "--config", str(args.config)]
     cmd += ["--ds_config", "ds_configs/zero2_cpu.json", "--set", f'data.paths=["{data}"]']
     cmd += [f"train.save_dir={save_dir}", f"data.fim_rate={rate}", f"train.seed={seed}"]
+    if args.max_steps:
+        cmd += [f"train.max_steps={args.max_steps}"]
     output = run(cmd, env)
     if rate > 0 and "fill-in-the-middle: " not in output:
         raise RuntimeError(
@@ -105,7 +108,7 @@ def train(args: argparse.Namespace, data: Path, save_dir: Path, rate: float, see
     last = lines[-1]
     return {
         "steps": last["step"],
-        "tokens": last.get("tokens"),
+        "consumed_samples": last["consumed_samples"],  # the same for every rate: the same tokens
         "final_train_loss": last.get("loss"),
         "valid_losses": {x["step"]: x["valid_loss"] for x in lines if "valid_loss" in x},
     }
@@ -134,6 +137,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="1234", help="train.seed values, comma-separated")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.json", help="the run config")
     p.add_argument("--ranks", type=int, default=2, help="CPU ranks of each training")
+    p.add_argument("--max-steps", type=int, help="train.max_steps (default: the config's)")
     p.add_argument("--per-problem", type=int, default=3, help="infill holes per problem and mode")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per middle, at most")
     p.add_argument("--problems", help="HumanEval problems to infill (default: all 164)")
@@ -181,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     m = config["model"]["overrides"]
     setting = (
         f"configs/demo.json: {m['n_layer']} layers x {m['n_embd']}, seq {config['data']['seq_len']}, "
-        f"{config['train']['max_steps']} steps x {args.ranks} ranks x micro-batch "
+        f"{args.max_steps or config['train']['max_steps']} steps x {args.ranks} ranks x micro-batch "
         f"{config['train']['micro_batch']}; seeds {args.seeds}"
     )
     table = [

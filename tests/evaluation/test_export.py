@@ -262,6 +262,7 @@ def test_infill_from_the_checkpoint_the_export_and_transformers_alike(zero2_run,
         ids = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=ends)
     middle = ids[0, inputs.input_ids.shape[1] :].tolist()
     middle = middle[: next((i for i, t in enumerate(middle) if t in ends), len(middle))]
+    assert middle, "the model ended the middle at once: nothing compared"
     assert outs[0] == tokenizer.decode(middle) + "\n"
 
 
