@@ -18,6 +18,9 @@ import os
 import platform
 import re
 import shlex
+import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,6 +33,39 @@ SCHEMA = 1
 PACKAGES = ("torch", "deepspeed", "transformers", "tokenizers")
 TABLE_KEYS = ("benchmark", "setting", "precision", "native", "baseline", "ours", "ratio", "how")
 RESULT_KEYS = ("schema", "benchmark", "command", "started", "finished", "machine", "precision", "figures")
+
+
+# ---- processes -----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_command(cmd: Sequence[str], env: dict[str, str] | None, timeout_s: float) -> str:
+    """Run `cmd` from the repository root in its own session, output and errors together; on a timeout
+    the whole tree (a launcher and its ranks) is killed, not only `cmd`. Its output, or RuntimeError
+    with the tail."""
+    proc = subprocess.Popen(
+        list(cmd),
+        cwd=ROOT,
+        env=env if env is not None else dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        raise RuntimeError(f"{' '.join(cmd)} ran over {timeout_s} s:\n{output[-3000:]}") from None
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
+    return output
 
 
 # ---- the machine -------------------------------------------------------------------------------------

@@ -27,10 +27,7 @@ import argparse
 import json
 import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -47,40 +44,18 @@ from bench.common import (  # noqa: E402
     command_line,
     describe_machine,
     finish,
+    free_port,
     machine_info,
     now,
+    run_command,
 )
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 3600
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
-    """Run `cmd` from the repository root in its own session; its output, or RuntimeError with its tail."""
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env=env or dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        raise RuntimeError(f"{' '.join(cmd)} ran over {TIMEOUT_S} s:\n{output[-3000:]}") from None
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
-    return output
+    return run_command(cmd, env, TIMEOUT_S)
 
 
 def build_data(tmp: Path) -> Path:

@@ -47,10 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -208,14 +205,10 @@ def hf_worker(args: argparse.Namespace) -> None:
 # ---- the driver ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
     """One `deepspeed --num_gpus R` launch, 1 thread per rank; raises with its output's tail on failure."""
+    from bench.common import free_port, run_command
+
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -225,17 +218,7 @@ def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
     )
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks)]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
-    # Own session: on a timeout the whole tree (launcher and ranks) is killed, not only the launcher.
-    pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, **pipe)
-    try:
-        output, _ = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        raise RuntimeError(f"{' '.join(cmd)} ran over {LAUNCH_TIMEOUT_S} s:\n{output[-3000:]}") from None
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-4000:]}")
+    run_command(cmd, env, LAUNCH_TIMEOUT_S)
 
 
 def build_data(tmp: Path, vocab: int = 8192) -> Path:
