@@ -22,6 +22,8 @@ setup(
             "model.*",
             "training",
             "training.*",
+            "plan",
+            "plan.*",
             "launch",
             "launch.*",
             "evaluation",
@@ -75,7 +77,7 @@ setup(
             "codeparrot-export=evaluation.export:main",
             "codeparrot-eval=evaluation.cli:main",
             "codeparrot-generate=evaluation.generate:main",
-            "codeparrot-plan=training.planner:main",
+            "codeparrot-plan=plan.cli:main",
         ]
     },
 )

@@ -308,7 +308,7 @@ def matmul_sweep(
 
 
 def rated_peak_tflops(precision: str) -> float | None:
-    """The rated dense peak of this process's GPU (training.metrics.GPUS), None for CPUs and unknown GPUs."""
+    """The rated dense peak of this process's GPU (training.gpus.GPUS), None for CPUs and unknown GPUs."""
     from training.metrics import peak_flops
 
     peak = peak_flops(precision, None)

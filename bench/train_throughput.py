@@ -28,7 +28,7 @@ training, summed over the ranks:
                      input and weight gradients, the LM head; bench.common.model_matmuls), their FLOPs over
                      the time they take at the rate measured for each shape: what a step of this model
                      could reach if it did nothing but its matmuls.
-CPUs have no rated peak; for a known GPU the rated one (training.metrics.GPUS) is printed beside.
+CPUs have no rated peak; for a known GPU the rated one (training.gpus.GPUS) is printed beside.
 
 The shards' tokenizer has --vocab ids (default 8,192; 32,768 is the vocabulary of the shipped 1.5B configs,
 where the LM head is most of a small model's FLOPs).

@@ -19,7 +19,6 @@ Parameter names differ from the plain model only by prefix, which ``pipeline_sta
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from model.config import GPTConfig
 from model.gpt2 import Block, Embedding, LMHead, lm_logits
 from model.kernels.cross_entropy import cross_entropy_from_logits
 from model.kernels.layernorm import LayerNorm
+from model.pipeline_cut import stage_bounds
 
 TIED_KEY = "embed"
 
@@ -63,17 +63,8 @@ def pipeline_layers(config: GPTConfig) -> list[LayerSpec]:
 
 def stage_partition(config: GPTConfig, num_stages: int) -> list[tuple[int, int]]:
     """The layer index range ``[start, stop)`` of each stage, as ``build_pipeline``'s default
-    ``partition_method="parameters"`` cuts it: DeepSpeed's balanced partition of each layer's trainable
-    parameter count (the tied head counts the shared embedding again, as DeepSpeed counts it). The layers
-    are built on the meta device, so this costs no memory even for the 1.5B model."""
-    from deepspeed.runtime.utils import partition_balanced
-
-    with torch.device("meta"):
-        counts = [
-            sum(p.numel() for p in spec.build(log=False).parameters()) for spec in pipeline_layers(config)
-        ]
-    bounds = partition_balanced(weights=counts, num_parts=num_stages)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    ``partition_method="parameters"`` cuts it (model/pipeline_cut.py, torch-free)."""
+    return stage_bounds(config, num_stages)
 
 
 def layer_name(config: GPTConfig, index: int) -> str:

@@ -6,93 +6,14 @@ import json
 import logging
 import resource
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import torch
 
+from training.gpus import GPUS, gpu_key
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class GpuSpec:
-    """One GPU model, as the vendor rates it.
-
-    ``device_name``: a substring of ``torch.cuda.get_device_name()`` that identifies it (first match wins,
-    so a more specific name comes first). ``memory_gib``: the board's memory as ``nvidia-smi`` reports its
-    total in MiB, divided by 1024 (the vendor's "40 GB" A100 is 40960 MiB, "80 GB" 81920 MiB for the A100
-    and 81559 MiB for the H100, "141 GB" H200 143771 MiB); the CUDA context and the allocator take some of
-    it. ``bf16_tflops`` / ``fp32_tflops``: dense (no sparsity) tensor-core bf16 and plain fp32 peaks.
-    ``intra_node_gb_s``: GB/s one GPU sends to the others of its node, per direction: NVLink through NVSwitch
-    on SXM boards (A100 300 of NVLink 3's 600 GB/s both ways, H100/H200 450 of NVLink 4's 900), PCIe Gen5
-    x16 for the H100 PCIe (64; its optional NVLink bridge joins only pairs).
-    """
-
-    device_name: str
-    memory_gib: float
-    bf16_tflops: float
-    fp32_tflops: float
-    intra_node_gb_s: float
-
-    def peak_tflops(self, precision: str) -> float:
-        return self.bf16_tflops if precision == "bf16" else self.fp32_tflops
-
-
-# The one table of GPU facts: MFU in training (peak_flops) and codeparrot-plan read it.
-GPUS: MappingProxyType[str, GpuSpec] = MappingProxyType(
-    {
-        "a100-40gb": GpuSpec(
-            device_name="A100",
-            memory_gib=40960 / 1024,
-            bf16_tflops=312.0,
-            fp32_tflops=19.5,
-            intra_node_gb_s=300.0,
-        ),
-        "a100-80gb": GpuSpec(
-            device_name="A100",
-            memory_gib=81920 / 1024,
-            bf16_tflops=312.0,
-            fp32_tflops=19.5,
-            intra_node_gb_s=300.0,
-        ),
-        "h100-pcie": GpuSpec(
-            device_name="H100 PCIe",
-            memory_gib=81559 / 1024,
-            bf16_tflops=756.0,
-            fp32_tflops=51.0,
-            intra_node_gb_s=64.0,
-        ),
-        "h100-sxm": GpuSpec(
-            device_name="H100",
-            memory_gib=81559 / 1024,
-            bf16_tflops=989.0,
-            fp32_tflops=67.0,
-            intra_node_gb_s=450.0,
-        ),
-        "h200": GpuSpec(
-            device_name="H200",
-            memory_gib=143771 / 1024,
-            bf16_tflops=989.0,
-            fp32_tflops=67.0,
-            intra_node_gb_s=450.0,
-        ),
-    }
-)
-
-
-def gpu_key(device_name: str, memory_bytes: int | None = None) -> str | None:
-    """The key of `GPUS` (codeparrot-plan's --gpu) for a ``torch.cuda.get_device_name()``: the first entry
-    whose device name it holds; among entries of the same name (A100 40 and 80 GB) the one whose memory is
-    nearest ``memory_bytes`` when given. None for a GPU not in the table."""
-    matches = [key for key, spec in GPUS.items() if spec.device_name in device_name]
-    if not matches:
-        return None
-    same = [key for key in matches if GPUS[key].device_name == GPUS[matches[0]].device_name]
-    if memory_bytes is None:
-        return same[0]
-    return min(same, key=lambda key: abs(GPUS[key].memory_gib * 2**30 - memory_bytes))
 
 
 def setup_logging(rank: int, verbose: bool = False) -> None:

@@ -168,7 +168,7 @@ def select(cases: list[Case], names: str | None) -> list[Case]:
 
 def executed_flops_per_token(cfg: GPTConfig, seq_len: int, activation_checkpointing: bool) -> int:
     """FLOPs executed per trained token: model.flops.flops_per_token plus, with activation checkpointing,
-    the blocks' forward once more (2 N_blocks + 4 L d T), as training/planner.py counts them."""
+    the blocks' forward once more (2 N_blocks + 4 L d T), as plan/memory.py counts them."""
     from model.flops import block_params, flops_per_token
 
     flops = flops_per_token(cfg, seq_len)

@@ -64,7 +64,8 @@ def env_info(device: str) -> dict[str, Any]:
     """GPU name, capability and memory, driver, nvcc, CUDA of torch, rated bf16 peak, package versions."""
     import torch
 
-    from training.metrics import gpu_key, peak_flops
+    from training.gpus import gpu_key
+    from training.metrics import peak_flops
 
     info: dict[str, Any] = {
         "python": platform.python_version(),

@@ -1,6 +1,6 @@
 """codeparrot-plan's predictions for the training cases of bench/gpu/gpu_bench.py, beside the measurements.
 
-The planner (training/planner.py, console script codeparrot-plan) is called per case with the case's layout
+The planner (plan/memory.py, console script codeparrot-plan) is called per case with the case's layout
 (preset and kernel choices, DeepSpeed JSON and ZeRO stage, sequence length, micro batch and accumulation,
 one rank, activation checkpointing, precision, the GPU), in one process for all calls:
 
@@ -32,7 +32,7 @@ TOLERANCE = 0.15  # measured/predicted within 1 +- this
 # One process for every call: each call's exit status and output, as one JSON line printed last.
 PLANNER_BATCH = """
 import contextlib, io, json, sys
-from training.planner import main
+from plan.cli import main
 calls = []
 for argv in json.loads(sys.argv[1]):
     out, err = io.StringIO(), io.StringIO()
@@ -132,7 +132,7 @@ def run_planner(argvs: list[list[str]], env: dict[str, str], timeout: float) -> 
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         err = (proc.stderr or proc.stdout).strip()
-        status = "planner unavailable" if "No module named 'training.planner'" in err else "failed"
+        status = "planner unavailable" if "No module named 'plan'" in err else "failed"
         return None, status + ": " + "\n".join(err.splitlines()[-5:])
     return json.loads(lines[-1]), ""
 

@@ -221,8 +221,8 @@ def test_cases_train_the_shipped_tokens_per_optimizer_step() -> None:
 @pytest.mark.parametrize("ac", [True, False])
 def test_executed_flops_per_token_is_the_planners(ac: bool) -> None:
     from model.presets import get_preset
-    from training.metrics import GPUS
-    from training.planner import Layout, plan
+    from plan.memory import Layout, plan
+    from training.gpus import GPUS
 
     cfg = get_preset("codeparrot")
     lay = Layout(seq_len=1024, micro_batch=8, grad_accum=64, zero_stage=2, activation_checkpointing=ac)

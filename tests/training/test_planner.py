@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,10 @@ from torch.utils.checkpoint import checkpoint
 import model.gpt2 as gpt2
 from model.flops import flops_per_token
 from model.presets import get_preset
-from training import metrics
-from training.plan_comm import NCCL_EFFICIENCY
-from training.plan_report import main, plan_dict
-from training.planner import GIB, SAFETY_FRACTION, Gpu, Layout, block_activation_bytes, gpu_from_table, plan
+from plan.cli import main, plan_dict
+from plan.comm import NCCL_EFFICIENCY
+from plan.memory import GIB, SAFETY_FRACTION, Gpu, Layout, block_activation_bytes, gpu_from_table, plan
+from training import gpus, metrics
 
 from .conftest import BIN, check, free_port, run
 from .memory_worker import MICRO_BATCH, MODELS, SEQ_LEN
@@ -384,10 +385,66 @@ def test_one_gpu_table_for_the_planner_and_training_mfu(monkeypatch):
     assert gpu_from_table("h200", "bf16").memory_gib == pytest.approx(140.4, abs=0.05)
     assert gpu_from_table("a100-40gb", "fp32") == Gpu("a100-40gb", 40.0, 19.5, 300.0)
     assert gpu_from_table("h100-pcie", "bf16").intra_node_gb_s == 64.0
-    assert metrics.gpu_key("NVIDIA A100-SXM4-80GB", 81920 * 2**20) == "a100-80gb"
-    assert metrics.gpu_key("NVIDIA A100-SXM4-40GB", 40960 * 2**20) == "a100-40gb"
-    assert metrics.gpu_key("NVIDIA H100 PCIe", 81559 * 2**20) == "h100-pcie"
-    assert metrics.gpu_key("NVIDIA L4") is None
+    assert gpus.gpu_key("NVIDIA A100-SXM4-80GB", 81920 * 2**20) == "a100-80gb"
+    assert gpus.gpu_key("NVIDIA A100-SXM4-40GB", 40960 * 2**20) == "a100-40gb"
+    assert gpus.gpu_key("NVIDIA H100 PCIe", 81559 * 2**20) == "h100-pcie"
+    assert gpus.gpu_key("NVIDIA L4") is None
+
+
+@pytest.mark.parametrize(
+    ("typed", "key", "note"),
+    [
+        ("H100", "h100-sxm", "--gpu H100 taken as h100-sxm (also known: h100-pcie)"),
+        ("h100", "h100-sxm", "--gpu h100 taken as h100-sxm (also known: h100-pcie)"),
+        ("A100", "a100-80gb", "--gpu A100 taken as a100-80gb (also known: a100-40gb)"),
+        ("H200", "h200", None),
+        ("H100-PCIe", "h100-pcie", None),
+        ("a100_40gb", "a100-40gb", None),
+    ],
+)
+def test_gpu_names_as_people_type_them(capsys, typed, key, note):
+    """--gpu takes the names people type and says which variant a short one was taken as."""
+    assert main(["--preset", "codeparrot-small", "--gpu", typed, "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["gpu"]["name"] == key
+    assert out.err.strip() == (note or "")
+
+
+def test_an_unknown_gpu_is_refused_naming_the_choices(capsys):
+    assert main(["--preset", "codeparrot-small", "--gpu", "L4"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "error: --gpu 'L4' is not a GPU of the table; choose one of a100-40gb, a100-80gb, h100-pcie, "
+        "h100-sxm, h200, h100, a100 (or give --gpu-memory-gib and --gpu-tflops)"
+    )
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "deepspeed"):
+            raise ImportError(f"codeparrot-plan imported {name}")
+sys.meta_path.insert(0, NoTorch())
+from plan.cli import main
+for argv in (
+    ["--preset", "codeparrot-small", "--gpu", "h200", "--json"],
+    ["--config", "configs/codeparrot_pipeline4_zero1.json", "--ds_config", "ds_configs/pipeline_zero1.json",
+     "--gpus", "32"],
+    ["--preset", "codeparrot", "--suggest", "--nodes", "2", "--gpu", "H100"],
+):
+    assert main(argv) == 0, argv
+print("no torch")
+"""
+
+
+def test_codeparrot_plan_runs_without_importing_torch_or_deepspeed():
+    """A plan, a pipeline plan (its stage cut included) and a search, torch and DeepSpeed unimportable."""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", NO_TORCH], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("no torch"), out.stderr[-3000:]
 
 
 def test_help_lists_every_option(capsys):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 from model.config import GPTConfig
-from training.plan_comm import DEFAULT_NET_GBPS
-from training.planner import DEFAULT_MFU, GIB, Gpu, Layout, Plan, plan
+from plan.comm import DEFAULT_NET_GBPS
+from plan.memory import DEFAULT_MFU, GIB, Gpu, Layout, Plan, plan
 
 
 def advice(p: Plan) -> list[str]:

@@ -39,22 +39,21 @@ Speed: ``--mfu`` is the MFU a layout without recomputation or pipeline bubble re
 the GPU's dense peak sustained on the FLOPs actually executed; a layout that recomputes or idles reaches less.
 Executed FLOPs per token are model.flops.flops_per_token plus, with checkpointing, the blocks' forward
 again; a pipeline idles for the bubble (p-1)/(m+p-1) of a step with m micro-batches. The step adds the
-communication that compute does not hide (training/plan_comm.py: bytes per collective, link rates from the
+communication that compute does not hide (plan/comm.py: bytes per collective, link rates from the
 GPU table and ``--net-gbps``, overlap with ``overlap_comm``).
 """
 
 from __future__ import annotations
 
 import functools
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from model.config import GPTConfig
 from model.flops import block_params, flops_per_token, param_count
-from training.metrics import GPUS
-from training.plan_comm import DEFAULT_NET_GBPS, CommTerm, comm_terms
+from model.pipeline_cut import stage_bounds
+from plan.comm import DEFAULT_NET_GBPS, CommTerm, comm_terms
+from training.gpus import GPUS
 
 GIB = 2**30
 DEFAULT_MFU = 0.45  # the stated MFU when none is given: a layout without recompute or bubble
@@ -151,14 +150,7 @@ def gpu_from_table(key: str, precision: str) -> Gpu:
 
 @functools.cache
 def _stage_bounds(model: GPTConfig, stages: int) -> tuple[tuple[int, int], ...]:
-    import contextlib
-
-    # Imports DeepSpeed (only for pipelines), whose logger writes to the stdout of its import: keep that
-    # stream for the plan (--json) and send DeepSpeed's lines to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        from model.pipeline import stage_partition
-
-        return tuple(stage_partition(model, stages))
+    return tuple(stage_bounds(model, stages))
 
 
 def stage_params(model: GPTConfig, stages: int) -> list[int]:
@@ -190,7 +182,7 @@ def block_activation_bytes(model: GPTConfig, B: int, T: int, act_bytes: int, mas
 
 def loss_terms(model: GPTConfig, B: int, T: int, pb: int, last_stage_logits: bool) -> list[Term]:
     """The head and loss: chunked in the plain model, materialised logits on a pipeline's last stage."""
-    from model.kernels.cross_entropy import default_chunk_rows, default_group_rows
+    from model.kernels.loss_chunks import default_chunk_rows, default_group_rows
 
     d, V, Vp, N = model.n_embd, model.vocab_size, model.padded_vocab_size, B * T
     ln_f = N * d * pb + 8 * N
@@ -380,7 +372,7 @@ class Plan:
 
     @functools.cached_property
     def comm(self) -> list[CommTerm]:
-        """Communication per GPU per step (training/plan_comm.py), for the stage with the most parameters."""
+        """Communication per GPU per step (plan/comm.py), for the stage with the most parameters."""
         m, lay = self.model, self.layout
         rate = lay.pipeline_stages * self.gpu.peak_tflops * 1e12 * self.mfu
         tokens = lay.micro_batch * lay.seq_len
@@ -444,14 +436,3 @@ def plan(
             worst = candidate
     assert worst is not None
     return worst
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``codeparrot-plan``: the command line lives in training/plan_report.py with the rendering."""
-    from training.plan_report import main as cli
-
-    return cli(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """codeparrot-plan's command line and what it says: the inputs (preset or run config, ds_config, overrides,
-GPU) made into a training.planner.Plan, rendered as a table or JSON; for a layout that does not fit, the
+GPU) made into a plan.memory.Plan, rendered as a table or JSON; for a layout that does not fit, the
 single changes that would; with --suggest, the layouts that fit ranked by speed."""
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ from typing import Any
 
 from model.config import GPTConfig
 from model.flops import flops_per_token
-from training.arg_types import OneLineParser, fraction, positive_float, positive_int
-from training.metrics import GPUS
-from training.plan_comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
-from training.plan_search import advice, distinct, suggest
-from training.planner import (
+from plan.comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
+from plan.memory import (
     DEFAULT_GLOBAL_BATCH,
     DEFAULT_MFU,
     GIB,
@@ -28,7 +25,10 @@ from training.planner import (
     gpu_from_table,
     plan,
 )
-from training.planner import __doc__ as PLANNER_DOC
+from plan.memory import __doc__ as PLANNER_DOC
+from plan.search import advice, distinct, suggest
+from training.arg_types import OneLineParser, fraction, positive_float, positive_int
+from training.gpus import GPUS, resolve_gpu
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,10 +61,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     world.add_argument("--gpus", type=positive_int, help="total GPUs (dp x pipeline stages)")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--precision", choices=("bf16", "fp32"))
-    p.add_argument("--gpu", choices=tuple(GPUS), help="default h100-sxm")
     p.add_argument(
-        "--gpu-memory-gib", type=positive_float, help="a GPU not in the table: its memory (GiB)"
+        "--gpu",
+        help=f"one of {', '.join(GPUS)}, or H100 (taken as h100-sxm), H200, A100 (a100-80gb), any case; "
+        "default h100-sxm",
     )
+    p.add_argument("--gpu-memory-gib", type=positive_float, help="a GPU not in the table: its memory (GiB)")
     p.add_argument(
         "--gpu-tflops", type=positive_float, help="... and its dense peak TFLOP/s in the run's precision"
     )
@@ -197,7 +199,13 @@ def _gpu(args: argparse.Namespace, precision: str) -> Gpu:
             raise ValueError("give both --gpu-memory-gib and --gpu-tflops for a GPU not in the table")
         gpu = Gpu("custom", args.gpu_memory_gib, args.gpu_tflops)
     else:
-        gpu = gpu_from_table(args.gpu or "h100-sxm", precision)
+        try:
+            key, note = resolve_gpu(args.gpu or "h100-sxm")
+        except KeyError as e:
+            raise ValueError(f"{e.args[0]} (or give --gpu-memory-gib and --gpu-tflops)") from None
+        if note:
+            print(note, file=sys.stderr)
+        gpu = gpu_from_table(key, precision)
     return dataclasses.replace(gpu, intra_node_gb_s=args.intra_node_gbs) if args.intra_node_gbs else gpu
 
 
@@ -423,3 +431,7 @@ def plan_dict(p: Plan) -> dict[str, Any]:
             "days_to_train": days,
         },
     }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ micro-batches per step (grad_accum), p the parameter bytes and g the bytes of ``
 
 Per GPU, a ring all-reduce of S bytes sends 2 (n-1)/n S and an all-gather or reduce-scatter (n-1)/n S;
 time = bytes / (link rate x NCCL_EFFICIENCY). The link: NVLink (or PCIe) within a node, as the GPU table
-(training/metrics.py) gives it per direction per GPU; the network, ``--net-gbps`` per GPU, when the group
+(training/gpus.py) gives it per direction per GPU; the network, ``--net-gbps`` per GPU, when the group
 spans nodes, since a ring runs at its slowest hop. Ranks are numbered as DeepSpeed's PipeDataParallelTopology
 does (data parallel fastest), so a stage's data-parallel group fills a node before the next.
 
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from model.config import GPTConfig
 
 if TYPE_CHECKING:
-    from training.planner import Layout
+    from plan.memory import Layout
 
 NCCL_EFFICIENCY = 0.7  # of the link rate NCCL's ring collectives sustain on large messages (an assumption)
 DEFAULT_NET_GBPS = 400.0  # Gb/s per GPU: one NDR InfiniBand NIC per GPU, as DGX/HGX H100 nodes have

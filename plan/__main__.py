@@ -1,0 +1,7 @@
+"""`python -m plan`: codeparrot-plan."""
+
+import sys
+
+from plan.cli import main
+
+sys.exit(main())
