@@ -220,11 +220,11 @@ class Trainer:
         return loss.item()
 
     def _humaneval_hook(self) -> HumanEvalHook:
-        """Rank 0's HumanEval evaluator, with the tokenizer of the run's data (found through the
-        run_config.json rank 0 wrote into save_dir before the engine was built)."""
-        from evaluation.checkpoint import run_tokenizer
+        """Rank 0's HumanEval evaluator, with the tokenizer of the run's data (its first path's manifest
+        names it; training.validate checked that every path shares it)."""
+        from data_tools.manifest import dataset_tokenizer
 
-        tokenizer, eod_id, _ = run_tokenizer(self.save_dir)
+        tokenizer, eod_id, _ = dataset_tokenizer(self.run.data.paths[0])
         return HumanEvalHook(self.run.train, tokenizer, eod_id)
 
     def score_humaneval(self, stop: StopRequest) -> Score | None:
