@@ -53,6 +53,7 @@ import numpy as np
 
 from data_tools import cli
 from data_tools.array_work import BAD, PASSED, ROW, Appender, ArrayJob, read_json, save_npy_atomic
+from data_tools.atomic import replace_atomic
 from data_tools.decontaminate import REASON as DECONTAMINATE
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
@@ -488,7 +489,7 @@ def _link(src: Path, dst: Path, job: ArrayJob, task: int) -> None:
         os.link(src, tmp)
     except OSError:
         shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    replace_atomic(tmp, dst)
 
 
 # ---- command line ------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.atomic import replace_atomic, write_atomic
 from data_tools.errors import DataError
 from data_tools.preprocess import PreprocessConfig
 
@@ -216,7 +216,7 @@ class Appender:
 
     def close(self) -> dict[str, Any]:
         self.file.close()
-        os.replace(self.tmp, self.path)
+        replace_atomic(self.tmp, self.path)
         return {"count": self.count, "sha256": self.sha.hexdigest()}
 
     def abort(self) -> None:
@@ -226,8 +226,4 @@ class Appender:
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     """np.save to `path`, so that a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.save(f, array))

@@ -15,13 +15,13 @@ import gzip
 import io
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from data_tools import cli
+from data_tools.atomic import replace_atomic
 from data_tools.errors import DataError
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records
@@ -73,7 +73,7 @@ def clean(
                 bar.update(n_in)
     finally:
         executor.shutdown()
-    os.replace(tmp, output)
+    replace_atomic(tmp, output)
     report = cleaner.to_dict(problems)
     report["sources"] = sources.describe()
     report_path.write_text(json.dumps(report, indent=2) + "\n")

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import socket
 import threading
 import time
@@ -34,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from data_tools.atomic import write_atomic
 from data_tools.processes import alive
 
 logger = logging.getLogger(__name__)
@@ -51,11 +51,6 @@ def file_key(path: Path) -> dict[str, int]:
     """What the record compares: a file with the same key has not been written since it was hashed."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
-
-
-def unique_tmp(path: Path) -> Path:
-    """A temporary name beside `path` that no other process on any host sharing the directory uses."""
-    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def sha256_file(path: Path, on_read: Callable[[int], Any] = lambda n: None) -> str:
@@ -95,13 +90,10 @@ def load_record(path: Path) -> dict[str, dict[str, Any]]:
 def save_record(path: Path, files: dict[str, dict[str, Any]]) -> None:
     """Write the record atomically under a temporary name unique across hosts; a directory that cannot
     be written only costs the next call a re-hash."""
-    tmp = unique_tmp(path)
     try:
-        tmp.write_text(json.dumps({"version": 2, "files": dict(sorted(files.items()))}, indent=1) + "\n")
-        os.replace(tmp, path)
+        record = json.dumps({"version": 2, "files": dict(sorted(files.items()))}, indent=1) + "\n"
+        write_atomic(path, record, unique=True)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         logger.warning(
             "%s: cannot record the verification (%s); the next verification hashes the shards again",
             path,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import struct
 import sys
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools.atomic import replace_atomic
 from data_tools.errors import DataError
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -56,12 +56,6 @@ REGENERATE_HINT = (
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 below 65,500 ids (as Megatron's writers choose), else int32."""
     return np.dtype(np.uint16 if vocab_size < 65500 else np.int32)
-
-
-def _replace_atomic(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 class IndexedDatasetWriter:
@@ -140,8 +134,8 @@ class IndexedDatasetWriter:
             for part in parts:
                 f.write(part)
                 idx_sha.update(part)
-        _replace_atomic(self._tmp_bin, self.prefix.with_name(self.prefix.name + ".bin"))
-        _replace_atomic(tmp_idx, self.prefix.with_name(self.prefix.name + ".idx"))
+        replace_atomic(self._tmp_bin, self.prefix.with_name(self.prefix.name + ".bin"), fsync=True)
+        replace_atomic(tmp_idx, self.prefix.with_name(self.prefix.name + ".idx"), fsync=True)
         return {
             "tokens": int(self.tokens),
             "documents": self.num_documents,

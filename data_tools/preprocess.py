@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from data_tools import __version__, cli
+from data_tools.atomic import write_atomic
 from data_tools.encode import ENCODERS, MAX_PIECE_CHARS, choose_encoder
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
@@ -222,10 +223,7 @@ class _Unit:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write `obj` as JSON to `path` so that a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _finished_units(out: Path, fingerprint: str) -> list[dict[str, Any]]:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_tools.atomic import write_atomic
 from training.config import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -171,9 +172,7 @@ def _clear_tag(save_dir: Path, tag: str) -> None:
 
 
 def _write_latest(save_dir: Path, tag: str) -> None:
-    tmp = save_dir / f".{LATEST}.tmp"
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, save_dir / LATEST)
+    write_atomic(save_dir / LATEST, tag + "\n", unique=True)
 
 
 # Resume settings added after checkpoints were written without them: what those runs did.

@@ -31,6 +31,7 @@ from deepspeed.checkpoint.constants import (
     UNIVERSAL_CHECKPOINT_VERSION_VALUE,
 )
 
+from data_tools.atomic import write_atomic
 from data_tools.processes import alive, process_start
 from model.flops import flops_per_token
 from training import checkpoint
@@ -64,12 +65,8 @@ def peer_lost(error: BaseException) -> bool:
 
 def record_rank(save_dir: Path, rank: int) -> None:
     """Write this rank's host, pid and start time, so that a survivor can tell which rank stopped."""
-    where = save_dir / RANKS_DIR
-    where.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": process_start(os.getpid())}
-    tmp = where / f".rank{rank:05d}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(me))
-    os.replace(tmp, where / f"rank{rank:05d}.json")
+    write_atomic(save_dir / RANKS_DIR / f"rank{rank:05d}.json", json.dumps(me), unique=True)
 
 
 def lost_ranks_message(save_dir: Path, rank: int, step: int, error: BaseException) -> str:

@@ -59,7 +59,7 @@ def _zero_stage(ds: dict[str, Any], ds_path: str, problems: list[str]) -> int:
             shown = f"zero_optimization.stage {stage!r}"
         problems.append(
             f"{ds_path} sets {shown}: ZeRO stages are 0, 1, 2 or 3 (an integer); e.g. "
-            "ds_configs/zero2.json sets {\"zero_optimization\": {\"stage\": 2}}"
+            'ds_configs/zero2.json sets {"zero_optimization": {"stage": 2}}'
         )
         return 0
     return stage

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from data_tools import hashing
+from data_tools import atomic, hashing
 from data_tools import manifest as manifest_mod
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import main as shards_main
@@ -269,7 +269,7 @@ def test_an_abandoned_claim_is_taken_over(dataset, hashed, monkeypatch):
 
 
 def test_temporary_record_names_are_unique_across_hosts(tmp_path):
-    names = {hashing.unique_tmp(tmp_path / VERIFIED).name for _ in range(20)}
+    names = {atomic.unique_tmp(tmp_path / VERIFIED).name for _ in range(20)}
     assert len(names) == 20
     assert all(n.startswith(f"{VERIFIED}.{socket.gethostname()}.{os.getpid()}.") for n in names)
 
