@@ -71,7 +71,7 @@ setup(
             "codeparrot-train-tokenizer=data_tools.train_tokenizer:main",
             "codeparrot-preprocess=data_tools.preprocess:main",
             "codeparrot-preprocess-array=data_tools.array_job:main",
-            "codeparrot-shards=data_tools.indexed_dataset:main",
+            "codeparrot-shards=data_tools.shards_cli:main",
             "codeparrot-launch=launch.run:main",
             "codeparrot-preflight=launch.preflight:main",
             "codeparrot-export=evaluation.export:main",

@@ -20,11 +20,8 @@ killed job leaves either a complete pair or none (a stray `.idx` never points at
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import struct
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -266,59 +263,3 @@ def write_dataset(
     for seq in sequences:
         writer.add_document(seq)
     return writer.finalize()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`codeparrot-shards PATH...`: validate shards and print their counts (JSON lines). PATH is a dataset
-    directory (every shard of its manifest) or a shard's path prefix. Shards listed in a manifest are
-    first verified against it (sha256 and size; data_tools.manifest.verify_dataset), unless --no-verify.
-    Exit status 2 if any shard is bad."""
-    parser = argparse.ArgumentParser(prog="codeparrot-shards", description=main.__doc__)
-    parser.add_argument(
-        "paths", nargs="+", help="dataset directories or shard prefixes (with or without .bin/.idx)"
-    )
-    parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check against the manifest")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    status = 0
-    for path in args.paths:
-        try:
-            for info in _check_path(Path(path), verify=not args.no_verify, progress=not args.quiet):
-                print(json.dumps(info))
-        except DataError as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 2
-    return status
-
-
-def _check_path(path: Path, verify: bool, progress: bool) -> list[dict[str, object]]:
-    """The counts of the shards at `path` (a dataset directory or a shard prefix), after verifying those a
-    manifest lists."""
-    from data_tools.manifest import MANIFEST, load_manifest, verify_dataset
-
-    if path.is_dir():
-        manifest = load_manifest(path)
-        if verify:
-            verify_dataset(path, progress=progress)
-        names = [s["prefix"] for v in manifest["splits"].values() for s in v["shards"]]
-        return [_shard_info(IndexedDataset(path / name)) for name in names]
-    prefix = Path(str(path).removesuffix(".bin").removesuffix(".idx"))
-    if verify and (prefix.parent / MANIFEST).exists():
-        listed = {s["prefix"] for v in load_manifest(prefix.parent)["splits"].values() for s in v["shards"]}
-        if prefix.name in listed:
-            verify_dataset(prefix.parent, progress=progress, prefixes={prefix.name})
-    return [_shard_info(IndexedDataset(prefix))]
-
-
-def _shard_info(ds: IndexedDataset) -> dict[str, object]:
-    return {
-        "prefix": str(ds.prefix),
-        "dtype": str(ds.dtype),
-        "sequences": len(ds),
-        "documents": ds.num_documents,
-        "tokens": int(ds.sizes.sum(dtype=np.int64)),
-    }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,10 +12,10 @@ from data_tools.indexed_dataset import (
     MAGIC,
     IndexedDataset,
     IndexedDatasetWriter,
-    main,
     token_dtype,
     write_dataset,
 )
+from data_tools.shards_cli import main
 
 
 def test_header_bytes_of_a_tiny_known_dataset(tmp_path):

@@ -17,10 +17,10 @@ import pytest
 from data_tools import atomic, hashing
 from data_tools import manifest as manifest_mod
 from data_tools.errors import DataError
-from data_tools.indexed_dataset import main as shards_main
 from data_tools.manifest import MANIFEST, VERIFIED, load_manifest, sha256_file, verify_dataset
 from data_tools.parallel import CleanConfig
 from data_tools.preprocess import PreprocessConfig, preprocess
+from data_tools.shards_cli import main as shards_main
 from data_tools.sources import SourceConfig
 
 from .conftest import code_doc, write_jsonl
