@@ -71,7 +71,6 @@ from data_tools.preprocess import (
     BATCH_CHARS,
     BATCH_DOCS,
     Cleaned,
-    LoadedTokenizer,
     Progress,
     add_arguments,
     clear_dataset,
@@ -82,7 +81,7 @@ from data_tools.preprocess import (
     write_units,
 )
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_inputs, iter_records, location
-from data_tools.train_tokenizer import tokenizer_sha256, train_on_documents
+from data_tools.train_tokenizer import LoadedTokenizer, tokenizer_sha256, train_on_documents
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from data_tools import hashing
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import IndexedDataset
+
+if TYPE_CHECKING:
+    from data_tools.train_tokenizer import LoadedTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -43,23 +46,24 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def dataset_tokenizer(data_dir: str | Path) -> tuple[Any, int, Path]:
-    """The tokenizer a dataset was made with: `(tokenizers.Tokenizer, eod_id, tokenizer dir)`, found
-    through its manifest (a relative path is taken from the dataset) and checked against its sha256."""
-    from data_tools.train_tokenizer import load_tokenizer, tokenizer_sha256
+def dataset_tokenizer(data_dir: str | Path) -> LoadedTokenizer:
+    """The tokenizer a dataset was made with, found through its manifest (a relative path is taken from
+    the dataset) and checked against its sha256."""
+    from data_tools.train_tokenizer import LoadedTokenizer
 
     entry = load_manifest(data_dir)["tokenizer"]
     tok_dir = Path(data_dir) / entry.get("path", "tokenizer")
-    tokenizer, eod = load_tokenizer(tok_dir)
-    if tokenizer_sha256(tok_dir) != entry["sha256"]:
+    tok = LoadedTokenizer.load(tok_dir)
+    if tok.sha256 != entry["sha256"]:
         raise DataError(
             f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (its sha256 differs "
             f"from {Path(data_dir) / MANIFEST}): restore that tokenizer, or preprocess the data again with "
             "this one."
         )
-    if "eod_id" in entry and entry["eod_id"] != eod:
-        raise DataError(f"{Path(data_dir) / MANIFEST} says eod_id {entry['eod_id']}, {tok_dir} gives {eod}")
-    return tokenizer, eod, tok_dir
+    if "eod_id" in entry and entry["eod_id"] != tok.eod:
+        where = Path(data_dir) / MANIFEST
+        raise DataError(f"{where} says eod_id {entry['eod_id']}, {tok_dir} gives {tok.eod}")
+    return tok
 
 
 def manifest_hash(data_dir: str | Path) -> str:

@@ -55,7 +55,7 @@ from data_tools.atomic import write_atomic
 from data_tools.encode import ENCODERS, MAX_PIECE_CHARS, choose_encoder
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
-from data_tools.indexed_dataset import IndexedDatasetWriter, token_dtype
+from data_tools.indexed_dataset import IndexedDatasetWriter
 from data_tools.manifest import MANIFEST
 from data_tools.parallel import (
     CleanConfig,
@@ -81,8 +81,7 @@ from data_tools.sources import (
 )
 from data_tools.train_tokenizer import (
     DEFAULT_VOCAB_SIZE,
-    load_tokenizer,
-    tokenizer_sha256,
+    LoadedTokenizer,
     train_on_corpus,
     vocab_size_problem,
 )
@@ -166,24 +165,6 @@ def first_documents(sources: SourceConfig, docs: int, chars: int) -> Iterator[st
                     return
     finally:
         records.close()
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedTokenizer:
-    """A tokenizer directory's tokenizer with what the shards and the manifest need of it."""
-
-    dir: Path
-    tokenizer: Any  # tokenizers.Tokenizer
-    eod: int
-    sha256: str
-    vocab_size: int
-    dtype: np.dtype
-
-    @classmethod
-    def load(cls, tok_dir: Path) -> LoadedTokenizer:
-        tokenizer, eod = load_tokenizer(tok_dir)
-        vocab = tokenizer.get_vocab_size()
-        return cls(tok_dir, tokenizer, eod, tokenizer_sha256(tok_dir), vocab, token_dtype(vocab))
 
 
 class _Unit:

@@ -12,6 +12,7 @@ characters per token on them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,10 +21,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from data_tools import cli
 from data_tools.encode import encode_one, pieces
 from data_tools.errors import DataError
 from data_tools.fim import FIM_TOKENS
+from data_tools.indexed_dataset import token_dtype
 from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, is_valid_split, make_executor
 from data_tools.sources import Problems, SourceConfig, iter_batches, iter_records, problems_summary
 
@@ -109,6 +113,25 @@ def load_tokenizer(tok_dir: str | Path):
     if eod is None:
         raise DataError(f"{path}: the tokenizer has no {EOD_TOKEN} token, needed to separate documents.")
     return tokenizer, eod
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer directory's tokenizer with what shards, manifests and training need of it: its
+    end-of-document id, the sha256 of tokenizer.json, the vocabulary and the shards' token dtype."""
+
+    dir: Path
+    tokenizer: Any  # tokenizers.Tokenizer
+    eod: int
+    sha256: str
+    vocab_size: int
+    dtype: np.dtype
+
+    @classmethod
+    def load(cls, tok_dir: Path) -> LoadedTokenizer:
+        tokenizer, eod = load_tokenizer(tok_dir)
+        vocab = tokenizer.get_vocab_size()
+        return cls(tok_dir, tokenizer, eod, tokenizer_sha256(tok_dir), vocab, token_dtype(vocab))
 
 
 def chars_per_token(tokenizer: Any, texts: Sequence[str]) -> float | None:

@@ -188,13 +188,13 @@ def run_tokenizer(save_dir: str | Path) -> tuple[Any, int, Path]:
         raise CheckpointError(f"{save_dir / RUN_CONFIG} lists no data.paths: the tokenizer cannot be found")
     data_dir = Path(paths[0])
     try:
-        tokenizer, eod, tok_dir = dataset_tokenizer(data_dir)
+        tok = dataset_tokenizer(data_dir)
     except DataError as e:
         raise CheckpointError(
             f"the tokenizer of {save_dir} comes from its data {data_dir} (run_config.json data.paths; "
             f"relative paths are taken from the current directory, as in training): {e}"
         ) from e
-    return tokenizer, eod, tok_dir
+    return tok.tokenizer, tok.eod, tok.dir
 
 
 def _from_save_dir(path: Path, tag: str | None) -> tuple[GPT, GPTConfig, Any, int, str]:

@@ -38,10 +38,10 @@ def fim_transform(run: RunConfig) -> FimTransform | None:
     shares one tokenizer (training.validate checks), so the first path's serves all."""
     if run.data.fim_rate <= 0:
         return None
-    tokenizer, eod, tok_dir = dataset_tokenizer(run.data.paths[0])
-    encoder = choose_encoder(tokenizer).encoder
+    tok = dataset_tokenizer(run.data.paths[0])
     settings = FimSettings(run.data.fim_rate, run.data.fim_spm_rate, run.train.seed)
-    return FimTransform(tokenizer, encoder, eod, settings, where=str(tok_dir))
+    encoder = choose_encoder(tok.tokenizer).encoder
+    return FimTransform(tok.tokenizer, encoder, tok.eod, settings, where=str(tok.dir))
 
 
 def _dataset(run: RunConfig, split: str, size_hint: int, fim: FimTransform | None = None) -> Dataset:

@@ -221,8 +221,8 @@ class Trainer:
         names it; training.validate checked that every path shares it)."""
         from data_tools.manifest import dataset_tokenizer
 
-        tokenizer, eod_id, _ = dataset_tokenizer(self.run.data.paths[0])
-        return HumanEvalHook(self.run.train, tokenizer, eod_id)
+        tok = dataset_tokenizer(self.run.data.paths[0])
+        return HumanEvalHook(self.run.train, tok.tokenizer, tok.eod)
 
     def score_humaneval(self, stop: StopRequest) -> Score | None:
         """Rank 0: HumanEval pass@1 of the current weights (ZeRO 0-2 without pipeline: rank 0's module is

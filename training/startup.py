@@ -111,8 +111,8 @@ def verify_data(paths: list[str], vocab_size: int, full: bool = True, fim: bool 
                 verify_dataset(path)
             check_shards(path, vocab_size)
             if fim:
-                tokenizer, _, tok_dir = dataset_tokenizer(path)
-                fim_ids(tokenizer, f"data.fim_rate > 0 but {path} was tokenized with {tok_dir}")
+                tok = dataset_tokenizer(path)
+                fim_ids(tok.tokenizer, f"data.fim_rate > 0 but {path} was tokenized with {tok.dir}")
         except DataError as e:
             problems.append(str(e))
     return problems
