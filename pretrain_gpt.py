@@ -105,20 +105,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("launch: %s", launch.describe())
     if args.dry_run:
         return dry_run(args, launch)
-    run = resolved = None
+    run = setup = None
     try:
-        run, resolved = preflight(args, launch.world, launch.device_type)
+        run, setup = preflight(args, launch.world, launch.device_type)
         problems: list[str] = []
     except ConfigError as e:
         problems = e.problems
-    if run is not None and resolved is not None:
+    if run is not None and setup is not None:
         # Before the process group: hashing a large dataset takes longer than a collective may wait. Every
         # rank calls it; one process per filesystem hashes, the others wait for its record.
         from training.startup import verify_data
 
         problems += verify_data(
             run.data.paths,
-            resolved.model.vocab_size,
+            setup.model.vocab_size,
             full=not args.no_verify_data,
             fim=run.data.fim_rate > 0,
         )
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = agreed_problems(problems)
     if problems:
         return _refuse(problems, launch.rank)
-    return train(run, resolved, args, launch, stop)
+    return train(run, setup, args, launch, stop)
 
 
 def dry_run(args: argparse.Namespace, launch: LaunchEnv) -> int:
@@ -138,10 +138,10 @@ def dry_run(args: argparse.Namespace, launch: LaunchEnv) -> int:
 
     world, device = args.world or launch.world, args.device or launch.device_type
     try:
-        run, resolved = preflight(args, world, device)
+        run, setup = preflight(args, world, device)
     except ConfigError as e:
         return _refuse(e.problems, 0)
-    print(plan_text(run, resolved, world, args.ranks_per_node, device))
+    print(plan_text(run, setup, world, args.ranks_per_node, device))
     return 0
 
 
@@ -151,21 +151,21 @@ def _refuse(problems: list[str], rank: int) -> int:
     return 2
 
 
-def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
+def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     import torch.distributed as dist
 
     from data_tools.manifest import load_manifest, manifest_hash
     from training import startup
     from training.checkpoint import seed_everything
     from training.engine import build_engine
-    from training.loop import RankLost, Trainer, TrainingAborted, total_steps
+    from training.loop import RankLost, Trainer, TrainingAborted
     from training.run_lock import RunLock
 
     rank = dist.get_rank()
-    resolved = startup.agree_on_precision(run, resolved, args.ds_config, launch.device_type)
+    setup = startup.agree_on_precision(run, setup, args.ds_config, launch.device_type)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
     expected = {
-        "resume_config": run.resume_values(resolved.precision.precision),
+        "resume_config": run.resume_values(setup.precision.precision),
         "tokenizer": ",".join(load_manifest(p)["tokenizer"]["sha256"][:16] for p in run.data.paths),
         "data_manifest": ",".join(manifest_hash(p)[:16] for p in run.data.paths),
         "data_paths": list(run.data.paths),
@@ -175,6 +175,7 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
         try:
             plan = startup.prepare_run_dir(
                 run,
+                setup.dp_size,
                 expected,
                 lock,
                 args.force_resume,
@@ -183,24 +184,23 @@ def train(run, resolved, args: argparse.Namespace, launch: LaunchEnv, stop) -> i
         except ConfigError as e:
             return _refuse(e.problems, rank)
         if plan is not None and plan.universal:
-            problems = startup.switch_to_universal(plan, run, resolved)
+            problems = startup.switch_to_universal(plan, run, setup)
             if problems:
                 return _refuse(problems, rank)
         if rank == 0:
             with open(os.path.join(run.train.save_dir, "run_config.json"), "w") as f:
-                resolved_fields = {
-                    "model": resolved.model.to_dict(),
-                    "precision": resolved.precision.precision,
+                derived_fields = {
+                    "model": setup.model.to_dict(),
+                    "precision": setup.precision.precision,
                 }
-                json.dump({**run.to_dict(), "resolved": resolved_fields}, f, indent=2)
+                json.dump({**run.to_dict(), "resolved": derived_fields}, f, indent=2)
             with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
-                json.dump(resolved.ds_config, f, indent=2)
-        steps = total_steps(run, resolved.ds_config["train_batch_size"])
+                json.dump(setup.ds_config, f, indent=2)
         engine = build_engine(
-            run, resolved.model, resolved.ds_config, resolved.zero_stage, steps, launch.device_type
+            run, setup.model, setup.ds_config, setup.zero_stage, setup.total_steps, launch.device_type
         )
         try:
-            trainer = Trainer(run, resolved, engine, expected, plan)
+            trainer = Trainer(run, setup, engine, expected, plan)
             result = trainer.fit(stop)
         except (ConfigError, RankLost) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -197,7 +197,7 @@ def hf_worker(args: argparse.Namespace) -> None:
         dist.barrier()
         times.append(time.perf_counter() - t0)
     if rank == 0:
-        tokens = resolved.ds_config["train_batch_size"] * run.data.seq_len
+        tokens = resolved.global_batch * run.data.seq_len
         steps_tps = [tokens / t for t in times[args.warmup :]]
         Path(args.out).write_text(json.dumps({"steps_tps": steps_tps, "peak": peak}))
 

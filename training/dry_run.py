@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from model.config import GPTConfig
 from training.config import RunConfig
-from training.loop import total_steps
-from training.validate import Resolved
+from training.validate import RunSetup
 
 
 def _params(config: GPTConfig) -> int:
@@ -21,20 +20,19 @@ def _params(config: GPTConfig) -> int:
         return sum(p.numel() for p in GPT(config).parameters())
 
 
-def plan_text(run: RunConfig, resolved: Resolved, world: int, ranks_per_node: int, device: str) -> str:
+def plan_text(run: RunConfig, setup: RunSetup, world: int, ranks_per_node: int, device: str) -> str:
     """World, pipeline stages and their layers, data parallelism and ZeRO, batch arithmetic, precision."""
-    m, t, ds = resolved.model, run.train, resolved.ds_config
-    stages = t.pipeline_stages
-    dp = world // stages
+    m, t = setup.model, run.train
+    stages, dp = t.pipeline_stages, setup.dp_size
     nodes = -(-world // ranks_per_node)
-    micro, accum, global_batch = t.micro_batch, resolved.grad_accum, ds["train_batch_size"]
+    micro, accum, global_batch = t.micro_batch, setup.grad_accum, setup.global_batch
     tokens = global_batch * run.data.seq_len
     lines = [
         f"world: {world} ranks = {nodes} node(s) x {min(ranks_per_node, world)} ({device})",
         f"model: {run.model.preset}, {_params(m):,} parameters, {m.n_layer} layers, n_embd {m.n_embd}, "
         f"n_head {m.n_head}, context {m.n_positions}, vocab {m.vocab_size}"
         + (", activation checkpointing" if m.activation_checkpointing else ""),
-        f"parallelism: {stages} pipeline stage(s) x {dp} data-parallel, ZeRO stage {resolved.zero_stage}",
+        f"parallelism: {stages} pipeline stage(s) x {dp} data-parallel, ZeRO stage {setup.zero_stage}",
     ]
     if stages > 1:
         from model.pipeline import layer_name, stage_partition
@@ -48,9 +46,9 @@ def plan_text(run: RunConfig, resolved: Resolved, world: int, ranks_per_node: in
     lines += [
         f"batch: micro_batch {micro} x grad_accum {accum} x data-parallel {dp} = {global_batch} sequences "
         f"of {run.data.seq_len} tokens = {tokens:,} tokens per step",
-        f"precision: {resolved.precision.precision} ({resolved.precision.reason})",
+        f"precision: {setup.precision.precision} ({setup.precision.reason})",
     ]
-    steps = total_steps(run, global_batch)
+    steps = setup.total_steps
     lines.append(f"length: {steps:,} steps = {steps * tokens:,} tokens")
     lines.append(f"checkpoints: {t.save_dir} every {t.save_interval} steps")
     return "\n".join(lines)

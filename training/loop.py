@@ -40,7 +40,7 @@ from training.data import Batch, RankData
 from training.humaneval import HumanEvalHook, Score
 from training.metrics import MetricsWriter, memory_gib, peak_flops
 from training.stop import StopRequest
-from training.validate import Resolved
+from training.validate import RunSetup
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +122,6 @@ def _dead_ranks(save_dir: Path, rank: int) -> tuple[list[str], list[str]]:
     return dead, elsewhere
 
 
-def total_steps(run: RunConfig, global_batch: int) -> int:
-    t = run.train
-    steps = [
-        s for s in (t.max_steps, t.max_tokens and -(-t.max_tokens // (global_batch * run.data.seq_len))) if s
-    ]
-    return min(steps) if steps else 1
-
-
 def _mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """Collective: the mean of a scalar over all ranks (data-parallel ranks, without pipeline stages)."""
     dist.all_reduce(value)
@@ -140,21 +132,17 @@ class Trainer:
     def __init__(
         self,
         run: RunConfig,
-        resolved: Resolved,
+        setup: RunSetup,
         engine: Any,
         expected: dict[str, Any],
         resume: checkpoint.ResumePoint | None,
     ) -> None:
-        self.run, self.resolved, self.engine = run, resolved, engine
+        self.run, self.setup, self.engine = run, setup, engine
         self.pipeline = run.train.pipeline_stages > 1
         self.device = engine.device
         self.rank = dist.get_rank()
-        self.global_batch = resolved.ds_config["train_batch_size"]
-        self.total_steps = total_steps(run, self.global_batch)
-        if self.pipeline:
-            dp_rank, dp_size = engine.grid.data_parallel_id, engine.grid.data_parallel_size
-        else:
-            dp_rank, dp_size = self.rank, dist.get_world_size()
+        self.global_batch, self.total_steps, dp_size = setup.global_batch, setup.total_steps, setup.dp_size
+        dp_rank = engine.grid.data_parallel_id if self.pipeline else self.rank
         self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
         self.save_dir = Path(run.train.save_dir)
         self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
@@ -164,8 +152,8 @@ class Trainer:
         self.step = client["step"] if client else 0
         self.consumed = client["consumed_samples"] if client else 0
         self.skipped = client.get("skipped_steps", 0) if client else 0
-        self.flops_per_token = flops_per_token(resolved.model, run.data.seq_len)
-        self.peak = peak_flops(resolved.precision.precision, run.train.peak_tflops)
+        self.flops_per_token = flops_per_token(setup.model, run.data.seq_len)
+        self.peak = peak_flops(setup.precision.precision, run.train.peak_tflops)
         self.humaneval = self._humaneval_hook() if run.train.humaneval_interval and self.rank == 0 else None
 
     # ---- one step ----------------------------------------------------------------------------------
@@ -175,7 +163,7 @@ class Trainer:
 
     def _zero_step(self, it: Iterator[Batch]) -> torch.Tensor:
         losses = []
-        for _ in range(self.resolved.grad_accum):
+        for _ in range(self.setup.grad_accum):
             x, y = self._to_device(next(it))
             _, loss = self.engine(x, y)
             self.engine.backward(loss)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from training import checkpoint
 from training.config import ConfigError, RunConfig
 from training.run_lock import RunLock
-from training.validate import Resolved, load_ds_config, validate
+from training.validate import RunSetup, load_ds_config, validate
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,11 @@ def agreed_problems(problems: list[str]) -> list[str]:
     return out
 
 
-def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str, device_type: str) -> Resolved:
+def agree_on_precision(run: RunConfig, setup: RunSetup, ds_path: str, device_type: str) -> RunSetup:
     """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
     differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
     logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
-    choice = resolved.precision
+    choice = setup.precision
     ranks_bf16 = torch.tensor([1.0 if choice.precision == "bf16" else 0.0])
     low, high = ranks_bf16.clone(), ranks_bf16.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
@@ -56,11 +56,12 @@ def agree_on_precision(run: RunConfig, resolved: Resolved, ds_path: str, device_
     logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
     if choice.warning and dist.get_rank() == 0:
         logger.warning("%s", choice.warning)
-    return resolved
+    return setup
 
 
 def prepare_run_dir(
     run: RunConfig,
+    dp_size: int,
     expected: dict[str, Any],
     lock: RunLock,
     force_resume: bool,
@@ -72,11 +73,10 @@ def prepare_run_dir(
     group started (verify_data)."""
     rank, problems, plan = dist.get_rank(), [], None
     save_dir = Path(run.train.save_dir)
-    dp = dist.get_world_size() // run.train.pipeline_stages
     if rank == 0:
         try:
             lock.acquire()
-            plan = checkpoint.plan_resume(save_dir, expected, force_resume, resume_from, dp)
+            plan = checkpoint.plan_resume(save_dir, expected, force_resume, resume_from, dp_size)
         except ConfigError as e:
             problems += e.problems
         except OSError as e:
@@ -118,20 +118,20 @@ def verify_data(paths: list[str], vocab_size: int, full: bool = True, fim: bool 
     return problems
 
 
-def switch_to_universal(point: checkpoint.ResumePoint, run: RunConfig, resolved: Resolved) -> list[str]:
+def switch_to_universal(point: checkpoint.ResumePoint, run: RunConfig, setup: RunSetup) -> list[str]:
     """Collective: a checkpoint saved with another data-parallel size is converted (rank 0, once) to
     DeepSpeed's universal checkpoint, and the engine told to load that. Returns the problems where that
     cannot work (then nothing is converted)."""
-    if run.train.pipeline_stages > 1 or resolved.zero_stage not in (1, 2, 3):
+    if run.train.pipeline_stages > 1 or setup.zero_stage not in (1, 2, 3):
         return [
             f"{point.save_dir / point.tag} was saved with data-parallel size {point.saved_dp_size}, "
             f"this run has {point.dp_size}: resuming at another size "
             "goes through DeepSpeed's universal checkpoint, supported here for ZeRO stage 1, 2 and 3 "
-            f"without pipeline stages (this run: ZeRO {resolved.zero_stage}, {run.train.pipeline_stages} "
+            f"without pipeline stages (this run: ZeRO {setup.zero_stage}, {run.train.pipeline_stages} "
             f"pipeline stage(s)). Resume with {point.saved_dp_size} data-parallel ranks"
         ]
     if dist.get_rank() == 0:
         checkpoint.to_universal(point)
     dist.barrier()
-    resolved.ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    setup.ds_config.setdefault("checkpoint", {})["load_universal"] = True
     return []

@@ -30,15 +30,28 @@ PIPELINE_ZERO_MSG = (
 
 
 @dataclass(frozen=True)
-class Resolved:
-    """What validation decided: the model config, the filled DeepSpeed config, the batch split, the
-    precision (and why)."""
+class RunSetup:
+    """What validation derived from the run config, the DeepSpeed JSON and the world, once: the model
+    config, the filled DeepSpeed config, the ZeRO stage, the precision (and why), and the batch layout
+    (data-parallel size, accumulation, global batch in samples per optimizer step, total steps). The rest
+    of training, the dry run and the benchmarks read these instead of deriving them again."""
 
     model: GPTConfig
     ds_config: dict[str, Any]
-    grad_accum: int
     zero_stage: int
     precision: PrecisionChoice
+    dp_size: int
+    grad_accum: int
+    global_batch: int
+    total_steps: int
+
+
+def total_steps(run: RunConfig, global_batch: int) -> int:
+    """train.max_steps, or the steps train.max_tokens takes at `global_batch`, whichever comes first."""
+    t = run.train
+    tokens_per_step = global_batch * run.data.seq_len
+    steps = [s for s in (t.max_steps, t.max_tokens and -(-t.max_tokens // tokens_per_step)) if s]
+    return min(steps) if steps else 1
 
 
 # (requested precision, device type, model width, rows of a micro-batch) -> the choice; measures the device.
@@ -331,7 +344,7 @@ def validate(
     world_size: int,
     device_type: str,
     choose_precision: PrecisionChooser = precision.choose,
-) -> Resolved:
+) -> RunSetup:
     """Every check of the run against the DeepSpeed JSON, the data and the world (the config's own fields
     were checked when it was built). Raises ConfigError listing all problems."""
     problems: list[str] = []
@@ -360,4 +373,13 @@ def validate(
     if problems:
         raise ConfigError(problems)
     assert model is not None
-    return Resolved(model=model, ds_config=ds, grad_accum=accum, zero_stage=stage, precision=choice)
+    return RunSetup(
+        model=model,
+        ds_config=ds,
+        zero_stage=stage,
+        precision=choice,
+        dp_size=dp,
+        grad_accum=accum,
+        global_batch=global_batch,
+        total_steps=total_steps(run, global_batch),
+    )

@@ -1,10 +1,10 @@
 """A process that contends for a save_dir's run lock, for tests only.
 
-    lock_worker.py race SAVE_DIR ROUNDS_DIR ID ROUNDS   in each round, wait on the FIFO ROUNDS_DIR/go-R
-                                                        (every contender wakes when the test closes it),
-                                                        try the lock, write won/refused to result-R-ID,
-                                                        release when release-R appears
-    lock_worker.py hold SAVE_DIR                        take the lock, print its token, sleep until killed
+lock_worker.py race SAVE_DIR ROUNDS_DIR ID ROUNDS   in each round, wait on the FIFO ROUNDS_DIR/go-R
+                                                    (every contender wakes when the test closes it),
+                                                    try the lock, write won/refused to result-R-ID,
+                                                    release when release-R appears
+lock_worker.py hold SAVE_DIR                        take the lock, print its token, sleep until killed
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def training_state(trainer: Trainer) -> dict[str, Any]:
         }
     local_steps = sorted({float(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s})
     it = trainer.data.train_batches(trainer.consumed)
-    rows = [row.tolist() for _ in range(trainer.resolved.grad_accum) for row in next(it)[0]]
+    rows = [row.tolist() for _ in range(trainer.setup.grad_accum) for row in next(it)[0]]
     return {
         "step": trainer.step,
         "consumed": trainer.consumed,

@@ -104,7 +104,7 @@ def test_from_dict_round_trip():
 
 
 def test_run_length_from_max_steps_or_max_tokens():
-    from training.loop import total_steps
+    from training.validate import total_steps
 
     run = from_dict({"data": {"seq_len": 128}, "train": {"max_steps": 100, "max_tokens": 128 * 16 * 10}})
     assert total_steps(run, global_batch=16) == 10  # whichever comes first
