@@ -63,14 +63,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate and print the plan (world, stages and their layers, batch arithmetic) without "
+        help="validate and print the layout (world, stages and their layers, batch arithmetic) without "
         "starting an engine",
     )
-    p.add_argument("--world", type=positive_int, help="with --dry-run: the number of ranks to plan for")
+    p.add_argument("--world", type=positive_int, help="with --dry-run: the number of ranks to lay out")
     p.add_argument(
         "--ranks-per-node", type=positive_int, default=8, help="with --dry-run: ranks per node (8)"
     )
-    p.add_argument("--device", choices=("cpu", "cuda"), help="with --dry-run: the device to plan for")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="with --dry-run: the device to lay out for")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -134,14 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def dry_run(args: argparse.Namespace, launch: LaunchEnv) -> int:
-    from training.dry_run import plan_text
+    from training.dry_run import layout_text
 
     world, device = args.world or launch.world, args.device or launch.device_type
     try:
         run, setup = preflight(args, world, device)
     except ConfigError as e:
         return _refuse(e.problems, 0)
-    print(plan_text(run, setup, world, args.ranks_per_node, device))
+    print(layout_text(run, setup, world, args.ranks_per_node, device))
     return 0
 
 
@@ -173,7 +173,7 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     lock = RunLock(Path(run.train.save_dir))
     try:
         try:
-            plan = startup.prepare_run_dir(
+            resume_point = startup.prepare_run_dir(
                 run,
                 setup.dp_size,
                 expected,
@@ -183,8 +183,8 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
             )
         except ConfigError as e:
             return _refuse(e.problems, rank)
-        if plan is not None and plan.universal:
-            problems = startup.switch_to_universal(plan, run, setup)
+        if resume_point is not None and resume_point.universal:
+            problems = startup.switch_to_universal(resume_point, run, setup)
             if problems:
                 return _refuse(problems, rank)
         if rank == 0:
@@ -200,7 +200,7 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
             run, setup.model, setup.ds_config, setup.zero_stage, setup.total_steps, launch.device_type
         )
         try:
-            trainer = Trainer(run, setup, engine, expected, plan)
+            trainer = Trainer(run, setup, engine, expected, resume_point)
             result = trainer.fit(stop)
         except (ConfigError, RankLost) as e:
             print(f"error: {e}", file=sys.stderr)

@@ -77,7 +77,7 @@ class Runner:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Method:
     """How one precision is measured: full size, or reduced where the precision is emulated here."""
 
     support: PrecisionSupport
@@ -110,11 +110,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def plan_for(args: argparse.Namespace, support: PrecisionSupport) -> Plan:
+def method_for(args: argparse.Namespace, support: PrecisionSupport) -> Method:
     if support.native:
-        return Plan(support, args.batch, args.warmup, args.steps, args.rounds, reduced=False)
+        return Method(support, args.batch, args.warmup, args.steps, args.rounds, reduced=False)
     batch, rounds = min(args.emulated_batch, args.batch), min(args.emulated_rounds, args.rounds)
-    return Plan(support, batch, min(args.warmup, 1), args.steps, rounds, reduced=True)
+    return Method(support, batch, min(args.warmup, 1), args.steps, rounds, reduced=True)
 
 
 def make_step(model: torch.nn.Module, is_hf: bool, precision: str, lr: float = 1e-4) -> Step:
@@ -174,22 +174,22 @@ def spread(tokens_per_step: int, times: list[float]) -> dict[str, Any]:
     }
 
 
-def run_precision(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+def run_precision(args: argparse.Namespace, method: Method) -> dict[str, Any]:
     """Warm-up, then every model steps on each batch, the order alternating from batch to batch."""
     g = torch.Generator().manual_seed(args.seed)
-    shape = (plan.warmup + plan.steps, plan.batch, args.ctx + 1)
+    shape = (method.warmup + method.steps, method.batch, args.ctx + 1)
     tokens = torch.randint(0, args.vocab, shape, generator=g)
     batches = [(t[:, :-1].contiguous(), t[:, 1:].contiguous()) for t in tokens]
-    runners = build_runners(args, plan.support.precision)
+    runners = build_runners(args, method.support.precision)
     for runner in runners:
-        for batch in batches[: plan.warmup]:
+        for batch in batches[: method.warmup]:
             time_step(runner, batch)
-    timed = batches[plan.warmup :]
-    for r in range(plan.rounds):
+    timed = batches[method.warmup :]
+    for r in range(method.rounds):
         for i, batch in enumerate(timed):
             for runner in runners if (r * len(timed) + i) % 2 == 0 else runners[::-1]:
                 runner.times.append(time_step(runner, batch))
-    tokens_per_step = plan.batch * args.ctx
+    tokens_per_step = method.batch * args.ctx
     modes: dict[str, Any] = {}
     for mode in dict.fromkeys(r.mode for r in runners):
         ours, hf = (next(r for r in runners if r.mode == mode and r.side == s) for s in ("ours", "hf"))
@@ -200,27 +200,27 @@ def run_precision(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             "pairs": len(ours.times),
         }
     return {
-        "native": plan.support.native,
-        "vs_fp32": plan.support.vs_fp32,
-        "reduced": plan.reduced,
-        "batch": plan.batch,
-        "warmup": plan.warmup,
-        "steps": plan.steps,
-        "rounds": plan.rounds,
+        "native": method.support.native,
+        "vs_fp32": method.support.vs_fp32,
+        "reduced": method.reduced,
+        "batch": method.batch,
+        "warmup": method.warmup,
+        "steps": method.steps,
+        "rounds": method.rounds,
         "tokens_per_step": tokens_per_step,
         "modes": modes,
     }
 
 
-def precision_lines(args: argparse.Namespace, plan: Plan, fig: dict[str, Any]) -> list[str]:
-    p = plan.support.precision
+def precision_lines(args: argparse.Namespace, method: Method, fig: dict[str, Any]) -> list[str]:
+    p = method.support.precision
     lines = [
-        f"{plan.support.label}: micro-batch {plan.batch}, {plan.warmup} warm-up + {plan.rounds} rounds x "
-        f"{plan.steps} timed steps per model"
+        f"{method.support.label}: micro-batch {method.batch}, {method.warmup} warm-up + {method.rounds} "
+        f"rounds x {method.steps} timed steps per model"
         + (
             f" (reduced from micro-batch {args.batch}, {args.warmup} warm-up, {args.rounds} rounds: not "
             "native here, so the run stays short)"
-            if plan.reduced
+            if method.reduced
             else ""
         )
     ]
@@ -288,9 +288,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
     figures = {}
     for p in args.precision:
-        plan = plan_for(args, support[p])
-        figures[p] = run_precision(args, plan)
-        for line in precision_lines(args, plan, figures[p]):
+        method = method_for(args, support[p])
+        figures[p] = run_precision(args, method)
+        for line in precision_lines(args, method, figures[p]):
             out(line)
     out(
         "tok/s: median over timed steps (min-max over steps); ratio ours/hf: "

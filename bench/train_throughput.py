@@ -66,7 +66,7 @@ HOW = "median tok/s ours / median tok/s hf over {n} launch(es) per side, alterna
 
 
 @dataclass(frozen=True)
-class Plan:
+class Method:
     """How one precision is measured: full size, or reduced where the precision is emulated here."""
 
     precision: str
@@ -80,10 +80,10 @@ class Plan:
     reduced: bool
 
 
-def plan_for(args: argparse.Namespace, support: Any) -> Plan:
+def method_for(args: argparse.Namespace, support: Any) -> Method:
     common = dict(precision=support.precision, label=support.label, native=support.native, note=support.note)
     if support.native:
-        return Plan(
+        return Method(
             **common,
             micro=args.micro,
             warmup=args.warmup,
@@ -91,7 +91,7 @@ def plan_for(args: argparse.Namespace, support: Any) -> Plan:
             repeats=args.repeats,
             reduced=False,
         )
-    return Plan(
+    return Method(
         **common,
         micro=min(args.emulated_micro, args.micro),
         warmup=min(args.warmup, 1),
@@ -101,16 +101,16 @@ def plan_for(args: argparse.Namespace, support: Any) -> Plan:
     )
 
 
-def run_config(args: argparse.Namespace, plan: Plan, data: Path, save_dir: Path) -> dict:
+def run_config(args: argparse.Namespace, method: Method, data: Path, save_dir: Path) -> dict:
     from bench.common import run_config_model
 
     return {
         "model": run_config_model(args),
         "data": {"paths": [str(data)], "seq_len": args.seq},
         "train": {
-            "micro_batch": plan.micro,
-            "max_steps": plan.warmup + plan.steps,
-            "precision": plan.precision,
+            "micro_batch": method.micro,
+            "max_steps": method.warmup + method.steps,
+            "precision": method.precision,
             "log_interval": 1,
             "eval_interval": 0,
             "save_interval": 10**9,
@@ -232,26 +232,28 @@ def build_data(tmp: Path, vocab: int = 8192) -> Path:
     return tmp / "data"
 
 
-def launch_ours(args: argparse.Namespace, plan: Plan, data: Path, run_dir: Path, tmp: Path) -> list[float]:
-    cfg = run_config(args, plan, data, run_dir / "save")
+def launch_ours(
+    args: argparse.Namespace, method: Method, data: Path, run_dir: Path, tmp: Path
+) -> list[float]:
+    cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
     launch(args, ["pretrain_gpt.py", "--config", str(run_dir / "run.json"), "--ds_config", args.ds], tmp)
     lines = [json.loads(x) for x in (run_dir / "save" / "metrics.jsonl").read_text().splitlines()]
-    return [x["tokens_per_s"] for x in lines if x["step"] > plan.warmup]
+    return [x["tokens_per_s"] for x in lines if x["step"] > method.warmup]
 
 
 def launch_hf(
-    args: argparse.Namespace, plan: Plan, data: Path, run_dir: Path, tmp: Path, peak: bool
+    args: argparse.Namespace, method: Method, data: Path, run_dir: Path, tmp: Path, peak: bool
 ) -> dict[str, Any]:
-    cfg = run_config(args, plan, data, run_dir / "save")
+    cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
     worker = ["bench/train_throughput.py", "--worker", "--run-json", str(run_dir / "run.json")]
-    worker += ["--ds", args.ds, "--out", str(run_dir / "hf.json"), "--warmup", str(plan.warmup)]
+    worker += ["--ds", args.ds, "--out", str(run_dir / "hf.json"), "--warmup", str(method.warmup)]
     launch(args, worker + (["--peak"] if peak else []), tmp)
     return json.loads((run_dir / "hf.json").read_text())
 
 
-def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: Any) -> dict[str, Any]:
+def measure(args: argparse.Namespace, method: Method, data: Path, tmp: Path, out: Any) -> dict[str, Any]:
     """The alternating launches of one precision; per-launch, per-side, peak and MFU figures."""
     from bench.common import rated_peak_tflops
     from model.flops import flops_per_token
@@ -260,23 +262,23 @@ def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: An
 
     launches: list[dict[str, Any]] = []
     peak = None
-    for k in range(plan.repeats):
+    for k in range(method.repeats):
         for side in ("ours", "hf") if k % 2 == 0 else ("hf", "ours"):
-            run_dir = tmp / f"{plan.precision}_{len(launches)}_{side}"
+            run_dir = tmp / f"{method.precision}_{len(launches)}_{side}"
             run_dir.mkdir()
             start = time.perf_counter()
             if side == "ours":
-                steps = launch_ours(args, plan, data, run_dir, tmp)
+                steps = launch_ours(args, method, data, run_dir, tmp)
             else:
-                hf = launch_hf(args, plan, data, run_dir, tmp, peak=peak is None)
+                hf = launch_hf(args, method, data, run_dir, tmp, peak=peak is None)
                 steps, peak = hf["steps_tps"], peak or hf["peak"]
             wall, tps = time.perf_counter() - start, statistics.median(steps)
             launches.append({"side": side, "steps_tps": steps, "tokens_per_s": tps, "wall_s": wall})
             out(
-                f"{plan.precision}: launch {len(launches)} {side:<4} {tps:,.0f} tok/s "
+                f"{method.precision}: launch {len(launches)} {side:<4} {tps:,.0f} tok/s "
                 f"(median of {len(steps)} steps, {wall:.0f} s launch)"
             )
-    cfg = from_dict(run_config(args, plan, data, tmp / "unused"))
+    cfg = from_dict(run_config(args, method, data, tmp / "unused"))
     resolved = validate(cfg, load_ds_config(args.ds), args.ds, args.ranks, "cpu")
     fpt = flops_per_token(resolved.model, args.seq)
     sides = {}
@@ -287,14 +289,14 @@ def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: An
         sides[side]["mfu"] = median * fpt / (peak["best_gflops"] * 1e9)
         achievable = peak.get("achievable_gflops")
         sides[side]["mfu_achievable"] = median * fpt / (achievable * 1e9) if achievable else None
-    rated = rated_peak_tflops(plan.precision)
+    rated = rated_peak_tflops(method.precision)
     return {
-        "native": plan.native,
-        "reduced": plan.reduced,
-        "micro": plan.micro,
-        "warmup": plan.warmup,
-        "steps": plan.steps,
-        "repeats": plan.repeats,
+        "native": method.native,
+        "reduced": method.reduced,
+        "micro": method.micro,
+        "warmup": method.warmup,
+        "steps": method.steps,
+        "repeats": method.repeats,
         "flops_per_token": fpt,
         "launches": launches,
         "sides": sides,
@@ -304,7 +306,7 @@ def measure(args: argparse.Namespace, plan: Plan, data: Path, tmp: Path, out: An
     }
 
 
-def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> list[str]:
+def precision_lines(args: argparse.Namespace, method: Method, r: dict[str, Any]) -> list[str]:
     o, h, pk = r["sides"]["ours"], r["sides"]["hf"], r["peak"]
     m, k, n = pk["best_shape"]
     rated = (
@@ -315,7 +317,7 @@ def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> 
     over = [s for s, v in (("ours", o), ("hf", h)) if v["mfu"] > 1]
     note = (
         [
-            f"{plan.precision}: MFU over 100% ({', '.join(over)}): the peak measured below what training "
+            f"{method.precision}: MFU over 100% ({', '.join(over)}): the peak measured below what training "
             "reached (a busy machine while the sweep ran, or a faster matmul path in training than in it)"
         ]
         if over
@@ -324,25 +326,25 @@ def precision_lines(args: argparse.Namespace, plan: Plan, r: dict[str, Any]) -> 
     achievable = pk.get("achievable_gflops")
     pct = lambda x: f"{x:.1%}" if x is not None else "-"  # noqa: E731
     return [
-        f"{plan.precision}: ours {o['median_tps']:,.0f} tok/s ({o['min_tps']:,.0f}-{o['max_tps']:,.0f}, "
+        f"{method.precision}: ours {o['median_tps']:,.0f} tok/s ({o['min_tps']:,.0f}-{o['max_tps']:,.0f}, "
         f"MFU {o['mfu']:.1%}) | hf {h['median_tps']:,.0f} tok/s ({h['min_tps']:,.0f}-{h['max_tps']:,.0f}, "
         f"MFU {h['mfu']:.1%}) | ratio ours/hf {r['ratio']:.2f}x ({HOW.format(n=o['launches'])})",
-        f"{plan.precision}: large-matmul peak {pk['best_gflops']:,.1f} GFLOP/s: the best dense "
-        f"{plan.precision} matmul of the sweep ([{m}x{k}]x[{k}x{n}]), {args.ranks} ranks x 1 thread at once; "
-        f"{rated}",
-        f"{plan.precision}: achievable peak {achievable or 0:,.1f} GFLOP/s (the model's own step "
+        f"{method.precision}: large-matmul peak {pk['best_gflops']:,.1f} GFLOP/s: the best dense "
+        f"{method.precision} matmul of the sweep ([{m}x{k}]x[{k}x{n}]), {args.ranks} ranks x 1 thread at "
+        f"once; {rated}",
+        f"{method.precision}: achievable peak {achievable or 0:,.1f} GFLOP/s (the model's own step "
         f"matmuls): MFU ours {pct(o.get('mfu_achievable'))}, hf {pct(h.get('mfu_achievable'))}",
         *note,
     ]
 
 
-def plan_line(args: argparse.Namespace, plan: Plan) -> str:
-    order = ", ".join(("ours, hf", "hf, ours")[k % 2] for k in range(plan.repeats))
+def method_line(args: argparse.Namespace, method: Method) -> str:
+    order = ", ".join(("ours, hf", "hf, ours")[k % 2] for k in range(method.repeats))
     line = (
-        f"{plan.label}: {plan.repeats} launch(es) per side ({order}), micro-batch {plan.micro}, "
-        f"{plan.warmup} warm-up + {plan.steps} timed steps per launch"
+        f"{method.label}: {method.repeats} launch(es) per side ({order}), micro-batch {method.micro}, "
+        f"{method.warmup} warm-up + {method.steps} timed steps per launch"
     )
-    if plan.reduced:
+    if method.reduced:
         line += (
             f" (reduced from micro-batch {args.micro}, {args.repeats} launch(es), {args.steps} steps: "
             "not native here, so the run stays short)"
@@ -350,10 +352,10 @@ def plan_line(args: argparse.Namespace, plan: Plan) -> str:
     return line
 
 
-def table_rows(args: argparse.Namespace, plans: dict[str, Plan], results: dict[str, Any]) -> list[dict]:
+def table_rows(args: argparse.Namespace, methods: dict[str, Method], results: dict[str, Any]) -> list[dict]:
     rows = []
     for p, r in results.items():
-        o, h, plan = r["sides"]["ours"], r["sides"]["hf"], plans[p]
+        o, h, method = r["sides"]["ours"], r["sides"]["hf"], methods[p]
         mode = "compiled" if args.compile else "eager"
         peak = f"{r['peak']['best_gflops']:,.1f} GFLOP/s"
         if r["peak"].get("achievable_gflops"):
@@ -363,9 +365,9 @@ def table_rows(args: argparse.Namespace, plans: dict[str, Plan], results: dict[s
             {
                 "benchmark": "bench/train_throughput.py",
                 "setting": f"{args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, "
-                f"{args.heads} heads, seq {args.seq}, vocab {args.vocab}, micro-batch {plan.micro}, {mode}",
+                f"{args.heads} heads, seq {args.seq}, vocab {args.vocab}, micro-batch {method.micro}, {mode}",
                 "precision": p,
-                "native": plan.note,
+                "native": method.note,
                 "baseline": f"GPT2LMHeadModel {h['median_tps']:,.0f} tok/s (MFU {h['mfu']:.1%})",
                 "ours": f"{o['median_tps']:,.0f} tok/s (MFU {o['mfu']:.1%})",
                 "ratio": round(r["ratio"], 3),
@@ -431,16 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"heads, seq {args.seq}, {'compiled (both sides)' if args.compile else 'eager'}; HF with "
         f"{HF_KWARGS['activation_function']}, use_cache=False"
     )
-    plans = {p: plan_for(args, support[p]) for p in args.precision}
+    methods = {p: method_for(args, support[p]) for p in args.precision}
     results = {}
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         out(f"building shards (standard library, {args.vocab:,}-id tokenizer) ...")
         data = build_data(tmp, args.vocab)
-        for p, plan in plans.items():
-            out(plan_line(args, plan))
-            results[p] = measure(args, plan, data, tmp, out)
-            for line in precision_lines(args, plan, results[p]):
+        for p, method in methods.items():
+            out(method_line(args, method))
+            results[p] = measure(args, method, data, tmp, out)
+            for line in precision_lines(args, method, results[p]):
                 out(line)
     out("ratio ours/hf per precision: " + ", ".join(f"{p} {r['ratio']:.2f}x" for p, r in results.items()))
     if auto.precision in results:
@@ -456,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine=machine,
         precision=precision_record(support, auto),
         figures={"args": args_record(args), "precisions": results},
-        table=table_rows(args, plans, results),
+        table=table_rows(args, methods, results),
         final_line=f"ratio ours/hf ({p}, {why}, {mode}): {results[p]['ratio']:.2f}x",
         results_dir=args.results_dir or RESULTS_DIR,
     )

@@ -94,7 +94,7 @@ class LaunchConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class Plan:
+class RunnerView:
     """What the runner will do, read with its own parser and hostfile reader."""
 
     hosts: list[str]  # the active hosts, in order; ["localhost"] for one node
@@ -107,7 +107,7 @@ class Plan:
     argv: list[str]  # the runner's arguments, with the master port filled in
 
 
-def plan(argv: Sequence[str]) -> Plan:
+def runner_view(argv: Sequence[str]) -> RunnerView:
     from deepspeed.launcher import runner
 
     args = runner.parse_args(list(argv))
@@ -127,7 +127,7 @@ def plan(argv: Sequence[str]) -> Plan:
     if "--master_port" not in argv and not any(a.startswith("--master_port=") for a in argv):
         port = choose_master_port(hosts[0] if multi else None, args.ssh_port)
         argv = ["--master_port", str(port), *argv]
-    return Plan(
+    return RunnerView(
         hosts=hosts,
         slots=slots,
         multi_node=multi,
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     try:
-        p = plan(argv)
+        p = runner_view(argv)
         env = dict(os.environ)
         env[LAUNCH_ID] = uuid.uuid4().hex
         if "OMP_NUM_THREADS" not in env:
@@ -226,8 +226,8 @@ class Relay:
     Signals are taken synchronously (blocked, then sigtimedwait) so that each comes with its sender: a
     duplicate of the stop already under way is told apart from a second Ctrl-C."""
 
-    def __init__(self, plan: Plan, env: dict[str, str]) -> None:
-        self.plan, self.env = plan, env
+    def __init__(self, view: RunnerView, env: dict[str, str]) -> None:
+        self.view, self.env = view, env
         self.first: tuple[int, float] | None = None  # (signal, monotonic time) of the stop request
         self.relays: list[subprocess.Popen] = []  # pdsh relays still running
 
@@ -235,7 +235,7 @@ class Relay:
         """Start the runner and relay until it and this host's ranks are gone. The stop signals must be
         blocked in this thread (main() does it); the runner gets them unblocked."""
         _become_subreaper()
-        cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *self.plan.argv]
+        cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner", *self.view.argv]
         self.runner = subprocess.Popen(
             cmd,
             env=self.env,
@@ -325,7 +325,7 @@ class Relay:
         return out
 
     def relay(self, sig: int) -> None:
-        p = self.plan
+        p = self.view
         local = _send(self.ranks(), sig)
         logger.info("%s sent to %d local rank(s)", signal.Signals(sig).name, local)
         if not p.multi_node:
@@ -340,7 +340,7 @@ class Relay:
     def _pdsh_relay(self, sig: int, wait_s: int) -> subprocess.Popen:
         """`python -m launch.run --signal-ranks` on every host through pdsh, in the background; pdsh gives
         up on a host after RELAY_CONNECT_S to connect and wait_s + 30 s in all."""
-        p = self.plan
+        p = self.view
         remote = (
             f"cd {shlex.quote(os.getcwd())}; PYTHONPATH={shlex.quote(str(REPO_ROOT))}:$PYTHONPATH "
             f"{shlex.quote(sys.executable)} -m launch.run --signal-ranks {int(sig)} "
@@ -359,7 +359,7 @@ class Relay:
         for relay in self.relays:
             relay.kill()
         _send(self.ranks(), signal.SIGKILL)
-        if self.plan.multi_node and self.plan.launcher == "pdsh":
+        if self.view.multi_node and self.view.launcher == "pdsh":
             relay = self._pdsh_relay(signal.SIGKILL, 0)
             try:
                 relay.wait(timeout=KILL_RELAY_S)

@@ -105,7 +105,7 @@ class Layout:
         out = []
         p, z = self.pipeline_stages, self.zero_stage
         if p > 1 and z >= 2:
-            out.append(PIPELINE_ZERO_MSG.format(stages=p, path=source, stage=z))
+            out.append(PIPELINE_ZERO_MSG.format(stages=p, path=source, zero_stage=z))
         if p > model.n_layer:
             out.append(f"pipeline stages ({p}) exceed n_layer ({model.n_layer}): each stage needs a block")
         if self.seq_len > model.n_positions:

@@ -326,7 +326,7 @@ def _choose_another(save_dir: Path, bad: str) -> str:
     )
 
 
-def plan_resume(
+def find_resume_point(
     save_dir: Path, expected: dict[str, Any], force: bool, resume_from: str | None, dp_size: int
 ) -> ResumePoint | None:
     """Which checkpoint to resume (`resume_from`, else `latest`; None: start afresh), checked before any

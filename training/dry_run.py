@@ -20,7 +20,7 @@ def _params(config: GPTConfig) -> int:
         return sum(p.numel() for p in GPT(config).parameters())
 
 
-def plan_text(run: RunConfig, setup: RunSetup, world: int, ranks_per_node: int, device: str) -> str:
+def layout_text(run: RunConfig, setup: RunSetup, world: int, ranks_per_node: int, device: str) -> str:
     """World, pipeline stages and their layers, data parallelism and ZeRO, batch arithmetic, precision."""
     m, t = setup.model, run.train
     stages, dp = t.pipeline_stages, setup.dp_size

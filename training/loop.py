@@ -146,7 +146,8 @@ class Trainer:
         self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
         self.save_dir = Path(run.train.save_dir)
         self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
-        self.expected = expected  # what a checkpoint must match to be resumed (see checkpoint.plan_resume)
+        # what a checkpoint must match to be resumed (see checkpoint.find_resume_point)
+        self.expected = expected
         self.dp_size = dp_size
         client = checkpoint.load(engine, resume) if resume else None
         self.step = client["step"] if client else 0

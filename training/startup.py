@@ -1,5 +1,5 @@
 """What `pretrain_gpt.py` does between validation and the engine, collectively on every rank: agree on
-problems and on the precision, take the save_dir's lock, plan the resume (and switch it to
+problems and on the precision, take the save_dir's lock, find the checkpoint to resume (and switch it to
 DeepSpeed's universal checkpoint when the data-parallel size changed). Every expected failure here becomes
 one ConfigError paragraph that rank 0 prints."""
 
@@ -68,15 +68,15 @@ def prepare_run_dir(
     resume_from: str | None,
 ) -> checkpoint.ResumePoint | None:
     """Collective, before any engine: rank 0 takes the save_dir's lock (refusing a second run before it
-    writes anything) and plans the resume (complete, undamaged, matching checkpoint). Every rank gets rank
-    0's plan; a problem anywhere stops every rank (ConfigError). The data was verified before the process
-    group started (verify_data)."""
-    rank, problems, plan = dist.get_rank(), [], None
+    writes anything) and finds the checkpoint to resume (complete, undamaged, matching). Every rank gets
+    rank 0's resume point; a problem anywhere stops every rank (ConfigError). The data was verified before
+    the process group started (verify_data)."""
+    rank, problems, point = dist.get_rank(), [], None
     save_dir = Path(run.train.save_dir)
     if rank == 0:
         try:
             lock.acquire()
-            plan = checkpoint.plan_resume(save_dir, expected, force_resume, resume_from, dp_size)
+            point = checkpoint.find_resume_point(save_dir, expected, force_resume, resume_from, dp_size)
         except ConfigError as e:
             problems += e.problems
         except OSError as e:
@@ -87,7 +87,7 @@ def prepare_run_dir(
     problems = agreed_problems(problems)
     if problems:
         raise ConfigError(problems)
-    box = [plan]
+    box = [point]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 

@@ -24,8 +24,8 @@ from training.precision import PrecisionChoice
 
 PIPELINE_ZERO_MSG = (
     "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only: train.pipeline_stages is {stages} but "
-    "{path} sets zero_optimization.stage {stage}. Use ds_configs/pipeline_zero1.json, or set "
-    "train.pipeline_stages=1 to train with ZeRO-{stage}."
+    "{path} sets zero_optimization.stage {zero_stage}. Use ds_configs/pipeline_zero1.json, or set "
+    "train.pipeline_stages=1 to train with ZeRO-{zero_stage}."
 )
 
 
@@ -65,17 +65,17 @@ def load_ds_config(path: str | Path) -> dict[str, Any]:
 def _zero_stage(ds: dict[str, Any], ds_path: str, problems: list[str]) -> int:
     """zero_optimization.stage: 0, 1, 2 or 3 (absent: 0)."""
     section = ds.get("zero_optimization", {})
-    stage = section.get("stage", 0) if isinstance(section, dict) else None
-    if not isinstance(stage, int) or isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+    zero_stage = section.get("stage", 0) if isinstance(section, dict) else None
+    if not isinstance(zero_stage, int) or isinstance(zero_stage, bool) or zero_stage not in (0, 1, 2, 3):
         shown = f"zero_optimization {section!r}"
         if isinstance(section, dict):
-            shown = f"zero_optimization.stage {stage!r}"
+            shown = f"zero_optimization.stage {zero_stage!r}"
         problems.append(
             f"{ds_path} sets {shown}: ZeRO stages are 0, 1, 2 or 3 (an integer); e.g. "
             'ds_configs/zero2.json sets {"zero_optimization": {"stage": 2}}'
         )
         return 0
-    return stage
+    return zero_stage
 
 
 def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
@@ -127,18 +127,18 @@ def _model_config(run: RunConfig, vocab: int | None, problems: list[str]) -> GPT
 
 
 def _parallel(
-    run: RunConfig, model: GPTConfig | None, vocab: int | None, stage: int, world: int, ds_path: str
+    run: RunConfig, model: GPTConfig | None, vocab: int | None, zero_stage: int, world: int, ds_path: str
 ) -> tuple[int, list[str]]:
     """The data-parallel size, and the problems of pipeline stages, ZeRO, compile, context and vocab."""
     problems: list[str] = []
     stages = run.train.pipeline_stages
-    if run.train.compile and (stages > 1 or stage == 3):
+    if run.train.compile and (stages > 1 or zero_stage == 3):
         problems.append(
             f"train.compile is supported with ZeRO stage 0-2 without pipeline stages, not with "
-            f"train.pipeline_stages {stages} and {ds_path} (ZeRO stage {stage}); set train.compile=false"
+            f"train.pipeline_stages {stages} and {ds_path} (ZeRO stage {zero_stage}); set train.compile=false"
         )
-    if stages > 1 and stage >= 2:
-        problems.append(PIPELINE_ZERO_MSG.format(stages=stages, path=ds_path, stage=stage))
+    if stages > 1 and zero_stage >= 2:
+        problems.append(PIPELINE_ZERO_MSG.format(stages=stages, path=ds_path, zero_stage=zero_stage))
     if world % stages:
         problems.append(f"world size ({world}) must be a multiple of train.pipeline_stages ({stages})")
     if model is not None:
@@ -213,7 +213,7 @@ def collective_timeout_s(run: RunConfig) -> tuple[float | None, str]:
 _HUMANEVAL_OFF = "or set train.humaneval_interval=0 and score checkpoints with `codeparrot-eval humaneval`"
 
 
-def _humaneval_problems(run: RunConfig, stage: int, ds_path: str) -> list[str]:
+def _humaneval_problems(run: RunConfig, zero_stage: int, ds_path: str) -> list[str]:
     """train.humaneval_interval > 0 needs rank 0 to hold the whole model, and a budget the waiting ranks'
     collectives outlast (training/humaneval.py: its time is at most the budget, one generation and one
     sandbox timeout), and what `_humaneval_host_problems` checks."""
@@ -221,10 +221,10 @@ def _humaneval_problems(run: RunConfig, stage: int, ds_path: str) -> list[str]:
     if not t.humaneval_interval:
         return []
     problems = []
-    if stage == 3 or t.pipeline_stages > 1:
+    if zero_stage == 3 or t.pipeline_stages > 1:
         layout = (
             f"{ds_path} sets ZeRO stage 3, which partitions every parameter over the ranks"
-            if stage == 3
+            if zero_stage == 3
             else f"train.pipeline_stages {t.pipeline_stages} gives each rank only its stage's layers"
         )
         problems.append(
@@ -351,13 +351,13 @@ def validate(
     ds = copy.deepcopy(ds_json)
     vocab = _data_vocab(run, problems)
     model = _model_config(run, vocab, problems)
-    stage = _zero_stage(ds, ds_path, problems)
-    dp, parallel_problems = _parallel(run, model, vocab, stage, world_size, ds_path)
+    zero_stage = _zero_stage(ds, ds_path, problems)
+    dp, parallel_problems = _parallel(run, model, vocab, zero_stage, world_size, ds_path)
     accum, global_batch, batch_problems = _batch(run, dp)
     problems += parallel_problems + batch_problems
     if run.train.init_from is not None and model is not None:
         problems += _init_from_problems(run.train.init_from, model)
-    problems += _humaneval_problems(run, stage, ds_path)
+    problems += _humaneval_problems(run, zero_stage, ds_path)
     for key in ("optimizer", "scheduler"):
         if key in ds:
             problems.append(
@@ -376,7 +376,7 @@ def validate(
     return RunSetup(
         model=model,
         ds_config=ds,
-        zero_stage=stage,
+        zero_stage=zero_stage,
         precision=choice,
         dp_size=dp,
         grad_accum=accum,

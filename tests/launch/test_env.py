@@ -164,9 +164,10 @@ def test_slurm_host_lists():
         expand_counts("two")
 
 
-def test_ranks_under_mpirun_agree_on_a_free_port_without_master_port():
+def test_ranks_under_mpirun_agree_on_a_free_port_without_master_port(tmp_path):
     """mpirun without MASTER_PORT: rank 0 probes a free port on its host and mpi4py gives it to every rank
-    (the fixed 29500 would collide with any other job on the host)."""
+    (the fixed 29500 would collide with any other job on the host). Each rank writes its own file:
+    mpirun interleaves the ranks' stdout at arbitrary points."""
     import shutil
     import subprocess
     import sys
@@ -174,12 +175,12 @@ def test_ranks_under_mpirun_agree_on_a_free_port_without_master_port():
 
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun not installed (scripts/install_system_deps.sh installs Open MPI)")
-    probe = "from launch.env import LaunchEnv; e = LaunchEnv.read(device_type='cpu')\n"
-    probe += "print(e.rank, e.master_port)"
+    probe = "import pathlib, sys; from launch.env import LaunchEnv; e = LaunchEnv.read(device_type='cpu')\n"
+    probe += "pathlib.Path(sys.argv[1], str(e.rank)).write_text(str(e.master_port))"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "OMPI_", "PMI"))}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     cmd = ["mpirun", "-n", "2", "--oversubscribe", "--allow-run-as-root", sys.executable, "-c", probe]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    ports = dict(line.split() for line in out.stdout.splitlines())
-    assert sorted(ports) == ["0", "1"] and ports["0"] == ports["1"] != "29500", out.stdout
+    ports = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert sorted(ports) == ["0", "1"] and ports["0"] == ports["1"] != "29500", ports
