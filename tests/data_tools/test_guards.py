@@ -18,8 +18,8 @@ import pytest
 from data_tools import preprocess, train_tokenizer
 from data_tools.errors import DataError
 from data_tools.indexed_dataset import HEADER_SIZE, REGENERATE_HINT, write_dataset
-from data_tools.indexed_dataset import main as shards_main
 from data_tools.manifest import MANIFEST, check_shards, verify_dataset
+from data_tools.shards_cli import main as shards_main
 
 from .conftest import code_doc, write_jsonl
 from .test_tools import run_tool
