@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.startup import verify_data
 
         problems += verify_data(
-            run.data.paths,
+            setup.data,
             setup.model.vocab_size,
             full=not args.no_verify_data,
             fim=run.data.fim_rate > 0,
@@ -154,9 +154,8 @@ def _refuse(problems: list[str], rank: int) -> int:
 def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     import torch.distributed as dist
 
-    from data_tools.manifest import load_manifest, manifest_hash
     from training import startup
-    from training.checkpoint import seed_everything
+    from training.checkpoint import resume_key, seed_everything, write_run_files
     from training.engine import build_engine
     from training.loop import RankLost, Trainer, TrainingAborted
     from training.run_lock import RunLock
@@ -164,12 +163,7 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     rank = dist.get_rank()
     setup = startup.agree_on_precision(run, setup, args.ds_config, launch.device_type)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
-    expected = {
-        "resume_config": run.resume_values(setup.precision.precision),
-        "tokenizer": ",".join(load_manifest(p)["tokenizer"]["sha256"][:16] for p in run.data.paths),
-        "data_manifest": ",".join(manifest_hash(p)[:16] for p in run.data.paths),
-        "data_paths": list(run.data.paths),
-    }
+    expected = resume_key(run, setup)
     lock = RunLock(Path(run.train.save_dir))
     try:
         try:
@@ -188,14 +182,7 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
             if problems:
                 return _refuse(problems, rank)
         if rank == 0:
-            with open(os.path.join(run.train.save_dir, "run_config.json"), "w") as f:
-                derived_fields = {
-                    "model": setup.model.to_dict(),
-                    "precision": setup.precision.precision,
-                }
-                json.dump({**run.to_dict(), "resolved": derived_fields}, f, indent=2)
-            with open(os.path.join(run.train.save_dir, "ds_config.json"), "w") as f:
-                json.dump(setup.ds_config, f, indent=2)
+            write_run_files(run, setup)
         engine = build_engine(
             run, setup.model, setup.ds_config, setup.zero_stage, setup.total_steps, launch.device_type
         )

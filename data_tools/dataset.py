@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,11 +137,13 @@ class SampleOrder:
             yield np.fromiter((self.at(next(positions)) for _ in range(micro_batch)), np.int64, micro_batch)
 
 
-def open_split(data_dir: str | Path, split: str = "train") -> list[IndexedDataset]:
-    """The shards of one split of a preprocess output directory, checked against its manifest."""
-    from data_tools.manifest import load_manifest
+def open_split(data: Any, split: str = "train") -> list[IndexedDataset]:
+    """The shards of one split of a preprocess output directory (a path or a
+    data_tools.manifest.DatasetManifest), checked against its manifest."""
+    from data_tools.manifest import opened
 
-    manifest = load_manifest(data_dir)
+    d = opened(data)
+    data_dir, manifest = d.path, d.manifest
     if split not in manifest["splits"]:
         raise DataError(
             f"{Path(data_dir) / 'manifest.json'}: no split {split!r}; has {sorted(manifest['splits'])}"

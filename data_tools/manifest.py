@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,12 +47,47 @@ def load_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def dataset_tokenizer(data_dir: str | Path) -> LoadedTokenizer:
+@dataclasses.dataclass(frozen=True)
+class DatasetManifest:
+    """One preprocessed dataset with its manifest.json read once: what validation, the start-up checks,
+    a rank's data and a checkpoint's resume key need of it. The functions below take it, or a path (then
+    they read the manifest themselves)."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> DatasetManifest:
+        return cls(Path(data_dir), load_manifest(data_dir))
+
+    @property
+    def tokenizer_entry(self) -> dict[str, Any]:
+        return self.manifest["tokenizer"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["tokenizer"]["vocab_size"]
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.manifest["tokenizer"]["sha256"]
+
+
+Dataset = str | Path | DatasetManifest
+
+
+def opened(data: Dataset) -> DatasetManifest:
+    """`data` as a DatasetManifest (a path: its manifest read now)."""
+    return data if isinstance(data, DatasetManifest) else DatasetManifest.open(data)
+
+
+def dataset_tokenizer(data: Dataset) -> LoadedTokenizer:
     """The tokenizer a dataset was made with, found through its manifest (a relative path is taken from
     the dataset) and checked against its sha256."""
     from data_tools.train_tokenizer import LoadedTokenizer
 
-    entry = load_manifest(data_dir)["tokenizer"]
+    d = opened(data)
+    data_dir, entry = d.path, d.tokenizer_entry
     tok_dir = Path(data_dir) / entry.get("path", "tokenizer")
     tok = LoadedTokenizer.load(tok_dir)
     if tok.sha256 != entry["sha256"]:
@@ -66,9 +102,9 @@ def dataset_tokenizer(data_dir: str | Path) -> LoadedTokenizer:
     return tok
 
 
-def manifest_hash(data_dir: str | Path) -> str:
+def manifest_hash(data: Dataset) -> str:
     """A hash of what the data is (tokenizer and every shard's sha256), for checkpoints to compare."""
-    manifest = load_manifest(data_dir)
+    manifest = opened(data).manifest
     key = {
         "tokenizer": manifest["tokenizer"]["sha256"],
         "shards": {s: [x["sha256"] for x in v["shards"]] for s, v in sorted(manifest["splits"].items())},
@@ -76,9 +112,7 @@ def manifest_hash(data_dir: str | Path) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def verify_dataset(
-    data_dir: str | Path, *, progress: bool = True, prefixes: Collection[str] | None = None
-) -> None:
+def verify_dataset(data: Dataset, *, progress: bool = True, prefixes: Collection[str] | None = None) -> None:
     """Check every shard's `.bin` and `.idx` against the manifest (size and sha256) and each index
     against its `.bin` (IndexedDataset's checks). Raises DataError naming each bad file, the expected and
     the actual hash, and the command that regenerates the dataset.
@@ -88,8 +122,8 @@ def verify_dataset(
     inode changed; processes that verify one directory at once (ranks, hosts on a shared filesystem) hash
     each file once. A directory that cannot be written is verified all the same, without the record.
     `prefixes`: check only these shards (names such as `train_00000`)."""
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
+    d = opened(data)
+    data_dir, manifest = d.path, d.manifest
     shards = [
         (split, shard)
         for split, info in sorted(manifest["splits"].items())
@@ -121,13 +155,13 @@ def verify_dataset(
         raise DataError("\n".join(problems.values()) + "\n" + regenerate_hint(data_dir, manifest))
 
 
-def check_shards(data_dir: str | Path, vocab_size: int | None = None) -> None:
+def check_shards(data: Dataset, vocab_size: int | None = None) -> None:
     """The checks that read no shard's tokens, for every start (also where hashing is skipped): each
     `.bin` and `.idx` exists with the manifest's size, each index fits its `.bin` (IndexedDataset's
     layout checks, the counts) and, where given, no shard holds a token id the model's `vocab_size` cannot
     embed (from the `max_token` the writer recorded). Raises DataError naming every bad file and the fix."""
-    data_dir = Path(data_dir)
-    manifest = load_manifest(data_dir)
+    d = opened(data)
+    data_dir, manifest = d.path, d.manifest
     limits = [
         (vocab_size, "the model's vocabulary"),
         (manifest["tokenizer"].get("vocab_size"), "its tokenizer"),

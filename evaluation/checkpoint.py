@@ -29,12 +29,19 @@ import torch
 
 from model.config import GPTConfig
 from model.gpt2 import GPT
-from training.checkpoint import COMPLETE, LATEST, complete_tags, damaged_files, latest_tag, tag_step
+from training.checkpoint import (
+    COMPLETE,
+    DS_CONFIG,
+    LATEST,
+    RUN_CONFIG,
+    complete_tags,
+    damaged_files,
+    latest_tag,
+    tag_step,
+)
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG = "run_config.json"
-DS_CONFIG = "ds_config.json"
 HF_CONFIG = "config.json"
 
 

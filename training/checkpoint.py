@@ -31,14 +31,17 @@ import shutil
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from data_tools.atomic import write_atomic
-from training.config import ConfigError
+from training.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from training.validate import RunSetup
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,31 @@ FILES = "files.json"  # each file's size and CRC-32 at save time, to tell a dama
 CHECKSUM_CHUNK = 8 * 2**20  # bytes read per call: large enough that the CRC, not Python, sets the speed
 COMPLETE = "COMPLETE"  # written by rank 0 once every rank's files are in place, before `latest` moves
 UNIVERSAL_SUFFIX = "_universal"
+# The run's files beside its checkpoints, written by rank 0 at every start: the run config with what
+# validation derived ("resolved": the model config and the precision), and the filled DeepSpeed JSON.
+RUN_CONFIG = "run_config.json"
+DS_CONFIG = "ds_config.json"
+
+
+def write_run_files(run: RunConfig, setup: RunSetup) -> None:
+    """Rank 0: `RUN_CONFIG` and `DS_CONFIG` into train.save_dir (what export and evaluation read)."""
+    save_dir = Path(run.train.save_dir)
+    resolved = {"model": setup.model.to_dict(), "precision": setup.precision.precision}
+    write_atomic(save_dir / RUN_CONFIG, json.dumps({**run.to_dict(), "resolved": resolved}, indent=2))
+    write_atomic(save_dir / DS_CONFIG, json.dumps(setup.ds_config, indent=2))
+
+
+def resume_key(run: RunConfig, setup: RunSetup) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed (find_resume_point): the resume settings, the
+    tokenizer and the data (hashes from the manifests validation read), and the data paths."""
+    from data_tools.manifest import manifest_hash
+
+    return {
+        "resume_config": run.resume_values(setup.precision.precision),
+        "tokenizer": ",".join(d.tokenizer_sha256[:16] for d in setup.data),
+        "data_manifest": ",".join(manifest_hash(d)[:16] for d in setup.data),
+        "data_paths": list(run.data.paths),
+    }
 
 
 def seed_everything(seed: int) -> None:

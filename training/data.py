@@ -12,7 +12,7 @@ sample, so the same holds; targets that are `<fim_pad>` carry no loss. Validatio
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from data_tools.dataset import BlendedDataset, PackedDataset, SampleOrder, open_
 from data_tools.encode import choose_encoder
 from data_tools.errors import DataError
 from data_tools.fim import FimDataset, FimSettings, FimTransform
-from data_tools.manifest import dataset_tokenizer
+from data_tools.manifest import DatasetManifest, dataset_tokenizer
 from model.kernels.cross_entropy import IGNORE_INDEX
 from training.config import RunConfig
 
@@ -33,19 +33,25 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 Dataset = PackedDataset | BlendedDataset | FimDataset
 
 
-def fim_transform(run: RunConfig) -> FimTransform | None:
+def fim_transform(run: RunConfig, datasets: Sequence[DatasetManifest]) -> FimTransform | None:
     """The fill-in-the-middle transform of the training split (None at data.fim_rate 0). Every data path
     shares one tokenizer (training.validate checks), so the first path's serves all."""
     if run.data.fim_rate <= 0:
         return None
-    tok = dataset_tokenizer(run.data.paths[0])
+    tok = dataset_tokenizer(datasets[0])
     settings = FimSettings(run.data.fim_rate, run.data.fim_spm_rate, run.train.seed)
     encoder = choose_encoder(tok.tokenizer).encoder
     return FimTransform(tok.tokenizer, encoder, tok.eod, settings, where=str(tok.dir))
 
 
-def _dataset(run: RunConfig, split: str, size_hint: int, fim: FimTransform | None = None) -> Dataset:
-    parts: list = [PackedDataset(open_split(p, split), run.data.seq_len) for p in run.data.paths]
+def _dataset(
+    run: RunConfig,
+    datasets: Sequence[DatasetManifest],
+    split: str,
+    size_hint: int,
+    fim: FimTransform | None = None,
+) -> Dataset:
+    parts: list = [PackedDataset(open_split(d, split), run.data.seq_len) for d in datasets]
     if fim is not None:  # each sample keyed by (data path index, sample index): see data_tools.fim
         parts = [FimDataset(part, fim, dataset_key=i) for i, part in enumerate(parts)]
     if len(parts) == 1:
@@ -65,9 +71,19 @@ def _collate(ds: Dataset, indices: np.ndarray, pad_id: int | None = None) -> Bat
 class RankData:
     """The batches one data-parallel rank trains and evaluates on."""
 
-    def __init__(self, run: RunConfig, dp_rank: int, dp_size: int, total_samples: int) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        dp_rank: int,
+        dp_size: int,
+        total_samples: int,
+        datasets: Sequence[DatasetManifest] | None = None,
+    ) -> None:
+        """`datasets`: run.data.paths with their manifests as validation read them (RunSetup.data);
+        None reads them here."""
         self.run, self.dp_rank, self.dp_size = run, dp_rank, dp_size
-        self.fim = fim_transform(run)
+        datasets = datasets if datasets is not None else [DatasetManifest.open(p) for p in run.data.paths]
+        self.fim = fim_transform(run, datasets)
         if self.fim is not None:
             logger.info(
                 "fill-in-the-middle: %.0f%% of training documents, %.0f%% of those SPM (data.fim_rate, "
@@ -75,10 +91,10 @@ class RankData:
                 100 * run.data.fim_rate,
                 100 * run.data.fim_spm_rate,
             )
-        self.train = _dataset(run, "train", total_samples, self.fim)
+        self.train = _dataset(run, datasets, "train", total_samples, self.fim)
         self.order = SampleOrder(len(self.train), seed=run.train.seed, shuffle=run.data.shuffle)
         try:
-            self.valid: Dataset | None = _dataset(run, "valid", 0)  # left to right: FIM only trains
+            self.valid: Dataset | None = _dataset(run, datasets, "valid", 0)  # left to right: FIM only trains
         except DataError as e:  # a tiny corpus may have no validation sample: train without evaluation
             logger.warning("no validation: %s", e)
             self.valid = None

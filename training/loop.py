@@ -143,7 +143,7 @@ class Trainer:
         self.rank = dist.get_rank()
         self.global_batch, self.total_steps, dp_size = setup.global_batch, setup.total_steps, setup.dp_size
         dp_rank = engine.grid.data_parallel_id if self.pipeline else self.rank
-        self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch)
+        self.data = RankData(run, dp_rank, dp_size, self.total_steps * self.global_batch, setup.data)
         self.save_dir = Path(run.train.save_dir)
         self.metrics = MetricsWriter(self.save_dir, enabled=self.rank == 0)
         # what a checkpoint must match to be resumed (see checkpoint.find_resume_point)
@@ -210,7 +210,7 @@ class Trainer:
         names it; training.validate checked that every path shares it)."""
         from data_tools.manifest import dataset_tokenizer
 
-        tok = dataset_tokenizer(self.run.data.paths[0])
+        tok = dataset_tokenizer(self.setup.data[0])
         return HumanEvalHook(self.run.train, tok.tokenizer, tok.eod)
 
     def score_humaneval(self, stop: StopRequest) -> Score | None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from data_tools.manifest import DatasetManifest
 from training import checkpoint
 from training.config import ConfigError, RunConfig
 from training.run_lock import RunLock
@@ -92,7 +94,9 @@ def prepare_run_dir(
     return box[0]
 
 
-def verify_data(paths: list[str], vocab_size: int, full: bool = True, fim: bool = False) -> list[str]:
+def verify_data(
+    datasets: Sequence[DatasetManifest], vocab_size: int, full: bool = True, fim: bool = False
+) -> list[str]:
     """Every dataset's shards against its manifest's sha256 (`full`), on every rank before the process
     group starts: hashing 100 GB takes longer than a collective's timeout, so no rank may wait in one
     meanwhile. Only files changed since the last check are hashed, by one process per filesystem while the
@@ -105,14 +109,14 @@ def verify_data(paths: list[str], vocab_size: int, full: bool = True, fim: bool 
     from data_tools.manifest import check_shards, dataset_tokenizer, verify_dataset
 
     problems = []
-    for path in paths:
+    for data in datasets:
         try:
             if full:
-                verify_dataset(path)
-            check_shards(path, vocab_size)
+                verify_dataset(data)
+            check_shards(data, vocab_size)
             if fim:
-                tok = dataset_tokenizer(path)
-                fim_ids(tok.tokenizer, f"data.fim_rate > 0 but {path} was tokenized with {tok.dir}")
+                tok = dataset_tokenizer(data)
+                fim_ids(tok.tokenizer, f"data.fim_rate > 0 but {data.path} was tokenized with {tok.dir}")
         except DataError as e:
             problems.append(str(e))
     return problems

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_tools.manifest import DatasetManifest
 from model.config import GPTConfig
 from model.presets import get_preset
 from training import precision
@@ -33,8 +34,9 @@ PIPELINE_ZERO_MSG = (
 class RunSetup:
     """What validation derived from the run config, the DeepSpeed JSON and the world, once: the model
     config, the filled DeepSpeed config, the ZeRO stage, the precision (and why), and the batch layout
-    (data-parallel size, accumulation, global batch in samples per optimizer step, total steps). The rest
-    of training, the dry run and the benchmarks read these instead of deriving them again."""
+    (data-parallel size, accumulation, global batch in samples per optimizer step, total steps), and the
+    datasets with their manifests. The rest of training, the dry run and the benchmarks read these
+    instead of deriving them again or reading the manifests anew."""
 
     model: GPTConfig
     ds_config: dict[str, Any]
@@ -44,6 +46,7 @@ class RunSetup:
     grad_accum: int
     global_batch: int
     total_steps: int
+    data: tuple[DatasetManifest, ...]  # data.paths, each with its manifest read once
 
 
 def total_steps(run: RunConfig, global_batch: int) -> int:
@@ -78,12 +81,12 @@ def _zero_stage(ds: dict[str, Any], ds_path: str, problems: list[str]) -> int:
     return zero_stage
 
 
-def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
-    """The largest tokenizer vocabulary among the data paths (from their manifests)."""
+def _open_data(run: RunConfig, problems: list[str]) -> tuple[DatasetManifest, ...]:
+    """Each data path with its manifest, read once here for the whole run; every path must share one
+    tokenizer."""
     from data_tools.errors import DataError
-    from data_tools.manifest import load_manifest
 
-    vocabs, tokenizers = [], {}
+    datasets, tokenizers = [], {}
     for path in run.data.paths:
         if not Path(path).exists():
             problems.append(
@@ -92,11 +95,11 @@ def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
             )
             continue
         try:
-            tokenizer = load_manifest(path)["tokenizer"]
+            datasets.append(DatasetManifest.open(path))
         except DataError as e:
             problems.append(str(e))
             continue
-        vocabs.append(tokenizer["vocab_size"])
+        tokenizer = datasets[-1].tokenizer_entry
         tokenizers.setdefault(tokenizer["sha256"], (path, tokenizer["vocab_size"], tokenizer.get("path")))
     if len(tokenizers) > 1:
         listed = "; ".join(f"{p} (tokenizer {h[:16]}, {v} ids)" for h, (p, v, _) in tokenizers.items())
@@ -110,7 +113,7 @@ def _data_vocab(run: RunConfig, problems: list[str]) -> int | None:
         problems.append(
             f"data.weights has {len(run.data.weights)} entries for {len(run.data.paths)} data.paths"
         )
-    return max(vocabs) if vocabs else None
+    return tuple(datasets)
 
 
 def _model_config(run: RunConfig, vocab: int | None, problems: list[str]) -> GPTConfig | None:
@@ -349,7 +352,8 @@ def validate(
     were checked when it was built). Raises ConfigError listing all problems."""
     problems: list[str] = []
     ds = copy.deepcopy(ds_json)
-    vocab = _data_vocab(run, problems)
+    data = _open_data(run, problems)
+    vocab = max((d.vocab_size for d in data), default=None)
     model = _model_config(run, vocab, problems)
     zero_stage = _zero_stage(ds, ds_path, problems)
     dp, parallel_problems = _parallel(run, model, vocab, zero_stage, world_size, ds_path)
@@ -382,4 +386,5 @@ def validate(
         grad_accum=accum,
         global_batch=global_batch,
         total_steps=total_steps(run, global_batch),
+        data=data,
     )
