@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.encode import encode_texts
 from data_tools.errors import DataError
 
 FIM_PREFIX = "<fim_prefix>"
@@ -125,8 +126,6 @@ class FimTransform:
 
     def permute(self, doc: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
         """One document's tokens as PSM or SPM, `len(doc)` tokens; None when it cannot be transformed."""
-        from data_tools.encode import encode_texts
-
         try:
             text = b"".join(map(self._bytes.__getitem__, doc.tolist())).decode("utf-8")
         except UnicodeDecodeError:

@@ -66,11 +66,11 @@ class DatasetManifest:
 
     @property
     def vocab_size(self) -> int:
-        return self.manifest["tokenizer"]["vocab_size"]
+        return self.tokenizer_entry["vocab_size"]
 
     @property
     def tokenizer_sha256(self) -> str:
-        return self.manifest["tokenizer"]["sha256"]
+        return self.tokenizer_entry["sha256"]
 
 
 Dataset = str | Path | DatasetManifest
@@ -88,17 +88,16 @@ def dataset_tokenizer(data: Dataset) -> LoadedTokenizer:
 
     d = opened(data)
     data_dir, entry = d.path, d.tokenizer_entry
-    tok_dir = Path(data_dir) / entry.get("path", "tokenizer")
+    tok_dir = data_dir / entry.get("path", "tokenizer")
     tok = LoadedTokenizer.load(tok_dir)
     if tok.sha256 != entry["sha256"]:
         raise DataError(
             f"{tok_dir / 'tokenizer.json'} changed since {data_dir} was made with it (its sha256 differs "
-            f"from {Path(data_dir) / MANIFEST}): restore that tokenizer, or preprocess the data again with "
+            f"from {data_dir / MANIFEST}): restore that tokenizer, or preprocess the data again with "
             "this one."
         )
     if "eod_id" in entry and entry["eod_id"] != tok.eod:
-        where = Path(data_dir) / MANIFEST
-        raise DataError(f"{where} says eod_id {entry['eod_id']}, {tok_dir} gives {tok.eod}")
+        raise DataError(f"{data_dir / MANIFEST} says eod_id {entry['eod_id']}, {tok_dir} gives {tok.eod}")
     return tok
 
 
