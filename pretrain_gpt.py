@@ -20,15 +20,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmdline.args import OneLineParser, positive_int
+from cmdline.logs import setup_logging
 from launch.env import LaunchEnv, LaunchError, finalize_mpi
-from training.arg_types import OneLineParser, positive_int
 from training.config import ConfigError, load_run_config
 
 logger = logging.getLogger("pretrain_gpt")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="pretrain_gpt.py",
+        description=__doc__,
+        example="deepspeed --num_gpus 2 pretrain_gpt.py --config configs/demo.json --ds_config "
+        "ds_configs/zero2_cpu.json\n"
+        "python pretrain_gpt.py --config configs/codeparrot_zero2.json --ds_config ds_configs/zero2.json "
+        "--dry-run --world 16 --device cuda   # the layout only",
+    )
     p.add_argument("--config", help="run config JSON (sections: model, data, optim, train)")
     p.add_argument(
         "--ds_config",
@@ -99,9 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from training.metrics import setup_logging
-
-    setup_logging(launch.rank, args.verbose)
+    setup_logging(args.verbose, rank=launch.rank)
     logger.info("launch: %s", launch.describe())
     if args.dry_run:
         return dry_run(args, launch)

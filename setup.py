@@ -16,6 +16,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(
         include=[
+            "cmdline",
+            "cmdline.*",
             "data_tools",
             "data_tools.*",
             "model",

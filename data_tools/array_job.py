@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from cmdline.args import OneLineParser
 from data_tools import cli
 from data_tools.array_work import BAD, PASSED, ROW, Appender, ArrayJob, read_json, save_npy_atomic
 from data_tools.atomic import replace_atomic
@@ -505,10 +506,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--tasks", type=int, help="N (default: $SLURM_ARRAY_TASK_COUNT, or for keep and merge: as scanned)"
     )
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="codeparrot-preprocess-array",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        example="bash launch/slurm/preprocess.sh --tasks 16 --work /shared/work --output /shared/data\n"
+        "codeparrot-preprocess-array scan --input /data/code --output /data/shards --work /scratch/job "
+        "--task 0 --tasks 8",
     )
     phases = parser.add_subparsers(dest="phase", required=True, metavar="PHASE")
     for name, help in PHASES.items():

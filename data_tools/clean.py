@@ -85,7 +85,11 @@ def clean(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.tool_parser("codeparrot-clean", __doc__)
+    parser = cli.tool_parser(
+        "codeparrot-clean",
+        __doc__,
+        example="codeparrot-clean --input corpus.jsonl.gz --output clean.jsonl.zst",
+    )
     parser.add_argument(
         "--output", required=True, type=Path, help="cleaned JSONL (.jsonl, .jsonl.gz, .jsonl.zst)"
     )

@@ -7,7 +7,6 @@ import argparse
 import contextlib
 import errno
 import json
-import logging
 import os
 import shutil
 import socket
@@ -18,6 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cmdline.args import OneLineParser
+from cmdline.logs import setup_logging
 from data_tools import decontaminate
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES, FilterConfig
@@ -32,12 +33,12 @@ from data_tools.sources import (
 )
 
 
-def tool_parser(prog: str | None, doc: str | None, add_help: bool = True) -> argparse.ArgumentParser:
+def tool_parser(
+    prog: str | None, doc: str | None, add_help: bool = True, example: str | None = None
+) -> argparse.ArgumentParser:
     """A tool's parser with the input and cleaning argument groups every data tool shares (without -h:
-    a parent for subcommands' parsers)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, add_help=add_help
-    )
+    a parent for subcommands' parsers); `example` ends its --help."""
+    parser = OneLineParser(prog=prog, description=doc, add_help=add_help, example=example)
     add_source_args(parser)
     add_clean_args(parser)
     return parser
@@ -257,16 +258,6 @@ def _lock_holder(path: Path) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
-def setup_tool_logging(verbose: bool = False) -> None:
-    """Logging for a single-process data tool: INFO, or DEBUG when `verbose` (training has its own,
-    per rank: training.metrics.setup_logging)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 def _disk_full_message(error: OSError, output: str | Path | None) -> str:
     """One line for a full disk: which path (numpy and some writers raise ENOSPC without a file name, so
     the output location stands in), the free space, what is safe, and how to go on."""
@@ -294,7 +285,7 @@ def _disk_full_message(error: OSError, output: str | Path | None) -> str:
 def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
     """Run a tool's job: user errors, and a disk that fills up, become one clear line on stderr and exit
     status 2, not a traceback. Anything else is a bug and keeps its traceback."""
-    setup_tool_logging(getattr(args, "verbose", False))
+    setup_logging(getattr(args, "verbose", False))
     try:
         job()
     except DataError as e:

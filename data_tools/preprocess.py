@@ -692,7 +692,12 @@ def _check_tokenize_only_args(args: argparse.Namespace, parser: argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.tool_parser("codeparrot-preprocess", __doc__)
+    parser = cli.tool_parser(
+        "codeparrot-preprocess",
+        __doc__,
+        example="codeparrot-preprocess --output runs/demo/data --vocab-size 8192   # the standard library\n"
+        "codeparrot-preprocess --input /data/github-code --output /data/shards --vocab-size 32768",
+    )
     add_arguments(parser)
     parser.add_argument(
         "--tokenize-only",

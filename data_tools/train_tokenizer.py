@@ -258,7 +258,11 @@ def train_on_documents(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.tool_parser("codeparrot-train-tokenizer", __doc__)
+    parser = cli.tool_parser(
+        "codeparrot-train-tokenizer",
+        __doc__,
+        example="codeparrot-train-tokenizer --input clean.jsonl.zst --output tokenizer --vocab-size 32768",
+    )
     parser.add_argument("--output", required=True, type=Path, help="directory for the tokenizer")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE)
     cli.add_common_args(parser)

@@ -14,6 +14,8 @@ import json
 import logging
 import zlib
 
+from cmdline.args import OneLineParser
+from cmdline.logs import setup_logging
 from data_tools.errors import DataError
 from evaluation.infill import DEFAULT_PER_PROBLEM
 from evaluation.sampling import check_sampling
@@ -33,11 +35,20 @@ UNSAFE_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="codeparrot-eval", description=__doc__.splitlines()[0])
+    parser = OneLineParser(
+        prog="codeparrot-eval",
+        description=__doc__.splitlines()[0],
+        example="codeparrot-eval perplexity runs/demo/train --data runs/demo/data\n"
+        "codeparrot-eval humaneval runs/demo/hf --out runs/demo/humaneval -n 20 --k 1 10",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    he = sub.add_parser("humaneval", help="pass@k on the 164 HumanEval problems (resumable)")
+    he = sub.add_parser(
+        "humaneval",
+        help="pass@k on the 164 HumanEval problems (resumable)",
+        example="codeparrot-eval humaneval runs/demo/hf --out runs/demo/humaneval -n 20 --k 1 10",
+    )
     he.add_argument("model", help="checkpoint directory or exported model")
     he.add_argument("--tag", help="checkpoint tag (default: the latest)")
     he.add_argument("--out", required=True, help="output directory (samples.jsonl, results.json); resumes")
@@ -56,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     he.set_defaults(func=humaneval_command)
 
     fi = sub.add_parser(
-        "infill", help="single- and multi-line infilling of HumanEval's solutions: pass rate, exact match"
+        "infill",
+        help="single- and multi-line infilling of HumanEval's solutions: pass rate, exact match",
+        example="codeparrot-eval infill runs/demo/hf --out runs/demo/infill --problems 20",
     )
     fi.add_argument("model", help="checkpoint directory or exported model")
     fi.add_argument("--tag", help="checkpoint tag (default: the latest)")
@@ -82,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--unsafe-no-isolation", action="store_true", help=UNSAFE_HELP)
     fi.set_defaults(func=infill_command)
 
-    ppl = sub.add_parser("perplexity", help="mean loss and perplexity on a preprocessed split")
+    ppl = sub.add_parser(
+        "perplexity",
+        help="mean loss and perplexity on a preprocessed split",
+        example="codeparrot-eval perplexity runs/demo/train --data runs/demo/data",
+    )
     ppl.add_argument("model", help="checkpoint directory or exported model")
     ppl.add_argument("--tag", help="checkpoint tag (default: the latest)")
     ppl.add_argument("--data", required=True, help="preprocessed data directory (codeparrot-preprocess)")
@@ -240,11 +257,7 @@ def perplexity_command(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    setup_logging(args.verbose)
     try:
         args.func(args)
     except (SandboxUnavailable, ValueError, DataError) as e:  # CheckpointError is a ValueError

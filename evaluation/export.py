@@ -14,7 +14,6 @@ starts from an exported (or any transformers GPT-2) directory's weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -23,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cmdline.args import OneLineParser
+from cmdline.logs import setup_logging
 from data_tools.fim import FIM_TOKENS
 from evaluation.checkpoint import CheckpointError, Loaded, load_model
 
@@ -127,7 +128,11 @@ def _write(out_dir: Path, write: Callable[[], object]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(
+        prog="codeparrot-export",
+        description=__doc__,
+        example="codeparrot-export runs/demo/train runs/demo/hf",
+    )
     p.add_argument("ckpt_dir", help="a training train.save_dir (run_config.json, latest, global_stepN/)")
     p.add_argument("out_dir", help="the transformers directory to write (new or empty)")
     p.add_argument(
@@ -135,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty out_dir")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     try:
         out = export(args.ckpt_dir, args.out_dir, args.tag, args.overwrite)
     except CheckpointError as e:

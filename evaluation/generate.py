@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import torch
 
+from cmdline.args import OneLineParser
+from cmdline.logs import setup_logging
 from data_tools.errors import DataError
 from data_tools.fim import FimIds, fim_ids, infill_prompt
 from evaluation.sampling import check_sampling
@@ -289,8 +291,10 @@ def _read_suffix(args: argparse.Namespace) -> str | None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="codeparrot-generate",
+        example="codeparrot-generate runs/demo/hf 'def fibonacci(n):' --max-new-tokens 64 --temperature 0\n"
+        "codeparrot-generate runs/demo/hf $'def add(a, b):\\n    ' --suffix $'\\n\\nprint(add(1, 2))'",
         description="Complete code with a trained model: prints the prompt and each completion. With a "
         "suffix, fill in the middle: the prompt is the text before the cursor, the suffix the text after it, "
         "and each middle is printed.",
@@ -331,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--suffix``/``--suffix-file`` each of n middles; a bad setting, model path, prompt or a tokenizer
     without the fill-in-the-middle sentinels ends in one line on stderr and exit status 2."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    setup_logging()
     try:
         return _generate(args)
     except (ValueError, OSError, DataError) as e:  # CheckpointError is a ValueError

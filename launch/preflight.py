@@ -22,7 +22,6 @@ nothing failed (warnings allowed), 1 when a check failed, 2 when the hostfile it
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
@@ -37,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+from cmdline.args import OneLineParser
+from cmdline.logs import setup_logging
 from launch import probe
 from launch.hostfile import HostfileError, read_hostfile
 from launch.interfaces import Setting, interface_settings, unmatched
@@ -364,7 +365,11 @@ def _absolute(path: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="codeparrot-preflight", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(
+        prog="codeparrot-preflight",
+        description=__doc__.split("\n\n")[0],
+        example="codeparrot-preflight --hostfile hosts --save-dir /shared/runs/codeparrot-small",
+    )
     parser.add_argument("--hostfile", type=Path, required=True)
     parser.add_argument(
         "--save-dir", type=_absolute, required=True, help="the checkpoint directory of the run"
@@ -379,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ssh-timeout", type=int, default=5, help="seconds to connect (default 5)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    setup_logging(args.verbose, quiet=not args.verbose)
     fields = {f.name for f in dataclasses.fields(PreflightConfig)}
     cfg = PreflightConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:

@@ -53,9 +53,16 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from cmdline import EXIT_OK, EXIT_UNUSABLE
+from cmdline.logs import setup_logging
 from launch.ports import PortError, choose_master_port
 
 logger = logging.getLogger("codeparrot-launch")
+HELP = f"{__doc__}\nOptions: the DeepSpeed runner's (`deepspeed --help`), then the script and its arguments."
+EXAMPLE = (
+    "codeparrot-launch --num_gpus 2 pretrain_gpt.py --config configs/demo.json "
+    "--ds_config ds_configs/zero2_cpu.json"
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Variables remote ranks need that the runner does not forward by itself.
@@ -187,10 +194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--signal-ranks"]:
         return _signal_ranks_main(argv[1:])
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{HELP}\n\nexample:\n  {EXAMPLE}")
+        return EXIT_OK
+    if not argv:
+        print(
+            "codeparrot-launch: error: no script to launch; give the DeepSpeed runner's options, then the "
+            f"script and its arguments, e.g. {EXAMPLE} (see --help)",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
     # Held from the start, taken by the relay once the runner runs: a stop during the seconds of start-up
     # (importing DeepSpeed, probing a port) is kept, not fatal (SIGUSR1's default action ends a process).
     held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    setup_logging()
     try:
         p = runner_view(argv)
         env = dict(os.environ)

@@ -3,7 +3,8 @@ the file: module level or inside a function). model/, data_tools/ and launch/ im
 only training/, plan/, evaluation/, bench/ and the entry points join them; nothing below plan/ imports it.
 evaluation/ reads training's checkpoints; training/ uses only evaluation's tools that know nothing of a
 run (the sandbox, HumanEval's problems, greedy completion) for HumanEval during training, and those
-import nothing of training/, so the two never form a loop."""
+import nothing of training/, so the two never form a loop. cmdline/ (what every console script shares:
+the parser, the logging setup, the exit statuses; standard library only) is the floor under them all."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = {"model", "data_tools", "launch", "training", "plan", "evaluation", "bench", "pretrain_gpt"}
+OURS = {"cmdline", "model", "data_tools", "launch", "training", "plan", "evaluation", "bench", "pretrain_gpt"}
 ALLOWED = {
-    "model": {"model"},
-    "data_tools": {"data_tools"},
-    "launch": {"launch"},
-    "training": {"training", "model", "data_tools", "launch"},
-    "plan": {"plan", "training", "model"},
-    "evaluation": {"evaluation", "training", "model", "data_tools", "launch"},
+    "cmdline": {"cmdline"},  # the console scripts' shared conventions: the floor under every other package
+    "model": {"cmdline", "model"},
+    "data_tools": {"cmdline", "data_tools"},
+    "launch": {"cmdline", "launch"},
+    "training": {"cmdline", "training", "model", "data_tools", "launch"},
+    "plan": {"cmdline", "plan", "training", "model"},
+    "evaluation": {"cmdline", "evaluation", "training", "model", "data_tools", "launch"},
 }
 # Modules of evaluation/ that training/ may import: they hold no run state and import nothing of training/.
 EVALUATION_TOOLS = {"evaluation.generate", "evaluation.humaneval", "evaluation.sandbox"}

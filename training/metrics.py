@@ -5,27 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cmdline.logs import setup_logging as cmdline_logging
 from training.gpus import GPUS, gpu_key
 
 logger = logging.getLogger(__name__)
 
 
 def setup_logging(rank: int, verbose: bool = False) -> None:
-    """Rank 0 logs at INFO (DEBUG with verbose); other ranks only warnings and errors."""
-    level = (logging.DEBUG if verbose else logging.INFO) if rank == 0 else logging.WARNING
-    logging.basicConfig(
-        level=level,
-        stream=sys.stdout,
-        force=True,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """Rank 0 logs at INFO (DEBUG with verbose); other ranks only warnings and errors (cmdline.logs)."""
+    cmdline_logging(verbose, rank=rank)
 
 
 def peak_flops(precision: str, override_tflops: float | None) -> float | None:

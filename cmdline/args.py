@@ -1,18 +1,28 @@
-"""Argument types for the command lines of pretrain_gpt.py and codeparrot-plan: counts and rates that only
-make sense as positive numbers are refused where they are parsed, with one line and exit status 2, instead
-of flowing into arithmetic that prints a plan for -4 ranks or a negative speed. Standard library only, so
-the entry script imports it before torch."""
+"""The parser every console script uses, and argument types: an error is one line with exit status 2
+(cmdline.EXIT_UNUSABLE), `--help` ends with an example, and counts and rates that only make sense as
+positive numbers are refused where they are parsed instead of flowing into arithmetic that prints a plan for
+-4 ranks or a negative speed."""
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import NoReturn
+import textwrap
+from typing import Any, NoReturn
 
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, `prog: error: argument --gpus: ...` (exit 2), without
-    the usage block argparse prints before it: `--help` shows the usage."""
+    the usage block argparse prints before it: `--help` shows the usage. `example`, one command or several
+    lines, ends the help; the description keeps its line breaks. Subcommands' parsers are of this class
+    too, and take `example` as well."""
+
+    def __init__(self, *args: Any, example: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        if example:
+            shown = "example:\n" + textwrap.indent(example.strip("\n"), "  ")
+            kwargs["epilog"] = f"{kwargs['epilog']}\n\n{shown}" if kwargs.get("epilog") else shown
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
