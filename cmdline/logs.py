@@ -10,7 +10,8 @@ import sys
 
 def setup_logging(verbose: bool = False, quiet: bool = False, rank: int | None = None) -> None:
     """INFO (DEBUG with `verbose`, WARNING with `quiet`). With `rank`: a training rank, where only rank 0
-    logs below WARNING."""
+    logs below WARNING, and whose setup replaces handlers installed before it (importing DeepSpeed adds
+    its own); a tool's setup leaves an existing one (a caller's, pytest's) in place."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     tag = ""
     if rank is not None:
@@ -19,7 +20,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False, rank: int | None =
     logging.basicConfig(
         level=level,
         stream=sys.stderr if rank is None else sys.stdout,
-        force=True,
+        force=rank is not None,
         format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
