@@ -153,6 +153,12 @@ class Trainer:
         self.step = client["step"] if client else 0
         self.consumed = client["consumed_samples"] if client else 0
         self.skipped = client.get("skipped_steps", 0) if client else 0
+        if resume and client:
+            # Where this process took over: the step counter alone does not show it (a run stopped by a
+            # signal resumes at the step it logged last). codeparrot-plot draws it.
+            tokens = self.consumed * run.data.seq_len
+            values = {"consumed_samples": self.consumed, "tokens": tokens, "tag": resume.tag}
+            self.metrics.event(self.step, "resume", values)
         self.flops_per_token = flops_per_token(setup.model, run.data.seq_len)
         self.peak = peak_flops(setup.precision.precision, run.train.peak_tflops)
         self.humaneval = self._humaneval_hook() if run.train.humaneval_interval and self.rank == 0 else None

@@ -68,12 +68,21 @@ class MetricsWriter:
     def write(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self._jsonl.flush()
+        self._line({"step": step, **values})
         if self._tensorboard() is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, step)
+
+    def event(self, step: int, name: str, values: dict[str, Any]) -> None:
+        """A mark in the run's history, not a measurement: one JSONL line `{"step", "event": name, ...}` and
+        no TensorBoard scalar. Readers of the step records skip lines that have an "event" key."""
+        if self.enabled:
+            self._line({"step": step, "event": name, **values})
+
+    def _line(self, record: dict[str, Any]) -> None:
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
 
     def close(self) -> None:
         if self.enabled:

@@ -138,11 +138,13 @@ def run(
 
 
 def losses(save_dir: Path) -> dict[int, float]:
-    """step -> training loss from metrics.jsonl (the last line for a step wins: a resumed run rewrites)."""
+    """step -> training loss from metrics.jsonl (the last line for a step wins: a resumed run rewrites; the
+    resume marks, lines with an "event" key, are not steps)."""
     out = {}
     for line in (save_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        out[record["step"]] = record["loss"]
+        if "event" not in record:
+            out[record["step"]] = record["loss"]
     return out
 
 
