@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from cmdline import EXIT_CHECK_FAILED, EXIT_OK
+from cmdline.args import OneLineParser, fraction, positive_float, positive_int
 from model.config import GPTConfig
 from model.flops import flops_per_token
 from plan.comm import DEFAULT_NET_GBPS, NCCL_EFFICIENCY
@@ -27,8 +29,9 @@ from plan.memory import (
 )
 from plan.memory import __doc__ as PLANNER_DOC
 from plan.search import advice, distinct, suggest
-from training.arg_types import OneLineParser, fraction, positive_float, positive_int
+from training.config import RunConfig
 from training.gpus import GPUS, resolve_gpu
+from training.precision import DeviceInfo, PrecisionChoice, decide
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -104,79 +107,89 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _model_and_run(args: argparse.Namespace) -> tuple[GPTConfig, str, Any]:
+def _flag_sets(args: argparse.Namespace) -> list[str]:
+    """The sizing flags as the run-config keys they name, applied after --config and --set."""
+    sets = [
+        f"{key}={json.dumps(value)}"
+        for key, value in (
+            ("data.seq_len", args.seq_len),
+            ("train.micro_batch", args.micro_batch),
+            ("train.pipeline_stages", args.pipeline_stages),
+            ("train.precision", args.precision),
+            ("train.activation_checkpointing", args.activation_checkpointing),
+        )
+        if value is not None
+    ]
+    if args.activation_checkpointing is False:  # also off where the model's overrides turned it on
+        sets.append("model.activation_checkpointing=false")
+    if args.grad_accum:
+        sets += [f"train.grad_accum={args.grad_accum}", "train.global_batch=null"]
+    if args.global_batch:
+        sets += [f"train.global_batch={args.global_batch}", "train.grad_accum=null"]
+    return sets
+
+
+def planned_run(args: argparse.Namespace) -> RunConfig:
+    """The run config the plan is for: --config (or the defaults), --preset, --set (a bare key is a model
+    field: n_layer=4), then the sizing flags. Without --config, a run the planner sizes itself: the
+    model's whole context and DEFAULT_GLOBAL_BATCH sequences per step unless said otherwise."""
     from model.presets import get_preset
     from training.config import load_run_config
 
-    if args.config:
-        sets = [s if "." in s.partition("=")[0] else f"model.{s}" for s in args.set]
-        run = load_run_config(args.config, sets)
-        overrides = dict(run.model.overrides)
-        if run.train.activation_checkpointing:
-            overrides["activation_checkpointing"] = True
-        return get_preset(run.model.preset, **overrides), run.model.preset, run
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {item!r} must look like key=value (e.g. n_layer=4)")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    preset = args.preset or "tiny"
-    return get_preset(preset, **overrides), preset, None
+    sets = [s if "." in s.partition("=")[0] else f"model.{s}" for s in args.set]
+    sets = ([f"model.preset={args.preset}"] if args.preset else []) + sets + _flag_sets(args)
+    run = load_run_config(args.config, sets)
+    if args.config is not None:
+        return run
+    defaults = [f"data.seq_len={get_preset(run.model.preset, **run.model.overrides).n_positions}"]
+    if run.train.grad_accum is None and run.train.global_batch is None:
+        defaults.append(f"train.global_batch={DEFAULT_GLOBAL_BATCH}")
+    return load_run_config(None, defaults + sets)
 
 
-def _pick(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
+def _planned_gpu_precision(requested: str, device_type: str, width: int, rows: int) -> PrecisionChoice:
+    """Training's rule for a GPU (every GPU of the table runs bf16 natively), without a device to ask."""
+    return decide(requested, DeviceInfo(device_type="cuda", name="the planned GPU", cuda_bf16=True))
 
 
-def layout_from_args(args: argparse.Namespace, model: GPTConfig, run: Any) -> tuple[Layout, str]:
-    """The layout: command-line values, then the run config's, then the ds_config's, then defaults."""
-    from training.validate import load_ds_config
-
-    ds: dict[str, Any] = load_ds_config(args.ds_config) if args.ds_config else {}
-    zo = ds.get("zero_optimization", {})
-    t = run.train if run is not None else None
-    precision = args.precision or (t.precision if t is not None and t.precision != "auto" else None)
-    precision = precision or ("bf16" if ds.get("bf16", {}).get("enabled", True) is not False else "fp32")
-    if precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision {precision!r}: the planner models bf16 and fp32")
-    stages = _pick(args.pipeline_stages, t and t.pipeline_stages, 1)
-    gpus = args.gpus or (args.dp * stages if args.dp else stages)
-    if gpus % stages:
-        raise ValueError(f"--gpus ({gpus}) must be a multiple of the pipeline stages ({stages})")
-    dp = gpus // stages
-    micro = _pick(args.micro_batch, t and t.micro_batch, 8)
-    if args.grad_accum:
-        accum = args.grad_accum
-    else:
-        fallback = DEFAULT_GLOBAL_BATCH if t is None or t.grad_accum is None else t.grad_accum * micro * dp
-        glob = _pick(args.global_batch, t and t.global_batch, fallback)
-        if glob % (micro * dp):
-            raise ValueError(
-                f"global batch ({glob}) must be a multiple of micro batch ({micro}) x "
-                f"data-parallel size ({dp}) = {micro * dp}; change --global-batch or --micro-batch"
-            )
-        accum = glob // (micro * dp)
-    offload = "none"
-    if zo.get("offload_optimizer", {}).get("device", "none") != "none":
-        offload = "optimizer"
+def _offload(zo: dict[str, Any]) -> str:
     if zo.get("offload_param", {}).get("device", "none") != "none":
-        offload = "all"
-    ckpt = _pick(args.activation_checkpointing, model.activation_checkpointing)
-    defaults = Layout(seq_len=1, micro_batch=1, grad_accum=1)
+        return "all"
+    if zo.get("offload_optimizer", {}).get("device", "none") != "none":
+        return "optimizer"
+    return "none"
+
+
+def layout_from_args(args: argparse.Namespace) -> tuple[GPTConfig, str, Layout, str]:
+    """The model, its preset and the layout, as training's validate() derives them from the run config, the
+    DeepSpeed JSON (--zero replaces its stage) and the world (--gpus, or --dp x the pipeline stages); the
+    planned GPU's precision rule; --offload and the tuning the planner models from the JSON."""
+    from training.validate import load_ds_config, validate
+
+    run = planned_run(args)
+    ds: dict[str, Any] = load_ds_config(args.ds_config) if args.ds_config else {}
+    if args.zero is not None:
+        ds = {**ds, "zero_optimization": {**ds.get("zero_optimization", {}), "stage": args.zero}}
+    source = args.ds_config if args.ds_config and args.zero is None else f"--zero {args.zero or 0}"
+    stages = run.train.pipeline_stages
+    gpus = args.gpus or (args.dp * stages if args.dp else stages)
+    setup = validate(run, ds, source, gpus, "cuda", _planned_gpu_precision, on_this_host=False)
+    if setup.precision.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision {setup.precision.precision!r}: the planner models bf16 and fp32")
+    zo, defaults = (
+        setup.ds_config.get("zero_optimization", {}),
+        Layout(seq_len=1, micro_batch=1, grad_accum=1),
+    )
     lay = Layout(
-        seq_len=_pick(args.seq_len, run and run.data.seq_len, model.n_positions),
-        micro_batch=micro,
-        grad_accum=accum,
-        dp=dp,
+        seq_len=run.data.seq_len,
+        micro_batch=run.train.micro_batch,
+        grad_accum=setup.grad_accum,
+        dp=setup.dp_size,
         pipeline_stages=stages,
-        zero_stage=_pick(args.zero, zo.get("stage"), 0),
-        offload=args.offload or offload,
-        activation_checkpointing=ckpt,
-        precision=precision,
+        zero_stage=setup.zero_stage,
+        offload=args.offload or _offload(zo),
+        activation_checkpointing=setup.model.activation_checkpointing,
+        precision=setup.precision.precision,
         reduce_bucket_size=int(zo.get("reduce_bucket_size", defaults.reduce_bucket_size)),
         overlap_comm=zo.get("overlap_comm"),
         contiguous_gradients=zo.get("contiguous_gradients", True),
@@ -185,12 +198,11 @@ def layout_from_args(args: argparse.Namespace, model: GPTConfig, run: Any) -> tu
         param_persistence_threshold=int(
             zo.get("stage3_param_persistence_threshold", defaults.param_persistence_threshold)
         ),
-        communication_data_type=ds.get("communication_data_type"),
+        communication_data_type=setup.ds_config.get("communication_data_type"),
         multi_rank_bucket_allreduce=zo.get("use_multi_rank_bucket_allreduce", True),
         gpus_per_node=args.gpus_per_node,
     )
-    source = args.ds_config if args.zero is None and args.ds_config else f"--zero {lay.zero_stage}"
-    return lay, source
+    return setup.model, run.model.preset, lay, source
 
 
 def _gpu(args: argparse.Namespace, precision: str) -> Gpu:
@@ -210,13 +222,13 @@ def _gpu(args: argparse.Namespace, precision: str) -> Gpu:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the plan (or with --suggest the best layouts); exit status 2 with the reason on bad input."""
+    """Print the plan (or with --suggest the best layouts). Exit status 1 when the layout does not fit, 2
+    with the reason on bad input (cmdline's convention)."""
     from training.config import ConfigError
 
     args = parse_args(argv)
     try:
-        model, preset, run = _model_and_run(args)
-        lay, source = layout_from_args(args, model, run)
+        model, preset, lay, source = layout_from_args(args)
         gpu = _gpu(args, lay.precision)
         if args.suggest:
             gpus = args.nodes * args.gpus_per_node
@@ -250,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(plan_dict(result), indent=2) if args.json else plan_text(result))
-    return 0
+    return EXIT_OK if result.fits else EXIT_CHECK_FAILED  # the plan is printed either way
 
 
 def _gib(n: float) -> str:

@@ -216,7 +216,7 @@ def collective_timeout_s(run: RunConfig) -> tuple[float | None, str]:
 _HUMANEVAL_OFF = "or set train.humaneval_interval=0 and score checkpoints with `codeparrot-eval humaneval`"
 
 
-def _humaneval_problems(run: RunConfig, zero_stage: int, ds_path: str) -> list[str]:
+def _humaneval_problems(run: RunConfig, zero_stage: int, ds_path: str, on_this_host: bool) -> list[str]:
     """train.humaneval_interval > 0 needs rank 0 to hold the whole model, and a budget the waiting ranks'
     collectives outlast (training/humaneval.py: its time is at most the budget, one generation and one
     sandbox timeout), and what `_humaneval_host_problems` checks."""
@@ -246,7 +246,7 @@ def _humaneval_problems(run: RunConfig, zero_stage: int, ds_path: str) -> list[s
             "generation and sandboxed program may run past the budget. Lower train.humaneval_budget_s to "
             f"{timeout / 2:g} or less, or raise train.dist_timeout_s to {2 * budget:g} or more"
         )
-    return problems + _humaneval_host_problems(t.humaneval_interval)
+    return problems + (_humaneval_host_problems(t.humaneval_interval) if on_this_host else [])
 
 
 def _humaneval_host_problems(interval: int) -> list[str]:
@@ -347,21 +347,24 @@ def validate(
     world_size: int,
     device_type: str,
     choose_precision: PrecisionChooser = precision.choose,
+    on_this_host: bool = True,
 ) -> RunSetup:
     """Every check of the run against the DeepSpeed JSON, the data and the world (the config's own fields
-    were checked when it was built). Raises ConfigError listing all problems."""
+    were checked when it was built). Raises ConfigError listing all problems. `on_this_host` False: a run
+    planned for elsewhere (codeparrot-plan): its data, train.init_from and this host's sandbox are not
+    looked at (RunSetup.data is empty; the vocabulary is the model's), the rest is checked alike."""
     problems: list[str] = []
     ds = copy.deepcopy(ds_json)
-    data = _open_data(run, problems)
+    data = _open_data(run, problems) if on_this_host else ()
     vocab = max((d.vocab_size for d in data), default=None)
     model = _model_config(run, vocab, problems)
     zero_stage = _zero_stage(ds, ds_path, problems)
     dp, parallel_problems = _parallel(run, model, vocab, zero_stage, world_size, ds_path)
     accum, global_batch, batch_problems = _batch(run, dp)
     problems += parallel_problems + batch_problems
-    if run.train.init_from is not None and model is not None:
+    if run.train.init_from is not None and model is not None and on_this_host:
         problems += _init_from_problems(run.train.init_from, model)
-    problems += _humaneval_problems(run, zero_stage, ds_path)
+    problems += _humaneval_problems(run, zero_stage, ds_path, on_this_host)
     for key in ("optimizer", "scheduler"):
         if key in ds:
             problems.append(

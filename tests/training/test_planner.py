@@ -62,9 +62,11 @@ def cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def cli_json(capsys, *argv: str) -> dict:
+    """The plan as JSON; exit status 0 when it fits, 1 when it does not (it is printed either way)."""
     code, out, err = cli(capsys, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
+    d = json.loads(out)
+    assert code == (0 if "suggestions" in d or d["memory"]["fits"] else 1), err
+    return d
 
 
 def model_args(name: str) -> list[str]:
@@ -338,7 +340,7 @@ def test_a_layout_that_does_not_fit_says_why_and_what_would(capsys):
     assert mem["advice"][0].startswith("largest term: activations")
     assert any(a.startswith("fits with --activation-checkpointing") for a in mem["advice"]), mem["advice"]
     code, out, _ = cli(capsys, *args)
-    assert code == 0 and "DOES NOT FIT" in out
+    assert code == 1 and "DOES NOT FIT" in out  # a check failed: exit status 1
 
 
 def test_suggest_for_codeparrot_on_4_nodes_of_8_h100(capsys):
@@ -505,3 +507,46 @@ def test_refusal_from_the_installed_command_is_one_line_and_exit_2():
     assert proc.stderr == (
         "codeparrot-plan: error: argument --gpus: -8 is not positive: give 1 or more (see --help)\n"
     )
+
+
+def test_the_plan_of_a_run_config_is_the_layout_training_derives(capsys, tmp_path):
+    """The planner calls training's validate(): the batch arithmetic, the precision rule and the refusals
+    are training's own, not a copy that could drift."""
+    from training.config import load_run_config
+    from training.precision import DeviceInfo, decide
+    from training.validate import load_ds_config, validate
+
+    def on_a_gpu(requested: str, *_):
+        return decide(requested, DeviceInfo(device_type="cuda", name="H100", cuda_bf16=True))
+
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"preset": "codeparrot-small"}, "train": {"micro_batch": 4}}))
+    d = cli_json(capsys, "--config", str(config), "--ds_config", "ds_configs/zero2.json", "--gpus", "8")
+    run = load_run_config(str(config), [])
+    setup = validate(
+        run,
+        load_ds_config("ds_configs/zero2.json"),
+        "ds_configs/zero2.json",
+        8,
+        "cuda",
+        on_a_gpu,
+        on_this_host=False,
+    )
+    lay = d["layout"]
+    assert (
+        (lay["dp"], lay["grad_accum"], lay["global_batch"])
+        == (
+            setup.dp_size,
+            setup.grad_accum,
+            setup.global_batch,
+        )
+        == (8, 1, 32)
+    )  # neither global_batch nor grad_accum in the config: training accumulates once
+    chosen = (setup.zero_stage, setup.precision.precision)
+    assert (lay["zero_stage"], lay["precision"]) == chosen == (2, "bf16")
+
+    # What training refuses, the planner refuses with training's words.
+    code, _, err = cli(capsys, "--config", str(config), "--zero", "2", "--pipeline-stages", "2", "--dp", "4")
+    assert code == 2 and "DeepSpeed pipeline parallelism supports ZeRO stage 0 or 1 only" in err, err
+    code, _, err = cli(capsys, "--config", str(config), "--global-batch", "30", "--gpus", "8")
+    assert code == 2 and "train.global_batch (30) must equal micro_batch (4)" in err, err
