@@ -54,12 +54,14 @@ import numpy as np
 from cmdline.args import OneLineParser
 from data_tools import cli
 from data_tools.array_work import BAD, PASSED, ROW, Appender, ArrayJob, read_json, save_npy_atomic
-from data_tools.atomic import replace_atomic
+from data_tools.atomic import replace_atomic, write_json_atomic
+from data_tools.cli import Progress
 from data_tools.decontaminate import REASON as DECONTAMINATE
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
 from data_tools.manifest import MANIFEST, load_manifest
 from data_tools.parallel import (
+    Cleaned,
     Cleaner,
     Kept,
     benchmark,
@@ -68,20 +70,24 @@ from data_tools.parallel import (
     ordered_map,
     verdict_batches,
 )
-from data_tools.preprocess import (
-    BATCH_CHARS,
-    BATCH_DOCS,
-    Cleaned,
-    Progress,
+from data_tools.preprocess import (  # the job's settings, fingerprint rule and dataset writer
     add_arguments,
     clear_dataset,
     config_from_args,
     key_digest,
-    write_json_atomic,
     write_manifest,
     write_units,
 )
-from data_tools.sources import Problems, SourceConfig, iter_batches, iter_inputs, iter_records, location
+from data_tools.sources import (
+    BATCH_CHARS,
+    BATCH_DOCS,
+    Problems,
+    SourceConfig,
+    iter_batches,
+    iter_inputs,
+    iter_records,
+    location,
+)
 from data_tools.train_tokenizer import LoadedTokenizer, tokenizer_sha256, train_on_documents
 
 logger = logging.getLogger(__name__)

@@ -10,12 +10,13 @@ before they appear, such as a trained tokenizer's, are renamed with `os.replace`
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 
 def unique_tmp(path: Path) -> Path:
@@ -57,3 +58,8 @@ def write_atomic(
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as JSON to `path` so that a reader sees the old file or the whole new one."""
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")

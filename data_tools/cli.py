@@ -303,3 +303,25 @@ def run(job: Callable[[], Any], args: argparse.Namespace) -> int:
         )
         return 130
     return 0
+
+
+class Progress:
+    """tqdm over input documents with tokens/s (once there are tokens) and MB/s (input) in the postfix."""
+
+    def __init__(self, enabled: bool, desc: str = "preprocess") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=desc, unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
+        self.start, self.tokens, self.bytes = time.perf_counter(), 0, 0
+
+    def update(self, docs: int, tokens: int, input_bytes_so_far: int) -> None:
+        self.tokens += tokens
+        self.bytes = input_bytes_so_far
+        self.bar.update(docs)
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rates = [f"{self.tokens / elapsed / 1e6:.2f}M tok/s"] if self.tokens else []
+        rates.append(f"{self.bytes / elapsed / 1e6:.1f} MB/s")
+        self.bar.set_postfix_str(", ".join(rates), refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -426,6 +426,11 @@ class Kept:
         return self.record.location
 
 
+# Batches of the cleaned corpus, in order: (the batch's number of input records, its kept documents, their
+# content hashes).
+Cleaned = Iterator[tuple[int, list[Kept], list[int]]]
+
+
 def cleaned_batches(
     executor: Executor,
     batches: Iterable[list[Record]],
@@ -434,7 +439,7 @@ def cleaned_batches(
     problems: Problems,
     window: int,
     want_text: bool = True,
-) -> Iterator[tuple[int, list[Kept], list[int]]]:
+) -> Cleaned:
     """For each batch of records: its size, the kept documents and their content hashes, in order. Bad
     records are added to `problems` in input order."""
     for batch, verdicts in verdict_batches(executor, batches, cleaner.cfg, sources, window, want_text):

@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
@@ -51,7 +50,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from data_tools import __version__, cli
-from data_tools.atomic import write_atomic
+from data_tools.atomic import write_json_atomic
+from data_tools.cli import Progress
 from data_tools.encode import ENCODERS, MAX_PIECE_CHARS, choose_encoder
 from data_tools.errors import DataError
 from data_tools.filters import FILTER_NAMES
@@ -59,9 +59,9 @@ from data_tools.indexed_dataset import IndexedDatasetWriter
 from data_tools.manifest import MANIFEST
 from data_tools.parallel import (
     CleanConfig,
+    Cleaned,
     Cleaner,
     CleanReport,
-    Kept,
     benchmark,
     cleaned_batches,
     is_valid_split,
@@ -71,6 +71,8 @@ from data_tools.parallel import (
     tokenize_records,
 )
 from data_tools.sources import (
+    BATCH_CHARS,
+    BATCH_DOCS,
     Problems,
     Record,
     SourceConfig,
@@ -90,7 +92,6 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
 DEFAULT_SHARD_TOKENS = 256 * 2**20  # 512 MiB of uint16 per training shard
-BATCH_DOCS, BATCH_CHARS = 64, 250_000
 # Tokenize-only batches (records, payload bytes): one worker call each, decoding and tokenising.
 TOKENIZE_ONLY_BATCH = (256, 250_000)
 # The first documents tiktoken is compared with tokenizers on (data_tools.encode): at most so many, and
@@ -202,11 +203,6 @@ class _Unit:
             w.abort()
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON to `path` so that a reader sees the old file or the whole new one."""
-    write_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
 def _finished_units(out: Path, fingerprint: str) -> list[dict[str, Any]]:
     """The records of finished units 0..k-1 (contiguous), after checking they belong to this job."""
     records = []
@@ -252,33 +248,6 @@ def clear_dataset(out: Path, tokenizer: bool = True) -> None:
     _clear_unfinished(out, 0)
 
 
-class Progress:
-    """tqdm over input documents with tokens/s (once there are tokens) and MB/s (input) in the postfix."""
-
-    def __init__(self, enabled: bool, desc: str = "preprocess") -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(desc=desc, unit=" docs", disable=not enabled, mininterval=1.0, smoothing=0.1)
-        self.start, self.tokens, self.bytes = time.perf_counter(), 0, 0
-
-    def update(self, docs: int, tokens: int, input_bytes_so_far: int) -> None:
-        self.tokens += tokens
-        self.bytes = input_bytes_so_far
-        self.bar.update(docs)
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rates = [f"{self.tokens / elapsed / 1e6:.2f}M tok/s"] if self.tokens else []
-        rates.append(f"{self.bytes / elapsed / 1e6:.1f} MB/s")
-        self.bar.set_postfix_str(", ".join(rates), refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-# Batches of the cleaned corpus, in order: (the batch's number of input records, its kept documents, their
-# content hashes).
-Cleaned = Iterator[tuple[int, list[Kept], list[int]]]
-
-
 class Encoded(NamedTuple):
     """One batch of tokenised documents, ready to write."""
 
@@ -298,7 +267,7 @@ def _encoded_batches(
     chars/token filter and the split here."""
     min_cpt, dtype = cfg.clean.filters.chars_per_token, tok.dtype
 
-    def fresh() -> Iterator[tuple[int, list[Kept], list[int]]]:
+    def fresh() -> Cleaned:
         consumed = 0
         for n_in, kept, hashes in cleaned:
             consumed += n_in

@@ -657,6 +657,11 @@ def iter_documents(cfg: SourceConfig, problems: Problems) -> Iterator[Document]:
             yield Document(text, rec.path, rec.line)
 
 
+# The batches (records, payload characters) a job's workers clean: one worker call each. Part of a job's
+# fingerprint (data_tools.preprocess), since they set the order in which documents reach the workers.
+BATCH_DOCS, BATCH_CHARS = 64, 250_000
+
+
 def iter_batches(records: Iterable[Record], max_records: int = 256, max_bytes: int = 4_000_000):
     """Group records into lists bounded in count and payload bytes (a unit of parallel work)."""
     batch: list[Record] = []
