@@ -30,6 +30,7 @@ $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 # 1. standard library -> cleaned, deduplicated corpus -> 8,192-id tokenizer -> shards ($(OUT)/data)
 # 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks, in the precision the CPU
 #    runs natively (train.precision auto: bf16 with AMX or AVX512-BF16, else fp32), a few minutes
+#    and its curves drawn by codeparrot-plot ($(OUT)/train/metrics.png)
 # 3. its validation perplexity, an export to a transformers GPT2LMHeadModel directory ($(OUT)/hf), and a
 #    completion of a Python prompt from that export
 demo: $(STAMP)
@@ -37,6 +38,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_gpus $(RANKS) \
 		--master_addr 127.0.0.1 --master_port $(PORT) pretrain_gpt.py --config configs/demo.json \
 		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train
+	$(BIN)/codeparrot-plot $(OUT)/train
 	$(BIN)/codeparrot-eval perplexity $(OUT)/train --data $(OUT)/data
 	$(BIN)/codeparrot-export $(OUT)/train $(OUT)/hf --overwrite
 	$(BIN)/codeparrot-generate $(OUT)/hf 'def fibonacci(n):' --max-new-tokens 64 --temperature 0
