@@ -30,7 +30,7 @@ $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 # 1. standard library -> cleaned, deduplicated corpus -> 8,192-id tokenizer -> shards ($(OUT)/data)
 # 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks, in the precision the CPU
 #    runs natively (train.precision auto: bf16 with AMX or AVX512-BF16, else fp32), a few minutes
-#    and its curves drawn by codeparrot-plot ($(OUT)/train/metrics.png)
+#    then its curves drawn by codeparrot-plot into $(OUT)/train/metrics.png
 # 3. its validation perplexity, an export to a transformers GPT2LMHeadModel directory ($(OUT)/hf), and a
 #    completion of a Python prompt from that export
 demo: $(STAMP)
