@@ -36,7 +36,11 @@ from training.precision import DeviceInfo, PrecisionChoice, decide
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(
-        prog="codeparrot-plan", description=PLANNER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="codeparrot-plan",
+        description=PLANNER_DOC,
+        example="codeparrot-plan --preset codeparrot --gpus 16 --ds_config ds_configs/zero3.json\n"
+        "codeparrot-plan --config configs/codeparrot_zero2.json --ds_config ds_configs/zero2.json --gpus 8\n"
+        "codeparrot-plan --preset codeparrot --suggest --nodes 4   # the layouts that fit, fastest first",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", help="model preset (tiny, codeparrot-small, codeparrot); default tiny")
