@@ -108,6 +108,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--top", type=positive_int, default=5, help="with --suggest: layouts shown (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--plot", metavar="PNG", help="also draw its memory per phase into PNG (not --suggest)")
     return p.parse_args(argv)
 
 
@@ -266,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(plan_dict(result), indent=2) if args.json else plan_text(result))
+    if args.plot:
+        from plan.draw import write_memory_plot  # matplotlib only when asked for
+
+        print(f"memory plot: {write_memory_plot(result, args.plot)}", file=sys.stderr)
     return EXIT_OK if result.fits else EXIT_CHECK_FAILED  # the plan is printed either way
 
 
