@@ -29,7 +29,8 @@ BARS = (
 
 def memory_figure(p: Plan, size_px: tuple[int, int] = SIZE_PX) -> Figure:
     """The figure (matplotlib's Agg canvas, no pyplot state). Each bar segment carries its term's name as
-    gid and its bar's title as label; the usable-memory line has gid "usable", the GPU's "gpu"."""
+    gid; the bars stand at x = 0, 1, ... under their titles (the x tick labels); the usable-memory line has
+    gid "usable", the GPU's "gpu"."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -43,7 +44,7 @@ def memory_figure(p: Plan, size_px: tuple[int, int] = SIZE_PX) -> Figure:
     colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
     hatches = {n: "//" * (i // 10) for i, n in enumerate(names)}  # more terms than the 10 colours
     bars = [(title, phases) for title, phases in BARS if any(t.phase == phases[-1] for t in terms)]
-    for x, (title, phases) in enumerate(bars):
+    for x, (_, phases) in enumerate(bars):
         bottom = 0.0
         for t in (t for phase in phases for t in terms if t.phase == phase):
             height = t.bytes / GIB
@@ -56,7 +57,6 @@ def memory_figure(p: Plan, size_px: tuple[int, int] = SIZE_PX) -> Figure:
                 hatch=hatches[t.name],
                 edgecolor="white",
                 linewidth=0.5,
-                label=title,
             )
             patch.set_gid(t.name)
             bottom += height
@@ -81,7 +81,7 @@ def memory_figure(p: Plan, size_px: tuple[int, int] = SIZE_PX) -> Figure:
     usable_label = f"usable {usable:.1f} GiB ({1 - SAFETY_FRACTION:.0%} of the GPU)"
     handles += [
         Line2D([], [], color="crimson", linewidth=1.5, label=usable_label),
-        Line2D([], [], color="0.4", linestyle="--", label=f"{p.gpu.name} {whole:g} GiB"),
+        Line2D([], [], color="0.4", linestyle="--", label=f"{p.gpu.name}: {whole:.1f} GiB"),
     ]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     ax.set_title(_title(p), fontsize=10)
