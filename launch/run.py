@@ -118,6 +118,12 @@ def runner_view(argv: Sequence[str]) -> RunnerView:
     from deepspeed.launcher import runner
 
     args = runner.parse_args(list(argv))
+    given = any(a == "--hostfile" or a.startswith("--hostfile=") for a in argv)
+    if given and not os.path.exists(args.hostfile):  # the runner would train on this host alone
+        raise LaunchConfigError(
+            f"--hostfile {args.hostfile}: no such file, and the DeepSpeed runner would go on with this host "
+            "alone; give the hostfile's path, or drop --hostfile for a one-node run"
+        )
     pool = _hostfile_pool(runner, args.hostfile)
     argv = list(argv)
     if not pool:
