@@ -1,6 +1,6 @@
 """Checks every host of a multi-host launch in seconds, before any rank starts.
 
-    python -m launch.preflight --hostfile hosts --save-dir /shared/ckpt \\
+    codeparrot-preflight --hostfile hosts --save-dir /shared/ckpt \\
         [--master-addr A] [--master-port P] [--launcher pdsh|openmpi] [--launcher-args "--mca ..."]
 
 For each host of the hostfile (which is checked first, as DeepSpeed's runner reads it):
@@ -17,7 +17,8 @@ For each host of the hostfile (which is checked first, as DeepSpeed's runner rea
                  openmpi, btl/oob_tcp_if_include name an interface (or subnet) with an IPv4 address on each
                  host; unset on several hosts is a warning
 The table shows OK or the problem per host and check, then what to do about each. Exit status: 0 when
-nothing failed (warnings allowed), 1 when a check failed, 2 when the hostfile itself is wrong.
+nothing failed (warnings allowed), 1 when a check failed, 2 when the hostfile itself is wrong (the
+convention of every console script, cmdline/).
 """
 
 from __future__ import annotations
