@@ -48,7 +48,7 @@ test: $(STAMP)
 
 # About 20 minutes on 2 cores; BENCH_ARGS="--only generate,startup" runs some, "--quick" at toy sizes.
 bench: $(STAMP)
-	$(BIN)/python bench/suite.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,9 +1,9 @@
 """The cost of a checkpoint's per-file checksums (training.checkpoint: CRC-32 in files.json, summed after
 every save and checked before every resume), against `sha256sum` on the same files.
 
-    python bench/checkpoint_checksum.py                     # 2 GB of checkpoint-like files under /tmp
-    python bench/checkpoint_checksum.py --dir /ckpt --gb 4  # on the disk that holds checkpoints
-    python bench/checkpoint_checksum.py --gb 0.05           # seconds: a smoke test
+    python -m bench.checkpoint_checksum                     # 2 GB of checkpoint-like files under /tmp
+    python -m bench.checkpoint_checksum --dir /ckpt --gb 4  # on the disk that holds checkpoints
+    python -m bench.checkpoint_checksum --gb 0.05           # seconds: a smoke test
 
 Writes --files files of random fp32 tensors (torch.save, as DeepSpeed writes its shards) totalling --gb GB
 under --dir, then, in the same run and alternating, each side's best of --repeats:
@@ -29,11 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from training.checkpoint import checksums  # noqa: E402
+from training.checkpoint import checksums
 
 GB_1P5B = 1.5 * (2 + 3 * 4)  # 1.5e9 params: bf16 weights + fp32 master, exp_avg, exp_avg_sq
 

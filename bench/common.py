@@ -1,5 +1,6 @@
-"""What the benchmarks share: the machine they ran on, which precisions run natively here, a dense-matmul
-peak for MFU, and one results JSON per run under bench/results/ (rendered by bench/report.py).
+"""What the benchmarks share: the machine they ran on, which precisions run natively here, the benchmarks'
+model, training step and shards, and one results JSON per run under bench/results/ (rendered by
+bench/report.py). The `deepspeed` launch is bench/launcher.py's, the matmul timer and peaks bench/matmul.py's.
 
 A results JSON holds: the benchmark's name and exact command, start/finish times, the machine (CPU model, the
 full /proc/cpuinfo flags line and the bf16-relevant flags, cores, torch/deepspeed/transformers/tokenizers
@@ -19,10 +20,8 @@ import platform
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,6 @@ RESULT_KEYS = ("schema", "benchmark", "command", "started", "finished", "machine
 
 
 # ---- processes -----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_command(cmd: Sequence[str], env: dict[str, str] | None, timeout_s: float) -> str:
@@ -205,117 +198,11 @@ def precision_record(support: dict[str, PrecisionSupport], auto: Any) -> dict[st
     }
 
 
-# ---- a dense-matmul peak -----------------------------------------------------------------------------
+# ---- the benchmarks' model, training step and shards -------------------------------------------------
 
-SQUARES = (256, 512, 1024, 2048)
-
-
-def model_matmuls(n_embd: int, rows: int, vocab: int, n_layer: int) -> list[tuple[tuple[int, int, int], int]]:
-    """The dense matmuls of one training step of a GPT-2 at ``rows`` tokens, as ((m, k, n), count): per
-    linear layer (QKV, attention output, MLP up, MLP down per block; the LM head once) its forward
-    ``[rows, k] x [k, n]``, its input gradient ``[rows, n] x [n, k]`` and its weight gradient
-    ``[n, rows] x [rows, k]``. The whole batch's shapes: the model's, not one implementation's chunking."""
-    d = n_embd
-    linears = [((d, 3 * d), n_layer), ((d, d), n_layer), ((d, 4 * d), n_layer), ((4 * d, d), n_layer)]
-    counts: dict[tuple[int, int, int], int] = {}
-    for (k, n), count in [*linears, ((d, vocab), 1)]:
-        for shape in ((rows, k, n), (rows, n, k), (n, rows, k)):
-            counts[shape] = counts.get(shape, 0) + count
-    return sorted(counts.items())
-
-
-def peak_shapes(n_embd: int, rows: int, vocab: int, n_layer: int = 1) -> list[tuple[int, int, int]]:
-    """(m, k, n) of the sweep: squares 256..2048 (the large-matmul peak) and every matmul shape of the
-    model's training step at ``rows`` tokens (`model_matmuls`, the achievable peak), smallest first."""
-    model = {shape for shape, _ in model_matmuls(n_embd, rows, vocab, n_layer)}
-    shapes = {(s, s, s) for s in SQUARES} | model
-    return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
-
-
-def achievable_gflops(
-    rates: dict[tuple[int, int, int], float | None], matmuls: list[tuple[tuple[int, int, int], int]]
-) -> float | None:
-    """The peak a model's own matmuls allow: its step's matmul FLOPs over the time they take at the rate
-    measured for each shape (a FLOP-weighted harmonic mean of ``rates``); None if a shape went unmeasured."""
-    flops = seconds = 0.0
-    for shape, count in matmuls:
-        rate = rates.get(shape)
-        if not rate:
-            return None
-        f = 2.0 * shape[0] * shape[1] * shape[2] * count
-        flops, seconds = flops + f, seconds + f / (rate * 1e9)
-    return flops / seconds / 1e9
-
-
-def _rate(a: Any, b: Any, seconds: float) -> float:
-    """GFLOP/s of ``a @ b`` over at least ``seconds`` after one warm-up call (dispatch, weight packing);
-    if the warm-up call alone took ``seconds``, its rate (a lower bound), so that a slow case costs one
-    call more."""
-    flops = 2 * a.shape[0] * a.shape[1] * b.shape[1]
-    start = time.perf_counter()
-    a @ b
-    first = time.perf_counter() - start
-    if first >= seconds:
-        return flops / first / 1e9
-    calls, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return flops * calls / elapsed / 1e9
-
-
-def matmul_sweep(
-    dtype: Any,
-    shapes: Sequence[tuple[int, int, int]],
-    seconds: float = 0.2,
-    max_call_s: float = 1.0,
-    agree: Callable[[float], float] = lambda x: x,
-) -> list[dict[str, Any]]:
-    """Throughput (GFLOP/s) of an ``[m, k] x [k, n]`` matmul in ``dtype`` per shape, on this process's
-    threads.
-
-    Each shape runs in both layouts of the second operand, ``a @ b`` with ``b`` stored ``[k, n]`` and
-    ``a @ w.t()`` with ``w`` stored ``[n, k]`` (nn.Linear's layout), and counts the faster: with bf16
-    emulated on an AVX2-only CPU the two differed by 3-15x (torch 2.13). Shapes run smallest first; one
-    whose single call would take over ``max_call_s`` at the best rate so far is skipped (gflops None), so
-    that a precision emulated at 1 GFLOP/s does not spend a minute on 2048^3. ``agree`` combines a value
-    across processes measuring at the same time (the max over ranks, and a barrier): every rank then skips
-    the same shapes and starts each one together.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    out, best = [], 0.0
-    for m, k, n in shapes:
-        flops = 2 * m * k * n
-        predicted = flops / (best * 1e9) if best else 0.0
-        if agree(predicted) > max_call_s:
-            out.append({"shape": [m, k, n], "gflops": None, "skipped": f"over {max_call_s} s per call"})
-            continue
-        a = torch.randn(m, k, generator=gen).to(dtype)
-        b = torch.randn(k, n, generator=gen).to(dtype)
-        w = torch.randn(n, k, generator=gen).to(dtype)
-        layouts = {
-            "a@b": _rate(a, b, seconds),
-            "a@w.t()": _rate(a, w.t(), seconds),
-        }
-        fastest = max(layouts, key=layouts.get)
-        best = max(best, layouts[fastest])
-        out.append({"shape": [m, k, n], "gflops": layouts[fastest], "layout": fastest, "layouts": layouts})
-    return out
-
-
-def rated_peak_tflops(precision: str) -> float | None:
-    """The rated dense peak of this process's GPU (training.gpus.GPUS), None for CPUs and unknown GPUs."""
-    from training.metrics import peak_flops
-
-    peak = peak_flops(precision, None)
-    return peak / 1e12 if peak else None
-
-
-# ---- the benchmarks' model ---------------------------------------------------------------------------
+# transformers' GPT2LMHeadModel as the training benchmarks run it: GPT-2's tanh GELU as one fused op
+# ("gelu_new" computes the same function from several) and no KV cache.
+HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
 
 
 def gpt_config(args: Any, dropout: float = 0.0) -> Any:
@@ -362,6 +249,48 @@ def run_config_model(args: Any) -> dict[str, Any]:
     }
 
 
+def make_step(model: Any, is_hf: bool, precision: str, lr: float = 1e-4) -> Callable[[Any, Any], Any]:
+    """Closure running one optimizer step (forward, loss, backward, model.optim's AdamW) on (idx, targets)
+    ``[B, T]``, under bf16 autocast for ``precision`` "bf16"; returns the detached loss."""
+    import torch
+
+    from model.optim import build_optimizer
+
+    opt = build_optimizer(model, lr=lr, weight_decay=0.1)
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if precision == "bf16"
+        else contextlib.nullcontext
+    )
+
+    def step(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            if is_hf:
+                # HF shifts labels itself: labels = idx gives the same next-token task as our targets.
+                loss = model(input_ids=idx, labels=idx).loss
+            else:
+                _, loss = model(idx, targets)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def build_shards(tmp: Path, vocab: int = 8192) -> Path:
+    """The training benchmarks' shards, under ``tmp``: the standard library preprocessed with a ``vocab``-id
+    tokenizer trained on every fourth file; returns the output directory."""
+    from data_tools.preprocess import PreprocessConfig, preprocess
+    from data_tools.sources import Problems, SourceConfig, iter_documents
+    from data_tools.train_tokenizer import train
+
+    docs = [d.text for d in iter_documents(SourceConfig(), Problems(log=False))]
+    train(docs[::4], tmp / "tok", vocab_size=vocab, show_progress=False)
+    preprocess(PreprocessConfig(output=tmp / "data", tokenizer=tmp / "tok", show_progress=False, workers=2))
+    return tmp / "data"
+
+
 # ---- printing and the results JSON -------------------------------------------------------------------
 
 
@@ -380,13 +309,13 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def command_line(script: str, argv: Sequence[str] | None) -> str:
-    """The command that reproduces this run, from the repository root."""
+def command_line(module: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces this run from the repository root: ``python -m <module> <args>``."""
     python = Path(sys.executable)
     with contextlib.suppress(ValueError):
         python = python.relative_to(ROOT)
     args = list(sys.argv[1:] if argv is None else argv)
-    return shlex.join([str(python), script, *args])
+    return shlex.join([str(python), "-m", module, *args])
 
 
 def results_path(results_dir: Path, benchmark: str, started: str, tag: str) -> Path:

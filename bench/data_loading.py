@@ -1,10 +1,10 @@
 """Samples/s per rank of the training data path against what a training step consumes: the headroom.
 
-    python bench/data_loading.py                       # seq 256, micro-batch 4, 2 ranks, 4 layers x 256
-    python bench/data_loading.py --data out/ --batches 50 --step-repeats 2    # existing shards, shorter
+    python -m bench.data_loading                       # seq 256, micro-batch 4, 2 ranks, 4 layers x 256
+    python -m bench.data_loading --data out/ --batches 50 --step-repeats 2    # existing shards, shorter
 
 In the same run, on the same shards (the standard library preprocessed with an 8,192-id tokenizer, as
-bench/train_throughput.py builds them; or --data):
+bench/train_throughput.py trains on, bench.common.build_shards; or --data):
   ours      the batches pretrain_gpt.py trains on: `training.data.RankData(...).train_batches(0)` for each of
             --ranks data-parallel ranks (memory-mapped shards -> packed samples -> shuffled order -> int64
             input and target tensors), --batches micro-batches per rank after one untimed; each rank's
@@ -35,14 +35,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
     Printer,
     add_training_shape_args,
+    build_shards,
     command_line,
     describe_machine,
     finish,
@@ -119,13 +116,6 @@ class Step:
         return self.x.shape[0] / statistics.median(times)
 
 
-def build_data(tmp: Path) -> Path:
-    """The shards bench/train_throughput.py trains on."""
-    from bench.train_throughput import build_data as train_throughput_data
-
-    return train_throughput_data(tmp)
-
-
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -156,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         tmp = Path(tmp_str)
         if args.data is None:
             out("building shards (standard library, 8,192-id tokenizer) ...")
-        data = args.data or build_data(tmp)
+        data = args.data or build_shards(tmp)
         vocab = load_manifest(data)["tokenizer"]["vocab_size"]
         runs = {
             "fim_off": run_config(args, data, tmp / "save", 0.0),
@@ -239,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return finish(
         out,
         benchmark="data_loading",
-        command=command_line("bench/data_loading.py", argv),
+        command=command_line("bench.data_loading", argv),
         started=started,
         machine=machine,
         precision=None,

@@ -1,16 +1,16 @@
 """Does fill-in-the-middle cost left-to-right quality? The demo's model trained with data.fim_rate 0 and 0.5.
 
-    python bench/fim_quality.py                         # the demo's data, model and steps; rates 0 and 0.5
-    python bench/fim_quality.py --seeds 1234,7 --data runs/demo/data      # two seeds, existing shards
-    python bench/fim_quality.py --max-steps 1500       # the demo's model on 6x its tokens
+    python -m bench.fim_quality                         # the demo's data, model and steps; rates 0 and 0.5
+    python -m bench.fim_quality --seeds 1234,7 --data runs/demo/data      # two seeds, existing shards
+    python -m bench.fim_quality --max-steps 1500       # the demo's model on 6x its tokens
 
 Bavarian et al. 2022 report that FIM at rate 0.5 leaves left-to-right loss unchanged at scale ("FIM for
 free"); this measures it at the size the demo trains in minutes. For each --seeds x --rates, in one run on
 the same shards (the standard library with an 8,192-id tokenizer, as `make demo` builds them; or --data):
 
-  train     pretrain_gpt.py under the real `deepspeed` launcher, --ranks CPU ranks, configs/demo.json (its
-            model, steps and batch: the same tokens for every rate), ds_configs/zero2_cpu.json, with
-            data.fim_rate and train.seed set;
+  train     pretrain_gpt.py under the real `deepspeed` launcher (bench.launcher), --ranks CPU ranks,
+            configs/demo.json (its model, steps and batch: the same tokens for every rate),
+            ds_configs/zero2_cpu.json, with data.fim_rate and train.seed set;
   L2R       left-to-right validation loss: `codeparrot-eval perplexity` on the whole valid split (documents
             as they are, no FIM);
   infill    `codeparrot-eval infill`: single- and multi-line holes of HumanEval's canonical solutions,
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -34,23 +33,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
+    ROOT,
     Printer,
     command_line,
     describe_machine,
     finish,
-    free_port,
     machine_info,
     now,
     run_command,
 )
+from bench.launcher import BIN, deepspeed_env, pretrain_command
 
-BIN = Path(sys.executable).parent
 TIMEOUT_S = 3600
 
 
@@ -67,14 +62,15 @@ def build_data(tmp: Path) -> Path:
 
 
 def train(args: argparse.Namespace, data: Path, save_dir: Path, rate: float, seed: int) -> dict[str, Any]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN}:{os.environ.get('PATH', '')}")
-    cmd = [str(BIN / "deepspeed"), "--num_gpus", str(args.ranks), "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(free_port()), "pretrain_gpt.py", "--config", str(args.config)]
-    cmd += ["--ds_config", "ds_configs/zero2_cpu.json", "--set", f'data.paths=["{data}"]']
-    cmd += [f"train.save_dir={save_dir}", f"data.fim_rate={rate}", f"train.seed={seed}"]
-    if args.max_steps:
-        cmd += [f"train.max_steps={args.max_steps}"]
-    output = run(cmd, env)
+    sets = [
+        f'data.paths=["{data}"]',
+        f"train.save_dir={save_dir}",
+        f"data.fim_rate={rate}",
+        f"train.seed={seed}",
+    ]
+    sets += [f"train.max_steps={args.max_steps}"] if args.max_steps else []
+    cmd = pretrain_command(args.config, "ds_configs/zero2_cpu.json", "--set", *sets, ranks=args.ranks)
+    output = run(cmd, deepspeed_env(save_dir.parent / "cache"))
     if rate > 0 and "fill-in-the-middle: " not in output:
         raise RuntimeError(
             f"data.fim_rate {rate} but the run did not log fill-in-the-middle:\n{output[-2000:]}"
@@ -185,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return finish(
         out,
         benchmark="fim_quality",
-        command=command_line("bench/fim_quality.py", argv),
+        command=command_line("bench.fim_quality", argv),
         started=started,
         machine=machine,
         precision=None,

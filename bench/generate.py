@@ -12,9 +12,9 @@ same tokens (checked and printed; a difference at a near-tie of two logits is re
 Per length, each side runs --repeats times in an order that alternates (cache, no cache, transformers,
 then the reverse, ...); a side's figure is its median time / new tokens, the spread min-max.
 
-    python bench/generate.py                  # 4 layers, width 128, vocab 4096, prompt 16, 64..512 new tokens
-    python bench/generate.py --threads 1      # on a machine shared with other jobs (2 threads contend)
-    python bench/generate.py --layers 12 --width 768 --heads 12 --vocab 32768 --lengths 32 128 \
+    python -m bench.generate                  # 4 layers, width 128, vocab 4096, prompt 16, 64..512 new tokens
+    python -m bench.generate --threads 1      # on a machine shared with other jobs (2 threads contend)
+    python -m bench.generate --layers 12 --width 768 --heads 12 --vocab 32768 --lengths 32 128 \
         --no-cache-up-to 32                  # codeparrot-small's shape: model work, not framework overhead
 
 At the default toy shape (4 x 128, vocab 4,096) a step is mostly framework overhead (Python, dispatch,
@@ -33,19 +33,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
     Printer,
     command_line,
@@ -55,9 +50,9 @@ from bench.common import (  # noqa: E402
     machine_info,
     now,
 )
-from model.gpt2 import GPT  # noqa: E402
-from model.hf import to_hf  # noqa: E402
-from model.kernels.attention import resolve_attention  # noqa: E402
+from model.gpt2 import GPT
+from model.hf import to_hf
+from model.kernels.attention import resolve_attention
 
 HOW = (
     "median over {n} greedy generations of each kind (order alternating, after a warm-up) of wall time / "
@@ -256,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return finish(
         out,
         benchmark="generate",
-        command=command_line("bench/generate.py", argv),
+        command=command_line("bench.generate", argv),
         started=started,
         machine=machine,
         precision=None,

@@ -18,8 +18,8 @@ A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16: tor
 slower than fp32 on AVX2-only CPUs; see training/precision.py) is still measured and marked, but with
 --emulated-batch sequences, --emulated-rounds rounds and one warm-up step, so that the run stays short.
 
-    python bench/model_step.py                # 4 layers, width 256, ctx 256, vocab 8192, micro-batch 8
-    python bench/model_step.py --compile      # also both models under torch.compile
+    python -m bench.model_step                # 4 layers, width 256, ctx 256, vocab 8192, micro-batch 8
+    python -m bench.model_step --compile      # also both models under torch.compile
 
 Prints a line per precision and mode, writes bench/results/model_step_<date>_<cpu>.json, and ends with the
 ratio in the precision train.precision="auto" picks on this machine, e.g.
@@ -29,22 +29,17 @@ ratio in the precision train.precision="auto" picks on this machine, e.g.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
+    HF_KWARGS,
     RESULTS_DIR,
     PrecisionSupport,
     Printer,
@@ -53,16 +48,15 @@ from bench.common import (  # noqa: E402
     finish,
     gpt_config,
     machine_info,
+    make_step,
     now,
     precision_record,
     precision_support,
 )
-from model.gpt2 import GPT  # noqa: E402
-from model.hf import to_hf  # noqa: E402
-from model.optim import build_optimizer  # noqa: E402
+from model.gpt2 import GPT
+from model.hf import to_hf
 
 Step = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
 HOW = "median over {n} batches of t_hf / t_ours, both steps back to back in one process, order alternating"
 
 
@@ -115,30 +109,6 @@ def method_for(args: argparse.Namespace, support: PrecisionSupport) -> Method:
         return Method(support, args.batch, args.warmup, args.steps, args.rounds, reduced=False)
     batch, rounds = min(args.emulated_batch, args.batch), min(args.emulated_rounds, args.rounds)
     return Method(support, batch, min(args.warmup, 1), args.steps, rounds, reduced=True)
-
-
-def make_step(model: torch.nn.Module, is_hf: bool, precision: str, lr: float = 1e-4) -> Step:
-    """Closure running one optimizer step on (idx, targets) ``[B, T]``; returns the detached loss."""
-    opt = build_optimizer(model, lr=lr, weight_decay=0.1)
-    autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-        if precision == "bf16"
-        else contextlib.nullcontext
-    )
-
-    def step(idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            if is_hf:
-                # HF shifts labels itself: labels = idx gives the same next-token task as our targets.
-                loss = model(input_ids=idx, labels=idx).loss
-            else:
-                _, loss = model(idx, targets)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    return step
 
 
 def time_step(runner: Runner, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -307,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     return finish(
         out,
         benchmark="model_step",
-        command=command_line("bench/model_step.py", argv),
+        command=command_line("bench.model_step", argv),
         started=started,
         machine=machine,
         precision=precision_record(support, auto),

@@ -1,7 +1,7 @@
 """Throughput of the preprocess job, in its two modes, against the fastest encoding of the same documents.
 
-    python bench/preprocess.py                 # the standard library, and the same corpus repeated 4 times
-    python bench/preprocess.py --copies 1 --vocab-size 512 --repeats 1      # seconds: a smoke test
+    python -m bench.preprocess                 # the standard library, and the same corpus repeated 4 times
+    python -m bench.preprocess --copies 1 --vocab-size 512 --repeats 1      # seconds: a smoke test
 
 For each corpus and mode, in the same run:
   limit    the `tokenizers` library encoding the documents the mode tokenises, already in memory (no
@@ -50,13 +50,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
     Printer,
     command_line,
@@ -65,12 +61,12 @@ from bench.common import (  # noqa: E402
     machine_info,
     now,
 )
-from data_tools.encode import encode_texts  # noqa: E402
-from data_tools.fast_encode import TiktokenEncoder, tiktoken_encoder  # noqa: E402
-from data_tools.indexed_dataset import IndexedDataset  # noqa: E402
-from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor, temporary_env  # noqa: E402
-from data_tools.preprocess import PreprocessConfig, preprocess  # noqa: E402
-from data_tools.sources import (  # noqa: E402
+from data_tools.encode import encode_texts
+from data_tools.fast_encode import TiktokenEncoder, tiktoken_encoder
+from data_tools.indexed_dataset import IndexedDataset
+from data_tools.parallel import CleanConfig, Cleaner, cleaned_batches, make_executor, temporary_env
+from data_tools.preprocess import PreprocessConfig, preprocess
+from data_tools.sources import (
     Problems,
     SourceConfig,
     default_workers,
@@ -78,7 +74,7 @@ from data_tools.sources import (  # noqa: E402
     iter_documents,
     iter_records,
 )
-from data_tools.train_tokenizer import load_tokenizer, train  # noqa: E402
+from data_tools.train_tokenizer import load_tokenizer, train
 
 
 def kept_texts(sources: SourceConfig, clean: CleanConfig) -> list[str]:
@@ -402,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish(
         out,
         benchmark="preprocess",
-        command=command_line("bench/preprocess.py", argv),
+        command=command_line("bench.preprocess", argv),
         started=started,
         machine=machine,
         precision=None,

@@ -1,8 +1,8 @@
 """Where a training step's time goes, ours and transformers' GPT2LMHeadModel, and what that bounds.
 
-    python bench/profile_step.py              # model_step.py's shape, micro-batch 4, 1 thread
-    python bench/profile_step.py --width 128  # the demo's width
-    python bench/profile_step.py --precision bf16 --vocab 32768 --heads 8 --batch 8  # bf16, as DeepSpeed
+    python -m bench.profile_step              # model_step.py's shape, micro-batch 4, 1 thread
+    python -m bench.profile_step --width 128  # the demo's width
+    python -m bench.profile_step --precision bf16 --vocab 32768 --heads 8 --batch 8  # bf16, as DeepSpeed
 
 Runs the same step as bench/model_step.py (forward, loss, backward, AdamW) under the torch profiler for both
 models (in bf16 as DeepSpeed's bf16 mode runs it: bf16 weights, forward and backward, then AdamW on fp32
@@ -21,22 +21,15 @@ bound. Not a benchmark with a results JSON: a diagnosis for bench/NOTES.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import torch
+from torch.profiler import profile
 
-import torch  # noqa: E402
-from torch.profiler import profile  # noqa: E402
-
-from bench.common import describe_machine, gpt_config, machine_info  # noqa: E402
-from bench.model_step import HF_KWARGS, make_step  # noqa: E402
-from model.gpt2 import GPT  # noqa: E402
-from model.hf import to_hf  # noqa: E402
+from bench.common import HF_KWARGS, describe_machine, gpt_config, machine_info, make_step
+from model.gpt2 import GPT
+from model.hf import to_hf
 
 CATEGORIES = (
     ("matmul", ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::linear")),

@@ -1,8 +1,8 @@
 """Render the README's benchmark table from bench/results/*.json, or check or update a file's copy of it.
 
-    python bench/report.py                              # print the table block, markers included
-    python bench/report.py --check README.md            # exit 1 with a diff if README's block differs
-    python bench/report.py --update README.md           # rewrite the block between the markers in place
+    python -m bench.report                              # print the table block, markers included
+    python -m bench.report --check README.md            # exit 1 with a diff if README's block differs
+    python -m bench.report --update README.md           # rewrite the block between the markers in place
 
 The block sits between the lines `<!-- bench:begin -->` and `<!-- bench:end -->`. It has one row per
 benchmark x setting x precision x machine, built from the `table` rows that each results JSON carries
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
+from bench.common import RESULTS_DIR, ROOT
+
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 COLUMNS = (
     "benchmark",
@@ -108,7 +108,7 @@ def split_block(text: str, name: str) -> tuple[str, str, str]:
     if start < 0 or end < 0 or end < start:
         raise BlockError(
             f"{name} has no table block: it needs a line {BEGIN} and, after it, a line {END}; put them where "
-            "the table goes and run `python bench/report.py --update` on it"
+            "the table goes and run `python -m bench.report --update` on it"
         )
     end += len(END)
     if text[end : end + 1] == "\n":
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if diff:
             print(f"{args.check}: the benchmark table differs from {args.results}/*.json:", file=sys.stderr)
             print("\n".join(diff), file=sys.stderr)
-            print(f"run: python bench/report.py --update {args.check}", file=sys.stderr)
+            print(f"run: python -m bench.report --update {args.check}", file=sys.stderr)
             return 1
         print(f"{args.check}: the benchmark table matches the results")
         return 0

@@ -1,22 +1,25 @@
 """Start-up time of pretrain_gpt.py: from spawning the `deepspeed` launcher to the end of the first training
 step, against a no-op DeepSpeed launch of as many ranks.
 
-    python bench/startup.py           # 2 ranks, 4 layers x 256, seq 256, micro 4, 5 launches per side
-    python bench/startup.py --repeats 3 --warmup 0
+    python -m bench.startup           # 2 ranks, 4 layers x 256, seq 256, micro 4, 5 launches per side
+    python -m bench.startup --repeats 3 --warmup 0
 
 Both sides are `deepspeed --num_gpus R --master_addr 127.0.0.1 --master_port P <script>` with the same
-environment (OMP_NUM_THREADS=1, a private TORCH_EXTENSIONS_DIR, this checkout on PYTHONPATH):
-  no-op  this file with --noop: imports torch and deepspeed, joins the process group with
-         deepspeed.init_distributed (gloo, DeepSpeed's CPU shared-memory all-reduce op not built, as
-         launch.env does), one barrier, prints `no-op: past the barrier` from rank 0 (flushed), exits.
-         Its figure: launch to the moment this process reads that line from the launcher's output.
-  ours   pretrain_gpt.py on shards prepared once beforehand (the standard library, an 8,192-id tokenizer,
-         as bench/train_throughput.py builds them), --ds ds_configs/zero2_cpu.json, a fresh save_dir per
-         launch, train.precision as given (default "auto", what a run gets unless it sets it). Its figure:
-         launch to the end of step 1, the moment this process reads rank 0's `step 1/N` log line from the
-         launcher's output (training.loop logs and flushes it right after the step's optimizer update;
-         the ranks write to the launcher's pipe unbuffered, python -u). The launch to its exit (saving the
-         checkpoint included) is recorded beside it.
+environment (bench.launcher: OMP_NUM_THREADS=1, private extension caches, this checkout on PYTHONPATH;
+and PYTHONUNBUFFERED=1):
+  no-op  this module with --noop (`--module bench.startup`): imports torch and deepspeed, joins the
+         process group with deepspeed.init_distributed (gloo, DeepSpeed's CPU shared-memory all-reduce op
+         not built, as launch.env does), one barrier, prints `no-op: past the barrier` from rank 0
+         (flushed), exits. Its figure: launch to the moment this process reads that line from the
+         launcher's output.
+  ours   pretrain_gpt.py on shards prepared once beforehand (bench.common.build_shards: the standard
+         library, an 8,192-id tokenizer, as bench/train_throughput.py trains on), --ds
+         ds_configs/zero2_cpu.json, a fresh save_dir per launch, train.precision as given (default
+         "auto", what a run gets unless it sets it). Its figure: launch to the end of step 1, the moment
+         this process reads rank 0's `step 1/N` log line from the launcher's output (training.loop logs
+         and flushes it right after the step's optimizer update; the ranks write to the launcher's pipe
+         unbuffered, python -u). The launch to its exit (saving the checkpoint included) is recorded
+         beside it.
 Both sides are timed to the same kind of event: the moment this process reads rank 0's marker line
 through the launcher's pipe, after the work the side exists to do (the no-op's barrier, ours' first step).
 Neither figure holds an interpreter's teardown or the launcher's once-a-second poll of its ranks; timing
@@ -58,9 +61,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.launcher import ROOT, deepspeed_command, deepspeed_env, pretrain_command
 
 LAUNCH_TIMEOUT_S = 900
 STEP1 = re.compile(r"\[rank 0\] INFO training\.loop: step 1/\d+ ")
@@ -115,23 +116,12 @@ def run_config(args: argparse.Namespace, data: Path, save_dir: Path) -> dict[str
     }
 
 
-def timed_launch(
-    args: argparse.Namespace, script: list[str], tmp: Path, marker: re.Pattern | None
-) -> dict[str, Any]:
-    """One `deepspeed --num_gpus R` launch. Returns seconds from spawning the launcher to the first output
-    line matching ``marker`` (None: not looked for) and to the launcher's exit; raises with the output's
-    tail if it fails, never shows the marker, or runs over LAUNCH_TIMEOUT_S (its whole tree is killed)."""
-    from bench.train_throughput import free_port
-
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=str(tmp / "ext"),
-        PYTHONPATH=str(ROOT),
-        PYTHONUNBUFFERED="1",
-    )
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks)]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
+def timed_launch(cmd: list[str], tmp: Path, marker: re.Pattern | None) -> dict[str, Any]:
+    """One launch (bench.launcher's command), its caches under ``tmp``. Returns seconds from spawning the
+    launcher to the first output line matching ``marker`` (None: not looked for) and to the launcher's
+    exit; raises with the output's tail if it fails, never shows the marker, or runs over
+    LAUNCH_TIMEOUT_S (its whole tree is killed)."""
+    env = deepspeed_env(tmp, PYTHONUNBUFFERED="1")
     pipe = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     cpu_before = _children_cpu_s()
     start = time.perf_counter()
@@ -167,13 +157,13 @@ def _children_cpu_s() -> float:
 
 def launch_side(args: argparse.Namespace, side: str, data: Path, tmp: Path, k: int) -> dict[str, Any]:
     if side == "noop":
-        t = timed_launch(args, ["bench/startup.py", "--noop"], tmp, NOOP_BARRIER)
+        noop = deepspeed_command("bench.startup", "--noop", ranks=args.ranks, module=True)
+        t = timed_launch(noop, tmp, NOOP_BARRIER)
         return {"side": side, "seconds": t["to_marker_s"], "to_exit_s": t["to_exit_s"], "cpu_s": t["cpu_s"]}
     run_dir = tmp / f"ours_{k}"
     run_dir.mkdir()
     (run_dir / "run.json").write_text(json.dumps(run_config(args, data, run_dir / "save")))
-    script = ["pretrain_gpt.py", "--config", str(run_dir / "run.json"), "--ds_config", args.ds]
-    t = timed_launch(args, script, tmp, STEP1)
+    t = timed_launch(pretrain_command(run_dir / "run.json", args.ds, ranks=args.ranks), tmp, STEP1)
     return {"side": side, "seconds": t["to_marker_s"], "to_exit_s": t["to_exit_s"], "cpu_s": t["cpu_s"]}
 
 
@@ -262,10 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_str)
         data = args.data
         if data is None:
-            from bench.train_throughput import build_data
+            from bench.common import build_shards
 
             out("building shards (standard library, 8,192-id tokenizer) ...")
-            data = build_data(tmp / "shards")
+            data = build_shards(tmp / "shards")
         runs = tmp / "runs"
         runs.mkdir()
         result = measure(args, data.resolve(), runs, out)
@@ -303,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish(
         out,
         benchmark="startup",
-        command=command_line("bench/startup.py", argv),
+        command=command_line("bench.startup", argv),
         started=started,
         machine=machine,
         precision=None,

@@ -1,12 +1,12 @@
 """The whole benchmark suite in one command, one JSON report: `make bench`.
 
-    python bench/suite.py                          # every benchmark, about 20 minutes on 2 cores
-    python bench/suite.py --only generate,startup  # some of them
-    python bench/suite.py --quick --only generate  # toy sizes: a smoke test of the suite itself
+    python -m bench.suite                          # every benchmark, about 20 minutes on 2 cores
+    python -m bench.suite --only generate,startup  # some of them
+    python -m bench.suite --quick --only generate  # toy sizes: a smoke test of the suite itself
 
-Runs each benchmark as its own subprocess, one after another, in this order: bench/preprocess.py,
-bench/data_loading.py, bench/model_step.py, bench/train_throughput.py (eager at a 32,768 vocabulary, then
---compile at the default shape), bench/startup.py, bench/generate.py (a toy shape, then codeparrot-small's).
+Runs each benchmark as its own subprocess (`python -m bench.<name>` from the repository root), one after
+another, in this order: preprocess, data_loading, model_step, train_throughput (eager at a 32,768
+vocabulary, then --compile at the default shape), startup, generate (a toy shape, then codeparrot-small's).
 The settings below keep the whole suite near 30 minutes on a 2-core machine; every figure keeps its spread (at
 least 2 runs or launches per side, where the benchmark has repeats). Each benchmark writes its own results
 JSON (bench/common.finish, the path printed as `results: <path>`); the suite reads it back and writes
@@ -14,7 +14,7 @@ JSON (bench/common.finish, the path printed as `results: <path>`); the suite rea
     bench/results/suite_<date>_<cpu tag>.json
 
 with the machine and versions, the command, and per benchmark: its status (ok, failed with its stderr's
-tail, timeout, or missing when the script does not exist), its results path, its final line and its
+tail, timeout, or missing when the module does not exist), its results path, its final line and its
 ratios with their spreads. The summary lists every figure; only the project's targets below are judged
 and counted (met, missed, or not distinguishable), every other figure is listed as "no target":
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import operator
 import re
@@ -50,9 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.common import ROOT
 
 TIMEOUT_S = 1800  # per benchmark
 QUICK_TIMEOUT_S = 600
@@ -105,10 +104,20 @@ COUNTED = ("met", "missed", "not distinguishable", "not reported")
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Benchmark:
     name: str
-    script: str  # relative to the repository root
+    module: str  # run as `python -m <module>` from the repository root
     args: tuple[str, ...]
     quick_args: tuple[str, ...]
     ratios: Callable[[dict[str, Any]], list[dict[str, Any]]]  # results JSON -> summary entries
+
+    @property
+    def script(self) -> str:
+        """The module's file, relative to the repository root where it lies there."""
+        spec = importlib.util.find_spec(self.module)
+        path = Path(spec.origin) if spec and spec.origin else Path(*self.module.split(".")).with_suffix(".py")
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+    def exists(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
 
 
 # ---- a benchmark's results JSON -> its ratios ------------------------------------------------------------
@@ -318,21 +327,21 @@ TINY_TRAIN = ("--layers", "1", "--width", "32", "--heads", "2", "--seq", "32", "
 BENCHMARKS = (
     Benchmark(
         name="preprocess",
-        script="bench/preprocess.py",
+        module="bench.preprocess",
         args=("--repeats", "2"),
         quick_args=("--copies", "1", "--vocab-size", "512", "--repeats", "1"),
         ratios=preprocess_ratios,
     ),
     Benchmark(
         name="data_loading",
-        script="bench/data_loading.py",
+        module="bench.data_loading",
         args=(),
         quick_args=(*TINY_TRAIN, "--batches", "5", "--warmup", "1", "--steps", "1", "--step-repeats", "2"),
         ratios=data_loading_ratios,
     ),
     Benchmark(
         name="model_step",
-        script="bench/model_step.py",
+        module="bench.model_step",
         args=(),
         quick_args=(
             *(
@@ -355,7 +364,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         name="train_throughput",
-        script="bench/train_throughput.py",
+        module="bench.train_throughput",
         # The 1.5B configs' vocabulary, where the LM head is most of the FLOPs: 4 x 256, 8 heads, seq 256,
         # vocabulary 32,768, micro-batch 8, 2 ranks x 1 thread.
         args=("--vocab", "32768", "--heads", "8", "--micro", "8"),
@@ -364,7 +373,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         name="train_throughput_compiled",
-        script="bench/train_throughput.py",
+        module="bench.train_throughput",
         # The compiled pair in the precision auto picks here ({auto}), 2 launches per side: the first
         # launch compiles cold (about a minute on 2 cores), the later ones from the shared cache.
         args=("--compile", "--repeats", "2", "--precision", "{auto}"),
@@ -384,14 +393,14 @@ BENCHMARKS = (
     ),
     Benchmark(
         name="startup",
-        script="bench/startup.py",
+        module="bench.startup",
         args=("--repeats", "3"),
         quick_args=(*TINY_TRAIN, "--repeats", "1", "--warmup", "0", "--precision", "fp32"),
         ratios=startup_ratios,
     ),
     Benchmark(
         name="generate",
-        script="bench/generate.py",
+        module="bench.generate",
         args=("--repeats", "3"),
         quick_args=(
             *("--layers", "1", "--width", "32", "--heads", "2", "--vocab", "64", "--ctx", "64"),
@@ -401,7 +410,7 @@ BENCHMARKS = (
     ),
     Benchmark(
         name="generate_small",
-        script="bench/generate.py",
+        module="bench.generate",
         # codeparrot-small's shape: the model's matmuls, not framework overhead; the no-cache baseline
         # only at the short length (it grows with the square of the length).
         args=(
@@ -418,7 +427,7 @@ BENCHMARKS = (
 
 
 def auto_precision() -> str:
-    """What train.precision "auto" picks here for bench/train_throughput.py's model (1 thread per rank)."""
+    """What train.precision "auto" picks here for bench.train_throughput's model (1 thread per rank)."""
     from bench.common import precision_support
 
     _, auto = precision_support(256, 4 * 256, threads=1)
@@ -429,13 +438,12 @@ def run_one(
     bench: Benchmark, args: list[str], results_dir: Path | None, timeout: float, out
 ) -> dict[str, Any]:
     """Run one benchmark as a subprocess, its output echoed; its record for the report."""
-    script = ROOT / bench.script
-    cmd = [sys.executable, bench.script, *args]
+    cmd = [sys.executable, "-m", bench.module, *args]
     record: dict[str, Any] = {"name": bench.name, "script": bench.script, "command": cmd[1:], "results": None}
-    if not script.exists():
-        out(f"== {bench.name}: {bench.script} does not exist: recorded as missing")
+    if not bench.exists():
+        out(f"== {bench.name}: {bench.module} does not exist: recorded as missing")
         return {**record, "status": "missing", "seconds": 0.0, "ratios": []}
-    if results_dir is not None and "--results-dir" in script.read_text():
+    if results_dir is not None and "--results-dir" in (ROOT / bench.script).read_text():
         cmd += ["--results-dir", str(results_dir)]
         record["command"] = cmd[1:]
     out(f"== {bench.name}: {' '.join(cmd[1:])}")
@@ -607,7 +615,7 @@ def main(argv: Sequence[str] | None = None, benchmarks: Sequence[Benchmark] = BE
     report = {
         "schema": 1,
         "benchmark": "suite",
-        "command": command_line("bench/suite.py", argv),
+        "command": command_line("bench.suite", argv),
         "started": started,
         "finished": now(),
         "machine": machine,

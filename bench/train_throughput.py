@@ -1,13 +1,13 @@
 """Training throughput of pretrain_gpt.py against transformers' GPT2LMHeadModel under the same DeepSpeed run.
 
-    python bench/train_throughput.py                          # 4 layers, width 256, seq 256, micro-batch 4
-    python bench/train_throughput.py --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2 --repeats 5
-    python bench/train_throughput.py --vocab 32768 --heads 8 --micro 8   # the 1.5B configs' vocabulary
+    python -m bench.train_throughput                      # 4 layers, width 256, seq 256, micro-batch 4
+    python -m bench.train_throughput --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2 --repeats 5
+    python -m bench.train_throughput --vocab 32768 --heads 8 --micro 8   # the 1.5B configs' vocabulary
 
 Per precision, on the same shards (the standard library, a --vocab-id tokenizer), each side runs in its own
 `deepspeed --num_gpus R` launch:
   ours   pretrain_gpt.py itself (our GPT, ZeRO from the JSON); tokens/s per step from its metrics.jsonl;
-  hf     a worker (this file, --worker): the same DeepSpeed JSON resolved the same way, the same batches
+  hf     a worker (this module, --worker): the same DeepSpeed JSON resolved the same way, the same batches
          (RankData), the same AdamW parameter groups, transformers' GPT2LMHeadModel of identical shape with
          "gelu_pytorch_tanh" (GPT-2's tanh GELU as one fused op) and use_cache=False.
 The sides alternate over --repeats launches each (ours, hf, hf, ours, ours, hf, ...) so that slow drifts in
@@ -25,7 +25,7 @@ training, summed over the ranks:
   large-matmul peak  the best shape of the sweep (squares 256-2048 and the model's shapes): what the CPU
                      can do at its best;
   achievable peak    the model's own training-step matmuls at micro-batch x seq rows (each linear's forward,
-                     input and weight gradients, the LM head; bench.common.model_matmuls), their FLOPs over
+                     input and weight gradients, the LM head; bench.matmul.model_matmuls), their FLOPs over
                      the time they take at the rate measured for each shape: what a step of this model
                      could reach if it did nothing but its matmuls.
 CPUs have no rated peak; for a known GPU the rated one (training.gpus.GPUS) is printed beside.
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -56,11 +55,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_cache=False)
 LAUNCH_TIMEOUT_S = 1800
 HOW = "median tok/s ours / median tok/s hf over {n} launch(es) per side, alternating"
 
@@ -131,7 +125,7 @@ def measure_peak(dtype: Any, n_embd: int, rows: int, vocab: int, n_layer: int) -
     import torch
     import torch.distributed as dist
 
-    from bench.common import achievable_gflops, matmul_sweep, model_matmuls, peak_shapes
+    from bench.matmul import achievable_gflops, matmul_sweep, model_matmuls, peak_shapes
 
     def agree(x: float) -> float:
         t = torch.tensor([x], dtype=torch.float64)
@@ -162,6 +156,7 @@ def hf_worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from transformers import GPT2LMHeadModel
 
+    from bench.common import HF_KWARGS
     from launch.env import LaunchEnv
     from model.hf import gpt2_config
     from model.optim import build_optimizer, param_groups
@@ -205,39 +200,23 @@ def hf_worker(args: argparse.Namespace) -> None:
 # ---- the driver ----------------------------------------------------------------------------------------
 
 
-def launch(args: argparse.Namespace, script: list[str], tmp: Path) -> None:
-    """One `deepspeed --num_gpus R` launch, 1 thread per rank; raises with its output's tail on failure."""
-    from bench.common import free_port, run_command
+def launch(cmd: list[str], tmp: Path) -> None:
+    """One launch (bench.launcher), 1 thread per rank, the extension and inductor caches under ``tmp``
+    (shared by the launches: later ones compile warm); raises with its output's tail on failure."""
+    from bench.common import run_command
+    from bench.launcher import deepspeed_env
 
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=str(tmp / "ext"),
-        PYTHONPATH=str(ROOT),
-        TORCHINDUCTOR_CACHE_DIR=str(tmp / "inductor"),  # shared by the launches: later ones compile warm
-    )
-    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(args.ranks)]
-    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *script]
-    run_command(cmd, env, LAUNCH_TIMEOUT_S)
-
-
-def build_data(tmp: Path, vocab: int = 8192) -> Path:
-    from data_tools.preprocess import PreprocessConfig, preprocess
-    from data_tools.sources import Problems, SourceConfig, iter_documents
-    from data_tools.train_tokenizer import train
-
-    docs = [d.text for d in iter_documents(SourceConfig(), Problems(log=False))]
-    train(docs[::4], tmp / "tok", vocab_size=vocab, show_progress=False)
-    preprocess(PreprocessConfig(output=tmp / "data", tokenizer=tmp / "tok", show_progress=False, workers=2))
-    return tmp / "data"
+    run_command(cmd, deepspeed_env(tmp), LAUNCH_TIMEOUT_S)
 
 
 def launch_ours(
     args: argparse.Namespace, method: Method, data: Path, run_dir: Path, tmp: Path
 ) -> list[float]:
+    from bench.launcher import pretrain_command
+
     cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
-    launch(args, ["pretrain_gpt.py", "--config", str(run_dir / "run.json"), "--ds_config", args.ds], tmp)
+    launch(pretrain_command(run_dir / "run.json", args.ds, ranks=args.ranks), tmp)
     lines = [json.loads(x) for x in (run_dir / "save" / "metrics.jsonl").read_text().splitlines()]
     return [x["tokens_per_s"] for x in lines if x["step"] > method.warmup]
 
@@ -245,17 +224,19 @@ def launch_ours(
 def launch_hf(
     args: argparse.Namespace, method: Method, data: Path, run_dir: Path, tmp: Path, peak: bool
 ) -> dict[str, Any]:
+    from bench.launcher import deepspeed_command
+
     cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
-    worker = ["bench/train_throughput.py", "--worker", "--run-json", str(run_dir / "run.json")]
-    worker += ["--ds", args.ds, "--out", str(run_dir / "hf.json"), "--warmup", str(method.warmup)]
-    launch(args, worker + (["--peak"] if peak else []), tmp)
+    worker = ["--worker", "--run-json", run_dir / "run.json", "--ds", args.ds, "--out", run_dir / "hf.json"]
+    worker += ["--warmup", str(method.warmup), *(["--peak"] if peak else [])]
+    launch(deepspeed_command("bench.train_throughput", *worker, ranks=args.ranks, module=True), tmp)
     return json.loads((run_dir / "hf.json").read_text())
 
 
 def measure(args: argparse.Namespace, method: Method, data: Path, tmp: Path, out: Any) -> dict[str, Any]:
     """The alternating launches of one precision; per-launch, per-side, peak and MFU figures."""
-    from bench.common import rated_peak_tflops
+    from bench.matmul import rated_peak_tflops
     from model.flops import flops_per_token
     from training.config import from_dict
     from training.validate import load_ds_config, validate
@@ -412,8 +393,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         hf_worker(args)
         return 0
     from bench.common import (
+        HF_KWARGS,
         RESULTS_DIR,
         Printer,
+        build_shards,
         command_line,
         describe_machine,
         finish,
@@ -438,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         out(f"building shards (standard library, {args.vocab:,}-id tokenizer) ...")
-        data = build_data(tmp, args.vocab)
+        data = build_shards(tmp, args.vocab)
         for p, method in methods.items():
             out(method_line(args, method))
             results[p] = measure(args, method, data, tmp, out)
@@ -453,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish(
         out,
         benchmark="train_throughput",
-        command=command_line("bench/train_throughput.py", argv),
+        command=command_line("bench.train_throughput", argv),
         started=started,
         machine=machine,
         precision=precision_record(support, auto),

@@ -1,8 +1,8 @@
 """Throughput of shard verification (`data_tools.manifest.verify_dataset`) against `sha256sum` on the same
 files.
 
-    python bench/verify_data.py                        # 4 GB in 8 shards, warm and cold page cache
-    python bench/verify_data.py --gb 0.2 --repeats 1   # seconds: a smoke test
+    python -m bench.verify_data                        # 4 GB in 8 shards, warm and cold page cache
+    python -m bench.verify_data --gb 0.2 --repeats 1   # seconds: a smoke test
 
 The shards are random token ids below a 32,768 vocabulary (uint16), written with the shard writer and
 listed in a manifest, in --dir (default: a temporary directory on the disk that holds /tmp). For each
@@ -30,13 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     RESULTS_DIR,
     Printer,
     command_line,
@@ -45,8 +41,8 @@ from bench.common import (  # noqa: E402
     machine_info,
     now,
 )
-from data_tools.indexed_dataset import IndexedDatasetWriter  # noqa: E402
-from data_tools.manifest import MANIFEST, VERIFIED, verify_dataset  # noqa: E402
+from data_tools.indexed_dataset import IndexedDatasetWriter
+from data_tools.manifest import MANIFEST, VERIFIED, verify_dataset
 
 VOCAB = 32768
 CHUNK_TOKENS = 8 << 20  # 16 MB of uint16 per write
@@ -166,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finish(
         out,
         benchmark="verify_data",
-        command=command_line("bench/verify_data.py", argv),
+        command=command_line("bench.verify_data", argv),
         started=started,
         machine=machine,
         precision=None,

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = "configs/codeparrot_zero2.json"
+# The model config fields that choose an implementation per op; "torch" everywhere is the unfused baseline
+# (a case with fused=False: train_case.py's run config, the planner's --set).
+UNFUSED = {"attention": "torch", "layernorm": "torch", "bias_gelu": "torch", "cross_entropy": "torch"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -1,9 +1,9 @@
 """The short GPU checks of bench/gpu/gpu_bench.py, one per subcommand, each writing one JSON file:
 
-    python bench/gpu/checks.py env        --out env.json      # GPU, driver, nvcc, package versions
-    python bench/gpu/checks.py kernels    --out kernels.json  # each fused kernel against its torch reference
-    python bench/gpu/checks.py fused-adam --out adam.json     # DeepSpeed FusedAdam (JIT-built) vs torch AdamW
-    python bench/gpu/checks.py matmul     --out matmul.json   # dense bf16 matmul TFLOP/s, best of the shapes
+    python -m bench.gpu.checks env        --out env.json      # GPU, driver, nvcc, package versions
+    python -m bench.gpu.checks kernels    --out kernels.json  # each fused kernel against its torch reference
+    python -m bench.gpu.checks fused-adam --out adam.json     # FusedAdam (JIT-built) vs torch AdamW
+    python -m bench.gpu.checks matmul     --out matmul.json   # dense bf16 matmul TFLOP/s, best of the shapes
 
 Each runs in its own process (the driver gives it a timeout). ``--device cpu`` runs the same code on the CPU
 in fp32 at toy sizes (the driver's --cpu-smoke); what needs CUDA is recorded as skipped.
@@ -15,6 +15,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -23,10 +24,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PACKAGES = ("torch", "triton", "deepspeed", "transformers", "tokenizers", "numpy", "pytest")
 
@@ -255,46 +252,30 @@ def matmul_shapes(device: str) -> list[tuple[int, int, int]]:
     return shapes
 
 
-def _tflops(fn: Callable[[], Any], flops: int, device: str, seconds: float) -> float:
-    """TFLOP/s of ``fn`` over at least ``seconds`` after 3 warm-up calls (CUDA events on the GPU)."""
-    import torch
-
-    for _ in range(3):
-        fn()
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for _ in range(5):
-            fn()
-        calls += 5
-        sync()
-    return flops * calls / (time.perf_counter() - start) / 1e12
-
-
 def matmul_peak(device: str, seconds: float) -> dict[str, Any]:
-    """Best bf16 (CUDA) or fp32 (CPU) dense matmul rate over ``matmul_shapes``; each shape in both layouts of
-    the second operand (``a @ b``, and ``a @ w.t()`` as nn.Linear stores it), the faster counted."""
+    """Best bf16 (CUDA) or fp32 (CPU) dense matmul rate over ``matmul_shapes``, each shape in both layouts of
+    the second operand (``a @ b``, and ``a @ w.t()`` as nn.Linear stores it), the faster counted: the
+    benchmarks' sweep (bench.matmul), every shape measured, 3 warm-up calls, then the wall clock between
+    synchronisations, one after every 5 calls."""
     import torch
 
+    from bench.matmul import matmul_sweep
     from training.metrics import peak_flops
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     precision = "bf16" if device == "cuda" else "fp32"
     torch.backends.cuda.matmul.allow_tf32 = False
-    gen = torch.Generator(device=device).manual_seed(0)
-    rows = []
-    for m, k, n in matmul_shapes(device):
-        a = torch.randn(m, k, generator=gen, device=device, dtype=dtype)
-        b = torch.randn(k, n, generator=gen, device=device, dtype=dtype)
-        w = torch.randn(n, k, generator=gen, device=device, dtype=dtype)
-        flops = 2 * m * k * n
-        layouts = {
-            "a@b": _tflops(lambda a=a, b=b: a @ b, flops, device, seconds),
-            "a@w.t()": _tflops(lambda a=a, w=w: a @ w.t(), flops, device, seconds),
+    sweep = matmul_sweep(
+        dtype, matmul_shapes(device), seconds, math.inf, device=device, warmup=3, calls_per_sync=5
+    )
+    rows = [
+        {
+            "shape": r["shape"],
+            "tflops": r["gflops"] / 1e3,
+            "layouts": {k: v / 1e3 for k, v in r["layouts"].items()},
         }
-        rows.append({"shape": [m, k, n], "tflops": max(layouts.values()), "layouts": layouts})
-        del a, b, w
+        for r in sweep
+    ]
     best = max(rows, key=lambda r: r["tflops"])
     rated = peak_flops(precision, None) if device == "cuda" else None
     return {

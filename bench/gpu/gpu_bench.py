@@ -1,9 +1,9 @@
 """The GPU benchmark: one command, under 8 minutes on one H100/H200, no network (see bench/gpu/run.sh).
 
     OUT=/some/dir bash bench/gpu/run.sh                      # installs bench/gpu/wheels, then runs this
-    python bench/gpu/gpu_bench.py --out /some/dir            # on a machine where deepspeed is installed
-    python bench/gpu/gpu_bench.py --cpu-smoke --out /tmp/x   # every code path on a CPU, in under a minute
-    python bench/gpu/gpu_bench.py --stages env,training,planner --cases small-compile,codeparrot-no-ac-zero1
+    python -m bench.gpu.gpu_bench --out /some/dir            # on a machine where deepspeed is installed
+    python -m bench.gpu.gpu_bench --cpu-smoke --out /tmp/x   # every code path on a CPU, in under a minute
+    python -m bench.gpu.gpu_bench --stages env,training,planner --cases small-compile,codeparrot-no-ac-zero1
 
 ``--out`` receives exactly two files, rewritten after every stage (so a kill leaves both): gpu_report.json
 and gpu_logs.tar.gz, the archive of the log directory (``--logs``, outside ``--out``: run.sh's own log, the
@@ -45,14 +45,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench.gpu.cases import Case, cpu_cases, gpu_cases, select, smoke_case
+from bench.gpu.procs import ROOT, Processes, read_json, status_of, worker_env
 
-from bench.gpu.cases import Case, cpu_cases, gpu_cases, select, smoke_case  # noqa: E402
-from bench.gpu.procs import Processes, read_json, status_of, worker_env  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 STAGES = ("env", "fused-adam", "smoke", "tests", "kernels", "matmul", "training", "planner")
 # Each stage's most seconds (training: what is left, less the planner's).
 STAGE_BUDGET_S = {"env": 30, "fused-adam": 150, "smoke": 75, "tests": 90, "kernels": 60, "matmul": 45,
@@ -138,9 +133,9 @@ def skipped(reason: str) -> dict[str, Any]:
 
 
 def check_stage(ctx: Context, check: str, timeout_s: float, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """checks.py ``check`` in its own process: its JSON, plus how the process went."""
+    """bench.gpu.checks ``check`` in its own process: its JSON, plus how the process went."""
     out = ctx.logs / f"{check}.json"
-    cmd = [sys.executable, str(HERE / "checks.py"), check, f"--device={ctx.device}", f"--out={out}", *extra]
+    cmd = [sys.executable, "-m", "bench.gpu.checks", check, f"--device={ctx.device}", f"--out={out}", *extra]
     proc = ctx.procs.run(cmd, ctx.logs / f"{check}.log", ctx.env, ctx.budget.timeout(timeout_s))
     return process_record(proc, read_json(out) if not proc["timed_out"] else None)
 
@@ -217,12 +212,12 @@ def with_retries(case: Case, attempt: Callable[[int], dict[str, Any]], budget: B
 
 
 def run_case(ctx: Context, case: Case, torch_adamw: bool) -> dict[str, Any]:
-    """One case through train_case.py, retried at smaller micro batches after out of memory."""
+    """One case through bench.gpu.train_case, retried at smaller micro batches after out of memory."""
 
     def attempt(micro: int) -> dict[str, Any]:
         slug = f"train_{case.name}_micro{micro}"
         out = ctx.logs / f"{slug}.json"
-        cmd = [sys.executable, str(HERE / "train_case.py"), *case.argv(micro), f"--out={out}"]
+        cmd = [sys.executable, "-m", "bench.gpu.train_case", *case.argv(micro), f"--out={out}"]
         cmd += ["--torch-adamw"] if torch_adamw and not case.torch_adamw else []
         proc = ctx.procs.run(cmd, ctx.logs / f"{slug}.log", ctx.env, ctx.budget.timeout(case.timeout_s))
         return process_record(proc, read_json(out) if not proc["timed_out"] else None, keep=("oom",))
@@ -319,7 +314,7 @@ def run_stages(ctx: Context) -> None:
         record("fused-adam", skipped("GPU only: FusedAdam is a CUDA op"))
     elif chosen("fused-adam", 30):
         log, out = ctx.logs / "fused-adam.log", ctx.logs / "fused-adam.json"
-        cmd = [sys.executable, str(HERE / "checks.py"), "fused-adam", f"--out={out}"]
+        cmd = [sys.executable, "-m", "bench.gpu.checks", "fused-adam", f"--out={out}"]
         adam = (ctx.procs.start(cmd, log, ctx.env), log, out, time.time())
         ctx.say(f"[{ctx.budget.elapsed():4.0f} s] fused-adam: building in the background")
     if chosen("smoke", 15):
@@ -410,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "schema": 2,
         "benchmark": "gpu_bench",
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
-        "command": shlex.join([Path(sys.executable).name, "bench/gpu/gpu_bench.py", *(argv or sys.argv[1:])]),
+        "command": shlex.join(
+            [Path(sys.executable).name, "-m", "bench.gpu.gpu_bench", *(argv or sys.argv[1:])]
+        ),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "budget_s": args.budget_s,
         "machine": None,

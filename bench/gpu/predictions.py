@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.gpu.cases import UNFUSED
+
 ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 0.15  # measured/predicted within 1 +- this
 # One process for every call: each call's exit status and output, as one JSON line printed last.
@@ -49,8 +51,6 @@ print(json.dumps(calls))
 def planner_argv(record: dict[str, Any], gpu_key: str, mfu: float | None = None) -> list[str]:
     """codeparrot-plan's arguments for a case's record (``case``: gpu_bench's Case as a dict; the micro
     batch it ran at, after out-of-memory retries), at ``mfu`` or the planner's default."""
-    from bench.gpu.train_case import UNFUSED
-
     case = record["case"]
     micro = record.get("micro_batch", case["micro"])
     accum = record.get("accum", max(1, case["global_batch"] // micro))

@@ -5,7 +5,8 @@
 #   bash bench/gpu/run.sh --stages env,smoke,training,planner --cases small-compile,codeparrot-no-ac-zero1
 #   bash bench/gpu/run.sh --cpu-smoke            # every code path on a CPU (tests/bench_gpu runs this)
 #
-# Arguments go to bench/gpu/gpu_bench.py (stages, cases, budgets: its docstring). OUT defaults to
+# Arguments go to bench/gpu/gpu_bench.py, run from the checkout as `python -m bench.gpu.gpu_bench` (stages,
+# cases, budgets: its docstring). OUT defaults to
 # ${TMPDIR:-/tmp}/codeparrot_gpu_out, never bench/results/ (bench/report.py reads that). Both files in OUT
 # are rewritten after every stage, so what ran comes back even if a later stage fails or the run is killed.
 # The logs (this script's output, the install, each stage) live in LOGS, outside OUT, and reach OUT only
@@ -16,7 +17,8 @@
 #    the interpreter lacks: pip install --no-index --no-deps --target $SITE, then PYTHONPATH=$SITE, so the
 #    machine's own torch, triton and transformers stay as they are. Should deepspeed still not import (a
 #    machine package too old for it), every wheel goes into $SITE. Budget 60 s. SKIP_INSTALL=1 skips this;
-# 3. runs gpu_bench.py with a budget of BUDGET_S (450) seconds from this script's start, killed 20 s after.
+# 3. runs `python -m bench.gpu.gpu_bench` with a budget of BUDGET_S (450) seconds from this script's start,
+#    killed 20 s after.
 set -uo pipefail
 STARTED="$(date +%s.%N)"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -90,12 +92,12 @@ else
     export PATH="$SITE/bin:$PATH"
 fi
 
-timeout $((${BUDGET_S%.*} + 20)) "$PYTHON" bench/gpu/gpu_bench.py --out "$OUT" --logs "$LOGS" \
+timeout $((${BUDGET_S%.*} + 20)) "$PYTHON" -m bench.gpu.gpu_bench --out "$OUT" --logs "$LOGS" \
     --started "$STARTED" --budget-s "$BUDGET_S" "${INSTALL_ARGS[@]}" "$@"
 rc=$?
 echo "run.sh: gpu_bench.py exited $rc after $(($(date +%s) - ${STARTED%.*})) s; report $OUT/gpu_report.json"
 # Close the tee so that run.log is complete, then archive the logs once more.
 exec 1>&3 2>&4 3>&- 4>&-
 wait "$TEE_PID" 2> /dev/null
-"$PYTHON" bench/gpu/gpu_bench.py --archive-only --out "$OUT" --logs "$LOGS" || rc=1
+"$PYTHON" -m bench.gpu.gpu_bench --archive-only --out "$OUT" --logs "$LOGS" || rc=1
 exit $rc

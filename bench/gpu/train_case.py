@@ -1,6 +1,6 @@
 """One training case of bench/gpu/gpu_bench.py: the real DeepSpeed engine on one rank, as a run trains.
 
-    python bench/gpu/train_case.py --preset codeparrot --micro 8 --accum 64 --seq 1024 \
+    python -m bench.gpu.train_case --preset codeparrot --micro 8 --accum 64 --seq 1024 \
         --activation-checkpointing --out case.json
 
 The run goes through what pretrain_gpt.py uses: `LaunchEnv.read()` (no launcher variables: one rank, a free
@@ -38,12 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# The model config fields that choose an implementation per op; "torch" everywhere is the unfused baseline.
-UNFUSED = {"attention": "torch", "layernorm": "torch", "bias_gelu": "torch", "cross_entropy": "torch"}
+from bench.gpu.cases import UNFUSED
 
 logger = logging.getLogger("bench.gpu.train_case")
 

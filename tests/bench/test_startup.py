@@ -1,4 +1,4 @@
-"""bench/startup.py without launching: the order of launches, the figures from them, the step-1 marker against
+"""bench.startup without launching: the order of launches, the figures from them, the step-1 marker against
 the log line training.loop writes, and a run config that pretrain_gpt.py accepts. No timing assertions."""
 
 from __future__ import annotations
@@ -6,15 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 
+from bench import startup
 from training.config import ConfigError, from_dict
 from training.metrics import setup_logging
 from training.validate import load_ds_config, validate
 
-from .loader import load_script
-
 
 def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypatch, tmp_path) -> None:
-    bench = load_script("startup", monkeypatch)
     seconds = {"noop": iter([9.0, 10.0, 12.0, 11.0]), "ours": iter([20.0, 11.0, 13.0, 12.0])}
     calls = []
 
@@ -23,9 +21,9 @@ def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypat
         t = next(seconds[side])
         return {"side": side, "seconds": t, "to_exit_s": t + (3 if side == "ours" else 1), "cpu_s": 2 * t}
 
-    monkeypatch.setattr(bench, "launch_side", fake_launch)
-    args = bench.parse_args(["--repeats", "3", "--warmup", "1"])
-    result = bench.measure(args, tmp_path, tmp_path, lambda line: None)
+    monkeypatch.setattr(startup, "launch_side", fake_launch)
+    args = startup.parse_args(["--repeats", "3", "--warmup", "1"])
+    result = startup.measure(args, tmp_path, tmp_path, lambda line: None)
 
     assert [s for s, _ in calls] == ["noop", "ours", "noop", "ours", "ours", "noop", "noop", "ours"]
     assert len({k for _, k in calls}) == len(calls)  # a fresh run directory per launch
@@ -38,8 +36,7 @@ def test_sides_alternate_after_the_warm_up_and_the_ratio_is_of_medians(monkeypat
     assert result["ratio_min_max"] == [11.0 / 12.0, 13.0 / 10.0]
 
 
-def test_the_marker_matches_rank_0s_step_1_line_only(capsys, monkeypatch) -> None:
-    bench = load_script("startup", monkeypatch)
+def test_the_marker_matches_rank_0s_step_1_line_only(capsys) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
@@ -51,14 +48,13 @@ def test_the_marker_matches_rank_0s_step_1_line_only(capsys, monkeypatch) -> Non
         root.handlers[:] = handlers
         root.setLevel(level)
     lines = capsys.readouterr().out.splitlines()
-    assert [bool(bench.STEP1.search(line)) for line in lines] == [True, False, False]
-    assert not bench.STEP1.search(lines[0].replace("[rank 0]", "[rank 1]"))
+    assert [bool(startup.STEP1.search(line)) for line in lines] == [True, False, False]
+    assert not startup.STEP1.search(lines[0].replace("[rank 0]", "[rank 1]"))
 
 
-def test_the_run_config_is_one_step_that_pretrain_gpt_accepts(monkeypatch, tmp_path) -> None:
-    bench = load_script("startup", monkeypatch)
-    args = bench.parse_args([])
-    cfg = bench.run_config(args, tmp_path / "data", tmp_path / "save")
+def test_the_run_config_is_one_step_that_pretrain_gpt_accepts(tmp_path) -> None:
+    args = startup.parse_args([])
+    cfg = startup.run_config(args, tmp_path / "data", tmp_path / "save")
     run = from_dict(cfg)
     assert run.train.max_steps == 1 and run.train.log_interval == 1 and run.train.precision == "auto"
     try:
@@ -67,11 +63,10 @@ def test_the_run_config_is_one_step_that_pretrain_gpt_accepts(monkeypatch, tmp_p
         assert len(e.problems) == 1 and "does not exist" in e.problems[0], e.problems
 
 
-def test_repeats_must_be_positive(monkeypatch, capsys) -> None:
-    bench = load_script("startup", monkeypatch)
+def test_repeats_must_be_positive(capsys) -> None:
     try:
-        bench.parse_args(["--repeats", "0"])
+        startup.parse_args(["--repeats", "0"])
     except SystemExit as e:
         assert e.code == 2
     assert "--repeats (0) must be at least 1" in capsys.readouterr().err
-    assert isinstance(bench.parse_args(["--noop", "--local_rank=1"]), argparse.Namespace)
+    assert isinstance(startup.parse_args(["--noop", "--local_rank=1"]), argparse.Namespace)

@@ -1,4 +1,4 @@
-"""bench/suite.py at toy sizes: one real benchmark (generate, --quick) and the report; a missing and a failing
+"""bench.suite at toy sizes: one real benchmark (generate, --quick) and the report; a missing and a failing
 benchmark are recorded as such and the suite goes on. No timing assertions."""
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from .loader import load_script
+from bench import suite
 
 
-def test_quick_suite_runs_generate_and_writes_one_report(capsys, monkeypatch, tmp_path) -> None:
-    suite = load_script("suite", monkeypatch)
+def test_quick_suite_runs_generate_and_writes_one_report(capsys, tmp_path) -> None:
     code = suite.main(["--quick", "--only", "generate", "--results-dir", str(tmp_path)])
     printed = capsys.readouterr().out.strip().splitlines()
 
@@ -54,14 +53,16 @@ def test_quick_suite_runs_generate_and_writes_one_report(capsys, monkeypatch, tm
 
 
 def test_missing_and_failing_benchmarks_are_recorded_and_the_suite_goes_on(capsys, monkeypatch, tmp_path):
-    suite = load_script("suite", monkeypatch)
-    broken = tmp_path / "broken.py"
-    broken.write_text("import sys\nprint('starting')\nsys.exit('something went wrong here')\n")
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "broken_bench.py").write_text(
+        "import sys\nprint('starting')\nsys.exit('something went wrong here')\n"
+    )
+    monkeypatch.syspath_prepend(str(modules))  # the suite looks the module up, its subprocess runs it
+    monkeypatch.setenv("PYTHONPATH", str(modules))
     benchmarks = [
-        suite.Benchmark(
-            name="absent", script="bench/no_such_benchmark.py", args=(), quick_args=(), ratios=list
-        ),
-        suite.Benchmark(name="broken", script=str(broken), args=(), quick_args=(), ratios=list),
+        suite.Benchmark(name="absent", module="bench.no_such_benchmark", args=(), quick_args=(), ratios=list),
+        suite.Benchmark(name="broken", module="broken_bench", args=(), quick_args=(), ratios=list),
     ]
     code = suite.main(["--quick", "--results-dir", str(tmp_path)], benchmarks=benchmarks)
     printed = capsys.readouterr().out.strip().splitlines()
@@ -79,8 +80,7 @@ def test_missing_and_failing_benchmarks_are_recorded_and_the_suite_goes_on(capsy
     ]
 
 
-def test_ratio_extraction_from_results_records(monkeypatch) -> None:
-    suite = load_script("suite", monkeypatch)
+def test_ratio_extraction_from_results_records() -> None:
     startup = {
         "figures": {
             "ratio": 1.1,
@@ -124,8 +124,7 @@ def test_ratio_extraction_from_results_records(monkeypatch) -> None:
     )
 
 
-def test_targets_judge_the_spread_and_only_native_training_precisions(monkeypatch) -> None:
-    suite = load_script("suite", monkeypatch)
+def test_targets_judge_the_spread_and_only_native_training_precisions() -> None:
     bf16 = suite.TARGETS["train_eager_bf16"]  # >= 1.3x with the spread's worse end above 1.2x
     assert bf16.judge(1.35, [1.25, 1.4]) == "met"
     assert bf16.judge(1.35, [1.15, 1.4]) == "not distinguishable"

@@ -151,7 +151,7 @@ def test_the_smoke_report_comes_back_when_the_run_is_stopped_later(tmp_path: Pat
     """A run stopped (SIGTERM, as run.sh's timeout sends) during a later stage leaves the report with the
     smoke stage and the archive with its log, and no stage process behind."""
     out, logs = tmp_path / "out", tmp_path / "work" / "gpu_logs"
-    cmd = [sys.executable, str(GPU / "gpu_bench.py"), "--cpu-smoke", f"--out={out}", f"--logs={logs}"]
+    cmd = [sys.executable, "-m", "bench.gpu.gpu_bench", "--cpu-smoke", f"--out={out}", f"--logs={logs}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

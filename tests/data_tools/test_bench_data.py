@@ -1,27 +1,27 @@
-"""bench/preprocess.py and bench/data_loading.py at toy sizes, end to end: both preprocess modes against the
+"""bench.preprocess and bench.data_loading at toy sizes, end to end: both preprocess modes against the
 limit, the loader against a training step, results JSON through bench.common.finish. No timing assertions."""
 
 from __future__ import annotations
 
 import json
 
+from bench import data_loading
+from bench import preprocess as preprocess_bench
 from data_tools.preprocess import PreprocessConfig, preprocess
 from data_tools.sources import SourceConfig
 
-from ..bench.loader import load_script
 from .conftest import code_doc, write_jsonl
 
 
 def test_preprocess_bench_measures_both_modes_and_ends_with_the_ratios(capsys, monkeypatch, tmp_path):
-    bench = load_script("preprocess", monkeypatch)
     small = SourceConfig(
         inputs=(str(write_jsonl(tmp_path / "c.jsonl", [{"content": code_doc(i)} for i in range(40)])),)
     )
     monkeypatch.setattr(
-        bench, "SourceConfig", lambda inputs=(): SourceConfig(inputs=inputs) if inputs else small
+        preprocess_bench, "SourceConfig", lambda inputs=(): SourceConfig(inputs=inputs) if inputs else small
     )  # in place of the standard library: seconds
     assert (
-        bench.main(
+        preprocess_bench.main(
             [
                 "--copies",
                 "1",
@@ -54,7 +54,7 @@ def test_preprocess_bench_measures_both_modes_and_ends_with_the_ratios(capsys, m
     assert len(sweeps["limit"]) == 4  # threads and processes, two call sizes: picked on the first corpus
 
 
-def test_data_loading_bench_ends_with_the_headroom(capsys, monkeypatch, tmp_path, small_tokenizer):
+def test_data_loading_bench_ends_with_the_headroom(capsys, tmp_path, small_tokenizer):
     inp = write_jsonl(tmp_path / "c.jsonl", [{"content": code_doc(i)} for i in range(60)])
     cfg = PreprocessConfig(
         sources=SourceConfig(inputs=(str(inp),)),
@@ -63,11 +63,10 @@ def test_data_loading_bench_ends_with_the_headroom(capsys, monkeypatch, tmp_path
         show_progress=False,
     )
     preprocess(cfg)
-    bench = load_script("data_loading", monkeypatch)
     tiny = (
         "--layers 1 --width 32 --heads 2 --seq 16 --micro 2 --batches 3 --warmup 1 --steps 1 --step-repeats 2"
     )
-    path = bench.main(
+    path = data_loading.main(
         [*tiny.split(), "--data", str(tmp_path / "data"), "--results-dir", str(tmp_path / "res")]
     )
     printed = capsys.readouterr().out.strip().splitlines()

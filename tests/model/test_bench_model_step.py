@@ -1,4 +1,4 @@
-"""bench/model_step.py at a toy size end to end, and bench/report.py on a synthetic results file.
+"""bench.model_step at a toy size end to end, and bench.report on a synthetic results file.
 
 No timing assertions: the figures only have to exist, be positive and agree with each other.
 """
@@ -11,15 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench.loader import load_script
+from bench import model_step, report
 from training.precision import DeviceInfo, MatmulFigures, cpu_model_and_flags, decide
 
 TINY = "--layers 1 --width 32 --heads 2 --ctx 16 --vocab 100 --batch 2 --warmup 1 --steps 2 --rounds 1"
 
 
-def test_model_step_measures_every_precision_and_ends_with_the_ratio(capsys, monkeypatch, tmp_path) -> None:
-    bench = load_script("model_step", monkeypatch)
-    path = bench.main([*TINY.split(), "--results-dir", str(tmp_path)])
+def test_model_step_measures_every_precision_and_ends_with_the_ratio(capsys, tmp_path) -> None:
+    path = model_step.main([*TINY.split(), "--results-dir", str(tmp_path)])
     printed = capsys.readouterr().out.strip().splitlines()
 
     assert path.parent == tmp_path and path.name.startswith("model_step_") and path.suffix == ".json"
@@ -31,7 +30,7 @@ def test_model_step_measures_every_precision_and_ends_with_the_ratio(capsys, mon
     assert machine["cpu_model"] == model and machine["bf16_flags"] == list(bf16_flags)
     assert machine["cores"] >= 1 and machine["cpu_tag"] in path.name
     assert set(machine["versions"]) == {"torch", "deepspeed", "transformers", "tokenizers"}
-    assert "bench/model_step.py --layers 1" in record["command"]
+    assert "-m bench.model_step --layers 1" in record["command"]
     assert record["printed"] == printed  # the JSON holds exactly what was printed, the ratio line included
 
     # Every precision: a line with positive tokens/s for both sides, and a ratio consistent with them.
@@ -71,7 +70,7 @@ def synthetic_results(folder: Path, ratio: float = 1.234) -> Path:
     record = {
         "schema": 1,
         "benchmark": "model_step",
-        "command": ".venv/bin/python bench/model_step.py",
+        "command": ".venv/bin/python -m bench.model_step",
         "started": "2026-01-02T03:04:05+00:00",
         "finished": "2026-01-02T03:05:05+00:00",
         "machine": {
@@ -107,8 +106,7 @@ def synthetic_results(folder: Path, ratio: float = 1.234) -> Path:
     return path
 
 
-def test_report_renders_the_rows_and_checks_a_readme(capsys, monkeypatch, tmp_path) -> None:
-    report = load_script("report", monkeypatch)
+def test_report_renders_the_rows_and_checks_a_readme(capsys, tmp_path) -> None:
     results = tmp_path / "results"
     results.mkdir()
     synthetic_results(results)
@@ -159,7 +157,8 @@ def test_report_renders_the_rows_and_checks_a_readme(capsys, monkeypatch, tmp_pa
 def test_readme_benchmark_table_comes_from_the_committed_results():
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, str(root / "bench" / "report.py"), "--check", str(root / "README.md")],
+        [sys.executable, "-m", "bench.report", "--check", str(root / "README.md")],
+        cwd=root,
         capture_output=True,
         text=True,
     )

@@ -1,18 +1,19 @@
-"""bench/checkpoint_checksum.py runs (a small size) and ends with its ratio against sha256sum; the sums it
+"""bench.checkpoint_checksum runs (a small size) and ends with its ratio against sha256sum; the sums it
 times are the checkpoint's own."""
 
 from __future__ import annotations
 
 import zlib
 
+from bench import checkpoint_checksum
 from training.checkpoint import checksums, file_checksum
 
-from ..bench.loader import load_script
 
-
-def test_checksum_bench_prints_the_ratio_last(tmp_path, capsys, monkeypatch):
-    bench = load_script("checkpoint_checksum", monkeypatch)
-    assert bench.main(["--dir", str(tmp_path), "--gb", "0.004", "--files", "2", "--repeats", "1"]) == 0
+def test_checksum_bench_prints_the_ratio_last(tmp_path, capsys):
+    assert (
+        checkpoint_checksum.main(["--dir", str(tmp_path), "--gb", "0.004", "--files", "2", "--repeats", "1"])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert "MB/s" in lines[1] and "sha256sum" in lines[1]
     assert lines[-1].startswith("ratio ours / sha256sum: ") and lines[-1].endswith("x")

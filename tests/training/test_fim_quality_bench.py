@@ -1,4 +1,4 @@
-"""bench/fim_quality.py at toy size, end to end: both rates trained under the deepspeed launcher on the same
+"""bench.fim_quality at toy size, end to end: both rates trained under the deepspeed launcher on the same
 samples, judged left to right and by codeparrot-eval infill, the ratio last. No quality assertions: a
 six-step model infills nothing."""
 
@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from ..bench.loader import load_script
+from bench import fim_quality
 
 pytestmark = pytest.mark.slow
 
 
-def test_fim_quality_bench_trains_both_rates_on_the_same_samples(capsys, monkeypatch, tmp_path, tiny_data):
+def test_fim_quality_bench_trains_both_rates_on_the_same_samples(capsys, tmp_path, tiny_data):
     config = {
         "model": {
             "preset": "tiny",
@@ -33,9 +33,10 @@ def test_fim_quality_bench_trains_both_rates_on_the_same_samples(capsys, monkeyp
         },
     }
     (tmp_path / "demo.json").write_text(json.dumps(config))
-    bench = load_script("fim_quality", monkeypatch)
     args = ["--config", str(tmp_path / "demo.json"), "--data", str(tiny_data), "--problems", "1"]
-    path = bench.main([*args, "--per-problem", "1", "--max-new-tokens", "4", "--results-dir", str(tmp_path)])
+    path = fim_quality.main(
+        [*args, "--per-problem", "1", "--max-new-tokens", "4", "--results-dir", str(tmp_path)]
+    )
     record = json.loads(path.read_text())
     runs = record["figures"]["runs"]
     assert [(r["fim_rate"], r["seed"]) for r in runs] == [(0.0, 1234), (0.5, 1234)]
