@@ -10,8 +10,9 @@ per run, named by its directory (with as many parent directories as it takes to 
 A dotted vertical line in the run's colour marks each point where the run resumed from a checkpoint: the
 "resume" event record the trainer writes (training/loop.py); in a file written before that record existed,
 a step counter that goes back or repeats (metrics.jsonl is appended to, so a restart from an earlier
-checkpoint logs its steps again). Records of steps that a resume went back over are dropped: each line is
-the run's history as its checkpoints continued it.
+checkpoint logs its steps again; the mark then goes at the last step logged before the repeat, the latest
+the checkpoint can be). Records of steps that a resume went back over are dropped: each line is the run's
+history as its checkpoints continued it.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def read_run(path: Path | str, name: str | None = None) -> Run:
             r = {**r, "tokens": r.get("consumed_samples", 0) * seq_len}
             if run.steps and step <= run.steps[-1]["step"]:  # restarted without a mark: an older file
                 run.steps = [s for s in run.steps if s["step"] < step]
-                run.resumes.append(r["tokens"])
+                run.resumes.append(run.steps[-1]["tokens"] if run.steps else 0.0)  # at the latest here
             run.steps.append(r)
     return run
 
@@ -147,8 +148,13 @@ def run_names(paths: Sequence[Path]) -> list[str]:
     parts = [Path(p).resolve().parts for p in paths]
     depth = [1] * len(paths)
     while True:
-        names = ["/".join(p[-d:]) for p, d in zip(parts, depth, strict=True)]
-        clash = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        names = [str(Path(*p[-d:])) for p, d in zip(parts, depth, strict=True)]
+        clash = [
+            i
+            for i, n in enumerate(names)
+            if depth[i] < len(parts[i])
+            and any(m == n and q != parts[i] for m, q in zip(names, parts, strict=True))
+        ]
         if not clash:
             break
         for i in clash:
