@@ -12,6 +12,7 @@ STAMP   := $(VENV)/.installed
 OUT     ?= runs/demo
 RANKS   ?= 2
 PORT    ?= 29517
+DEMO_SECONDS ?= 180
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -29,15 +30,19 @@ $(STAMP): setup.py constraints.txt scripts/install_system_deps.sh
 
 # 1. standard library -> cleaned, deduplicated corpus -> 8,192-id tokenizer -> shards ($(OUT)/data)
 # 2. a small GPT-2 trained on them with DeepSpeed ZeRO-2 on $(RANKS) CPU ranks, in the precision the CPU
-#    runs natively (train.precision auto: bf16 with AMX or AVX512-BF16, else fp32), a few minutes
+#    runs natively (train.precision auto: bf16 with AMX or AVX512-BF16, else fp32), for about $(DEMO_SECONDS) s:
+#    training.budget times this machine's step and sets train.max_steps to fit
 #    then its curves drawn by codeparrot-plot into $(OUT)/train/metrics.png
 # 3. its validation perplexity, an export to a transformers GPT2LMHeadModel directory ($(OUT)/hf), and a
 #    completion of a Python prompt from that export
 demo: $(STAMP)
 	$(BIN)/python -m data_tools.preprocess --output $(OUT)/data --vocab-size 8192
+	steps=$$(OMP_NUM_THREADS=1 $(BIN)/python -m training.budget --config configs/demo.json --world $(RANKS) \
+		--ds_config ds_configs/zero2_cpu.json --seconds $(DEMO_SECONDS) --set data.paths='["$(OUT)/data"]') && \
 	OMP_NUM_THREADS=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/deepspeed --num_gpus $(RANKS) \
 		--master_addr 127.0.0.1 --master_port $(PORT) pretrain_gpt.py --config configs/demo.json \
-		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train
+		--ds_config ds_configs/zero2_cpu.json --set data.paths='["$(OUT)/data"]' train.save_dir=$(OUT)/train \
+		$$steps
 	$(BIN)/codeparrot-plot $(OUT)/train
 	$(BIN)/codeparrot-eval perplexity $(OUT)/train --data $(OUT)/data
 	$(BIN)/codeparrot-export $(OUT)/train $(OUT)/hf --overwrite
