@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from launch.ports import free_port
 from model import optim
 from model.gpt2 import GPT
 from model.presets import get_preset
@@ -75,12 +75,6 @@ def test_fused_cpu_adamw_takes_the_steps_foreach_takes() -> None:
     for k in start:
         torch.testing.assert_close(finals[0][k], finals[1][k], rtol=1e-6, atol=1e-7)
         assert (finals[0][k] - start[k]).abs().mean() > 1e-2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 ZERO3_GROUPS = """

@@ -5,15 +5,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from deepspeed.pipe import TiedLayerSpec
 
+from bench.launcher import deepspeed_command, deepspeed_env
 from model.gpt2 import GPT
 from model.pipeline import (
     gpt_state_from_layer_states,
@@ -86,26 +85,11 @@ def test_unknown_parameter_names_are_refused() -> None:
         pipeline_state_from_gpt({"blocks.7.ln_1.weight": torch.zeros(1)}, config)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_stage_pipeline_matches_plain_model(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",  # 2 ranks x default threads on 2 cores is up to 10x slower
-        "TORCH_EXTENSIONS_DIR": str(tmp_path / "torch_extensions"),  # never the shared ~/.cache
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    launcher = Path(sys.executable).with_name("deepspeed")
-    cmd = [
-        str(launcher), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(WORKER), str(out),
-    ]  # fmt: skip
+    env = deepspeed_env(tmp_path)  # one thread per rank, private extension caches, the checkout importable
+    cmd = deepspeed_command(WORKER, out)
     shm_before = set(glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"))
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,24 +1,24 @@
-"""Tiny shards and helpers to run pretrain_gpt.py through the real `deepspeed` launcher on CPU ranks."""
+"""Tiny shards and helpers to run pretrain_gpt.py through the real `deepspeed` launcher on CPU ranks (the
+command line and environment of bench.launcher, which the benchmarks launch with too)."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from bench.launcher import deepspeed_env, pretrain_command
 from data_tools.parallel import CleanConfig
 from data_tools.preprocess import PreprocessConfig, preprocess
 from data_tools.sources import Problems, SourceConfig, iter_documents
 from data_tools.train_tokenizer import train
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 ENTRY = ROOT / "pretrain_gpt.py"
 FAULT_WORKER = Path(__file__).with_name("fault_worker.py")  # pretrain_gpt.py with injected faults
 
@@ -66,24 +66,11 @@ def run_config(tmp_path: Path, data: Path, **train) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def env(tmp_path: Path, faults: dict | None = None) -> dict[str, str]:
-    """One thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and private extension and
-    compile caches, so nothing is shared with other processes on the machine. `faults` go to
-    fault_worker.py."""
-    return dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        TORCH_EXTENSIONS_DIR=str(tmp_path / "torch_ext"),
-        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
-        PYTHONPATH=str(ROOT),
-        FAULTS=json.dumps(faults or {}),
-    )
+    """bench.launcher's: one thread per rank (2 ranks x 2 threads on 2 cores is up to 10x slower) and
+    private extension and compile caches under `tmp_path`, so nothing is shared with other processes on the
+    machine. `faults` go to fault_worker.py."""
+    return deepspeed_env(tmp_path, FAULTS=json.dumps(faults or {}))
 
 
 def deepspeed_cmd(
@@ -93,23 +80,13 @@ def deepspeed_cmd(
     ranks: int = 2,
     script: Path = ENTRY,
     runner: str = "deepspeed",
+    master_port: int | None = None,
 ) -> list[str]:
-    """`runner` is "deepspeed" (DeepSpeed's own command) or "codeparrot-launch" (it, relaying signals)."""
-    return [
-        str(BIN / runner),
-        "--num_gpus",
-        str(ranks),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        "--config",
-        str(config),
-        "--ds_config",
-        str(ROOT / "ds_configs" / ds_config),
-        *extra,
-    ]
+    """`runner` is "deepspeed" (DeepSpeed's own command) or "codeparrot-launch" (it, relaying signals);
+    `master_port` by default a free one."""
+    ds = ROOT / "ds_configs" / ds_config
+    launch = dict(ranks=ranks, runner=runner, master_port=master_port)
+    return pretrain_command(config, ds, *extra, script=script, **launch)
 
 
 def single_cmd(config: Path, ds_config: str, *extra: str, script: Path = ENTRY) -> list[str]:

@@ -7,24 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import BIN, check, free_port, run
+from bench.launcher import deepspeed_command
+
+from .conftest import check, run
 
 pytestmark = pytest.mark.slow
 
 
 def test_plain_zero3_and_pipeline_start_from_the_models_own_init(tmp_path):
     out = tmp_path / "init.json"
-    cmd = [
-        str(BIN / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(Path(__file__).with_name("init_worker.py")),
-        f"--out={out}",
-    ]
+    cmd = deepspeed_command(Path(__file__).with_name("init_worker.py"), f"--out={out}")
     check(run(cmd, tmp_path))
     result = json.loads(out.read_text())
     assert result["zero3_partitioned"], result

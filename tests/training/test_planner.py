@@ -14,6 +14,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import model.gpt2 as gpt2
+from bench.launcher import BIN, deepspeed_command
 from model.flops import flops_per_token
 from model.presets import get_preset
 from plan.cli import main, plan_dict
@@ -21,7 +22,7 @@ from plan.comm import NCCL_EFFICIENCY
 from plan.memory import GIB, SAFETY_FRACTION, Gpu, Layout, block_activation_bytes, gpu_from_table, plan
 from training import gpus, metrics
 
-from .conftest import BIN, check, free_port, run
+from .conftest import check, run
 from .memory_worker import MICRO_BATCH, MODELS, SEQ_LEN
 
 # |predicted - measured| / measured, per rank. Measured with deepspeed 0.19.8, torch 2.13.0, 2 CPU ranks
@@ -85,11 +86,10 @@ def test_model_state_memory_matches_what_deepspeed_allocates(tmp_path, capsys):
         paths[stage] = tmp_path / f"zero{stage}.json"
         paths[stage].write_text(json.dumps({**ds, "steps_per_print": 1_000_000}))
     out = tmp_path / "measured.json"
-    cmd = [
-        str(BIN / "deepspeed"), "--num_gpus", "2", "--master_addr", "127.0.0.1", "--master_port",
-        str(free_port()), str(Path(__file__).with_name("memory_worker.py")), f"--out={out}",
+    cmd = deepspeed_command(
+        Path(__file__).with_name("memory_worker.py"), f"--out={out}",
         "--ds=" + ",".join(str(p) for p in paths.values()), "--precisions=" + ",".join(PRECISIONS),
-    ]  # fmt: skip
+    )  # fmt: skip
     check(run(cmd, tmp_path))
     measured = json.loads(out.read_text())
     rows, errors = [], []

@@ -13,9 +13,10 @@ import time
 import psutil
 import pytest
 
+from launch.ports import free_port
 from tests.launch.decoy import alive, decoy
 
-from .conftest import ROOT, check, deepspeed_cmd, env, free_port, losses, run, run_config
+from .conftest import ROOT, check, deepspeed_cmd, env, losses, run, run_config
 from .test_resume import rank_processes
 
 pytestmark = pytest.mark.slow
@@ -103,9 +104,7 @@ def ctrl_c(terminal: int) -> None:
 
 
 def launch_on(port: int, cfg) -> list[str]:
-    cmd = deepspeed_cmd(cfg, "zero2_cpu.json", runner="codeparrot-launch")
-    cmd[cmd.index("--master_port") + 1] = str(port)
-    return cmd
+    return deepspeed_cmd(cfg, "zero2_cpu.json", runner="codeparrot-launch", master_port=port)
 
 
 @pytest.mark.parametrize(
