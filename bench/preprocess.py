@@ -61,6 +61,7 @@ from bench.common import (
     machine_info,
     now,
 )
+from bench.targets import PREPROCESS_TARGETS, target_line
 from data_tools.encode import encode_texts
 from data_tools.fast_encode import TiktokenEncoder, tiktoken_encoder
 from data_tools.indexed_dataset import IndexedDataset
@@ -292,6 +293,11 @@ def repeated_corpus(root: Path, copies: int) -> tuple[str, ...]:
 MODES = ("whole job", "tokenize-only")
 
 
+def mode_key(mode: str) -> str:
+    """A mode's key in the figures: whole_job, tokenize_only."""
+    return mode.replace(" ", "_").replace("-", "_")
+
+
 def mode_config(mode: str, sources: SourceConfig, tok_dir: Path, out: Path, workers: int) -> PreprocessConfig:
     common = dict(sources=sources, output=out, tokenizer=tok_dir, workers=workers, show_progress=False)
     if mode == "tokenize-only":
@@ -393,8 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out(result_line(name, mode, f, args.workers))
                 table.append(table_row(args, name, mode, f))
                 finals.append(f"{name} {mode} {f['ratio']:.3f}")
-                fig["whole_job" if mode == "whole job" else "tokenize_only"] = f
+                fig[mode_key(mode)] = f
             figures["corpora"][name] = fig
+    out(target_line([PREPROCESS_TARGETS[mode_key(mode)] for mode in args.mode]))
     finish(
         out,
         benchmark="preprocess",

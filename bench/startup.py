@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.launcher import ROOT, deepspeed_command, deepspeed_env, pretrain_command
+from bench.targets import target_line
 
 LAUNCH_TIMEOUT_S = 900
 STEP1 = re.compile(r"\[rank 0\] INFO training\.loop: step 1/\d+ ")
@@ -277,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({o['cpu']['min_s']:.1f}-{o['cpu']['max_s']:.1f}) | ratio {result['cpu_ratio']:.2f}x "
         "(less disturbed by other jobs than wall time; ours includes saving its checkpoint)"
     )
+    out(target_line(["startup"]))
     table = [
         {
             "benchmark": "bench/startup.py",

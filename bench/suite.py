@@ -15,20 +15,12 @@ JSON (bench/common.finish, the path printed as `results: <path>`); the suite rea
 
 with the machine and versions, the command, and per benchmark: its status (ok, failed with its stderr's
 tail, timeout, or missing when the module does not exist), its results path, its final line and its
-ratios with their spreads. The summary lists every figure; only the project's targets below are judged
-and counted (met, missed, or not distinguishable), every other figure is listed as "no target":
-
-    preprocess   tokenize-only >= 2x the `tokenizers` limit (the best of batch sizes and of threads versus
-                 processes, bench/preprocess.py); the whole job >= 1x that limit. Ours above the ceiling of
-                 the encoder it ran is flagged "ceiling exceeded": the ceiling is then no ceiling.
-    training     fp32: eager >= 1.3x HF+DeepSpeed eager, MFU >= 75% of the large-matmul peak;
-                 bf16 (native): eager >= 1.3x HF+DeepSpeed with the spread above 1.2x, MFU >= 60% of the
-                 achievable peak (the model's own matmul shapes); compiled >= 1.1x HF+DeepSpeed compiled
-    start-up     <= 1.2x a no-op DeepSpeed launch, both timed to rank 0's marker line
-    no target    data loading headroom, model step, generation (recorded)
-
-A figure whose spread (min-max over runs) crosses its target is "not distinguishable": neither met nor
-missed. The training targets apply where the precision runs natively; an emulated one is recorded only.
+ratios with their spreads. The summary lists every figure; only the project's targets (bench/targets.py:
+preprocessing against the `tokenizers` limit, training ours/HF+DeepSpeed and MFU, start-up against a no-op
+launch) are judged and counted (met, missed, or not distinguishable when the spread reaches across the
+target), every other figure (data loading headroom, model step, generation) is listed as "no target". A
+preprocessing run above the ceiling of the encoder it ran is flagged "ceiling exceeded": the ceiling is
+then no ceiling.
 
 Prints each benchmark's output as it runs, then the summary table and the report's path; the last line
 sums it up. Exits 1 when a benchmark failed or timed out, else 0 (a missed target is reported, not an
@@ -41,7 +33,6 @@ import argparse
 import dataclasses
 import importlib.util
 import json
-import operator
 import re
 import subprocess
 import sys
@@ -52,52 +43,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT
+from bench.targets import PREPROCESS_TARGETS, TARGETS, training_targets
 
 TIMEOUT_S = 1800  # per benchmark
 QUICK_TIMEOUT_S = 600
 STDERR_TAIL = 3000  # characters of a failed benchmark's stderr kept in the report
 RESULTS_LINE = re.compile(r"^results: (\S.*)$")
 RATIO_IN_LINE = re.compile(r"(\d+(?:\.\d+)?)x\s*$")
-OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Target:
-    op: str  # ">=" or "<="
-    value: float
-    unit: str = "x"  # "x" (a ratio) or "%" (value is a fraction shown in percent)
-    spread_bound: float | None = None  # where the spread's worse end must lie (default: value)
-
-    def met(self, x: float) -> bool:
-        return OPS[self.op](x, self.value)
-
-    def judge(self, x: float, spread: Sequence[float] | None) -> str:
-        """met, missed, or "not distinguishable" when the spread reaches across the target: the median
-        meets it but the spread's worse end does not meet the spread bound, or the median misses it but
-        the spread's better end meets it."""
-        if spread is None:
-            return "met" if self.met(x) else "missed"
-        worse, better = (min(spread), max(spread)) if self.op == ">=" else (max(spread), min(spread))
-        bound = self.value if self.spread_bound is None else self.spread_bound
-        if self.met(x):
-            return "met" if OPS[self.op](worse, bound) else "not distinguishable"
-        return "not distinguishable" if self.met(better) else "missed"
-
-    def __str__(self) -> str:
-        text = f"{self.op} {self.value:.0%}" if self.unit == "%" else f"{self.op} {self.value:g}x"
-        return text + (f", spread {self.op} {self.spread_bound:g}x" if self.spread_bound is not None else "")
-
-
-TARGETS = {
-    "preprocess_tokenize": Target(op=">=", value=2.0),
-    "preprocess_full": Target(op=">=", value=1.0),
-    "train_eager_fp32": Target(op=">=", value=1.3),
-    "train_eager_bf16": Target(op=">=", value=1.3, spread_bound=1.2),
-    "train_compiled": Target(op=">=", value=1.1),
-    "train_mfu_fp32": Target(op=">=", value=0.75, unit="%"),
-    "train_mfu_bf16": Target(op=">=", value=0.60, unit="%"),
-    "startup": Target(op="<=", value=1.2),
-}
 COUNTED = ("met", "missed", "not distinguishable", "not reported")
 
 
@@ -171,10 +123,8 @@ def preprocess_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, fig in corpora.items():
         note = f"each side its best of {fig.get('repeats', '?')} runs"
-        for mode, label, target in (
-            ("tokenize_only", "tokenize-only", "preprocess_tokenize"),
-            ("whole_job", "whole job", "preprocess_full"),
-        ):
+        for mode, label in (("tokenize_only", "tokenize-only"), ("whole_job", "whole job")):
+            target = PREPROCESS_TARGETS[mode]
             f = fig.get(mode)
             if f is None:
                 out.append(entry(f"{name}: {label} / tokenizers limit", None, target))
@@ -248,19 +198,18 @@ def train_ratios(record: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for p, r in record["figures"]["precisions"].items():
         o, h, peak = r["sides"]["ours"], r["sides"]["hf"], r["peak"]
-        native = r["native"]
-        note = "" if native else "not native here (reduced size): no target"
+        targets = training_targets(p, compiled, r["native"])
+        note = "" if r["native"] else "not native here (reduced size): no target"
         spread = [o["min_tps"] / h["max_tps"], o["max_tps"] / h["min_tps"]]
-        ratio_target = ("train_compiled" if compiled else f"train_eager_{p}") if native else None
-        out.append(entry(f"{p} {mode}: ours/hf tok/s", r["ratio"], ratio_target, spread, note))
+        out.append(entry(f"{p} {mode}: ours/hf tok/s", r["ratio"], targets.get("ratio"), spread, note))
         large = f"large-matmul peak {peak['best_gflops']:,.1f} GFLOP/s measured"
-        mfu_target = f"train_mfu_{p}" if native and p == "fp32" else None
+        mfu_target = targets.get("mfu_large")
         out.append(
             entry(f"{p} {mode}: MFU of the large-matmul peak", o["mfu"], mfu_target, note=large, unit="%")
         )
         achievable = peak.get("achievable_gflops")
         if achievable:
-            mfu_target = f"train_mfu_{p}" if native and p == "bf16" else None
+            mfu_target = targets.get("mfu_achievable")
             note_a = (
                 f"achievable peak {achievable:,.1f} GFLOP/s (the model's own matmul shapes); "
                 f"hf {h['mfu_achievable']:.1%}"

@@ -405,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         precision_record,
         precision_support,
     )
+    from bench.targets import target_line, training_targets
 
     started, out = now(), Printer()
     machine = machine_info()
@@ -427,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[p] = measure(args, method, data, tmp, out)
             for line in precision_lines(args, method, results[p]):
                 out(line)
+            targets = training_targets(p, args.compile, method.native)
+            if targets:
+                out(f"{p}: {target_line(list(targets.values()))}")
     out("ratio ours/hf per precision: " + ", ".join(f"{p} {r['ratio']:.2f}x" for p, r in results.items()))
     if auto.precision in results:
         p, why = auto.precision, "the precision auto picks on this CPU"
