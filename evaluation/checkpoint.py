@@ -31,14 +31,13 @@ from model.config import GPTConfig
 from model.gpt2 import GPT
 from training.checkpoint import (
     COMPLETE,
-    DS_CONFIG,
     LATEST,
-    RUN_CONFIG,
     complete_tags,
     damaged_files,
     latest_tag,
     tag_step,
 )
+from training.run_files import DS_CONFIG, RUN_CONFIG
 
 logger = logging.getLogger(__name__)
 

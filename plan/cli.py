@@ -20,6 +20,7 @@ from plan.memory import (
     DEFAULT_GLOBAL_BATCH,
     DEFAULT_MFU,
     GIB,
+    PHASE_TITLES,
     SAFETY_FRACTION,
     Gpu,
     Layout,
@@ -303,8 +304,7 @@ def plan_text(p: Plan) -> str:
         "",
         f"memory per GPU{where}:",
     ]
-    names = {"state": "kept across steps", "backward": "forward/backward", "step": "optimizer step"}
-    for phase, title in names.items():
+    for phase, title in PHASE_TITLES.items():
         terms = [t for t in p.terms if t.phase == phase]
         if not terms:
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from plan.memory import GIB, SAFETY_FRACTION, Plan
+from plan.memory import GIB, PHASE_TITLES, SAFETY_FRACTION, Plan
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -21,9 +21,9 @@ SIZE_PX = (1100, 700)  # width x height of the PNG
 DPI = 100
 # The bars, left to right: (title, the phases stacked in it)
 BARS = (
-    ("kept across steps", ("state",)),
-    ("forward/backward", ("state", "backward")),
-    ("optimizer step", ("state", "step")),
+    (PHASE_TITLES["state"], ("state",)),
+    (PHASE_TITLES["backward"], ("state", "backward")),
+    (PHASE_TITLES["step"], ("state", "step")),
 )
 
 

@@ -60,6 +60,12 @@ DEFAULT_MFU = 0.45  # the stated MFU when none is given: a layout without recomp
 SAFETY_FRACTION = 0.10  # of GPU memory kept free for the CUDA context, fragmentation and NCCL buffers
 DEFAULT_GLOBAL_BATCH = 512  # sequences, as the shipped 1.5B configs
 Phase = Literal["state", "backward", "step"]
+# How the report and the drawing title each phase.
+PHASE_TITLES: dict[str, str] = {
+    "state": "kept across steps",
+    "backward": "forward/backward",
+    "step": "optimizer step",
+}
 Offload = Literal["none", "optimizer", "all"]
 
 

@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 from data_tools.atomic import write_atomic
 from training.config import ConfigError, RunConfig
+from training.run_files import DS_CONFIG, RUN_CONFIG
 
 if TYPE_CHECKING:
     from training.validate import RunSetup
@@ -51,10 +52,6 @@ FILES = "files.json"  # each file's size and CRC-32 at save time, to tell a dama
 CHECKSUM_CHUNK = 8 * 2**20  # bytes read per call: large enough that the CRC, not Python, sets the speed
 COMPLETE = "COMPLETE"  # written by rank 0 once every rank's files are in place, before `latest` moves
 UNIVERSAL_SUFFIX = "_universal"
-# The run's files beside its checkpoints, written by rank 0 at every start: the run config with what
-# validation derived ("resolved": the model config and the precision), and the filled DeepSpeed JSON.
-RUN_CONFIG = "run_config.json"
-DS_CONFIG = "ds_config.json"
 
 
 def write_run_files(run: RunConfig, setup: RunSetup) -> None:
