@@ -206,8 +206,8 @@ HF_KWARGS: dict[str, Any] = dict(activation_function="gelu_pytorch_tanh", use_ca
 
 
 def gpt_config(args: Any, dropout: float = 0.0) -> Any:
-    """The GPTConfig of a benchmark's ``--layers --width --heads --ctx --vocab``, with every dropout
-    ``dropout``."""
+    """The GPTConfig of a benchmark's ``--layers --width --heads`` and ``args.ctx`` positions, ``args.vocab``
+    ids (``--seq-len``/``--ctx``, ``--vocab-size``), with every dropout ``dropout``."""
     from model.config import GPTConfig
 
     return GPTConfig(
@@ -223,18 +223,19 @@ def gpt_config(args: Any, dropout: float = 0.0) -> Any:
 
 
 def add_training_shape_args(p: Any) -> None:
-    """``--layers --width --heads --seq --micro`` with the defaults the training benchmarks share
-    (train_throughput, startup, data_loading): 4 layers x 256, 4 heads, seq 256, micro-batch 4."""
+    """``--layers --width --heads --seq-len --micro-batch`` (``args.seq``, ``args.micro``) with the defaults
+    the training benchmarks share (train_throughput, startup, data_loading): 4 layers x 256, 4 heads, seq
+    256, micro-batch 4."""
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--micro", type=int, default=4, help="micro-batch (sequences per rank and step)")
+    p.add_argument("--seq-len", dest="seq", type=int, default=256, help="tokens per sample")
+    p.add_argument("--micro-batch", dest="micro", type=int, default=4, help="sequences per rank and step")
 
 
 def run_config_model(args: Any) -> dict[str, Any]:
     """The ``model`` section of the run config a training benchmark gives pretrain_gpt.py: its ``--layers
-    --width --heads --seq`` over the tiny preset (the vocabulary comes from the data), dropout off."""
+    --width --heads --seq-len`` over the tiny preset (the vocabulary comes from the data), dropout off."""
     return {
         "preset": "tiny",
         "overrides": {

@@ -14,7 +14,7 @@ then the reverse, ...); a side's figure is its median time / new tokens, the spr
 
     python -m bench.generate                  # 4 layers, width 128, vocab 4096, prompt 16, 64..512 new tokens
     python -m bench.generate --threads 1      # on a machine shared with other jobs (2 threads contend)
-    python -m bench.generate --layers 12 --width 768 --heads 12 --vocab 32768 --lengths 32 128 \
+    python -m bench.generate --layers 12 --width 768 --heads 12 --vocab-size 32768 --lengths 32 128 \
         --no-cache-up-to 32                  # codeparrot-small's shape: model work, not framework overhead
 
 At the default toy shape (4 x 128, vocab 4,096) a step is mostly framework overhead (Python, dispatch,
@@ -177,7 +177,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--vocab-size", dest="vocab", type=int, default=4096)
     p.add_argument("--ctx", type=int, default=1024, help="n_positions")
     p.add_argument("--batch", type=int, default=1, help="sequences generated together")
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens")

@@ -16,9 +16,9 @@ machine noise and cache effects hit both sides alike. Figures:
 
 A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16: torch emulates it, about 20x
 slower than fp32 on AVX2-only CPUs; see training/precision.py) is still measured and marked, but with
---emulated-batch sequences, --emulated-rounds rounds and one warm-up step, so that the run stays short.
+--emulated-micro-batch sequences, --emulated-rounds rounds and one warm-up step, so that the run stays short.
 
-    python -m bench.model_step                # 4 layers, width 256, ctx 256, vocab 8192, micro-batch 8
+    python -m bench.model_step                # 4 layers, width 256, seq 256, vocab 8192, micro-batch 8
     python -m bench.model_step --compile      # also both models under torch.compile
 
 Prints a line per precision and mode, writes bench/results/model_step_<date>_<cpu>.json, and ends with the
@@ -87,14 +87,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--batch", type=int, default=8, help="micro-batch (sequences per step)")
+    p.add_argument("--seq-len", dest="ctx", type=int, default=256, help="tokens per sample (n_positions)")
+    p.add_argument("--vocab-size", dest="vocab", type=int, default=8192)
+    p.add_argument("--micro-batch", dest="batch", type=int, default=8, help="sequences per step")
     p.add_argument("--dropout", type=float, default=0.0, help="all three dropouts, both models")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per model and precision")
     p.add_argument("--steps", type=int, default=4, help="distinct batches timed per round")
     p.add_argument("--rounds", type=int, default=5, help="passes over the timed batches")
-    p.add_argument("--emulated-batch", type=int, default=1, help="micro-batch for a non-native precision")
+    p.add_argument("--emulated-micro-batch", dest="emulated_batch", type=int, default=1, help="non-native")
     p.add_argument("--emulated-rounds", type=int, default=1, help="rounds for a non-native precision")
     p.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="also time both models under torch.compile")

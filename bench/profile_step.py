@@ -2,7 +2,7 @@
 
     python -m bench.profile_step              # model_step.py's shape, micro-batch 4, 1 thread
     python -m bench.profile_step --width 128  # the demo's width
-    python -m bench.profile_step --precision bf16 --vocab 32768 --heads 8 --batch 8  # bf16, as DeepSpeed
+    python -m bench.profile_step --precision bf16 --vocab-size 32768 --heads 8 --micro-batch 8  # bf16
 
 Runs the same step as bench/model_step.py (forward, loss, backward, AdamW) under the torch profiler for both
 models (in bf16 as DeepSpeed's bf16 mode runs it: bf16 weights, forward and backward, then AdamW on fp32
@@ -97,9 +97,9 @@ def main(argv: Sequence[str] | None = None) -> float:
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ctx", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq-len", dest="ctx", type=int, default=256, help="tokens per sample (n_positions)")
+    p.add_argument("--vocab-size", dest="vocab", type=int, default=8192)
+    p.add_argument("--micro-batch", dest="batch", type=int, default=4, help="sequences per step")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)

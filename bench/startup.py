@@ -1,7 +1,7 @@
 """Start-up time of pretrain_gpt.py: from spawning the `deepspeed` launcher to the end of the first training
 step, against a no-op DeepSpeed launch of as many ranks.
 
-    python -m bench.startup           # 2 ranks, 4 layers x 256, seq 256, micro 4, 5 launches per side
+    python -m bench.startup           # 2 ranks, 4 layers x 256, seq 256, micro-batch 4, 5 launches per side
     python -m bench.startup --repeats 3 --warmup 0
 
 Both sides are `deepspeed --num_gpus R --master_addr 127.0.0.1 --master_port P <script>` with the same
@@ -13,7 +13,7 @@ and PYTHONUNBUFFERED=1):
          (flushed), exits. Its figure: launch to the moment this process reads that line from the
          launcher's output.
   ours   pretrain_gpt.py on shards prepared once beforehand (bench.common.build_shards: the standard
-         library, an 8,192-id tokenizer, as bench/train_throughput.py trains on), --ds
+         library, an 8,192-id tokenizer, as bench/train_throughput.py trains on), --ds_config
          ds_configs/zero2_cpu.json, a fresh save_dir per launch, train.precision as given (default
          "auto", what a run gets unless it sets it). Its figure: launch to the end of step 1, the moment
          this process reads rank 0's `step 1/N` log line from the launcher's output (training.loop logs
@@ -221,7 +221,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=2)
     add_training_shape_args(p)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="train.precision")
-    p.add_argument("--ds", default="ds_configs/zero2_cpu.json")
+    p.add_argument("--ds_config", dest="ds", default="ds_configs/zero2_cpu.json", help="DeepSpeed JSON")
     p.add_argument("--repeats", type=int, default=5, help="timed launches per side, alternating")
     p.add_argument("--warmup", type=int, default=1, help="untimed launches per side first")
     p.add_argument("--data", type=Path, help="shards to train on (default: built once, as train_throughput)")

@@ -271,7 +271,7 @@ def final_ratio(record: dict[str, Any]) -> float | None:
 # ---- the suite ---------------------------------------------------------------------------------------------
 
 # Toy model sizes for --quick (seconds per benchmark where the benchmark allows it).
-TINY_TRAIN = ("--layers", "1", "--width", "32", "--heads", "2", "--seq", "32", "--micro", "1")
+TINY_TRAIN = ("--layers", "1", "--width", "32", "--heads", "2", "--seq-len", "32", "--micro-batch", "1")
 
 BENCHMARKS = (
     Benchmark(
@@ -300,11 +300,11 @@ BENCHMARKS = (
                 "32",
                 "--heads",
                 "2",
-                "--ctx",
+                "--seq-len",
                 "16",
-                "--vocab",
+                "--vocab-size",
                 "100",
-                "--batch",
+                "--micro-batch",
                 "2",
             ),
             *("--warmup", "1", "--steps", "2", "--rounds", "1"),
@@ -316,7 +316,7 @@ BENCHMARKS = (
         module="bench.train_throughput",
         # The 1.5B configs' vocabulary, where the LM head is most of the FLOPs: 4 x 256, 8 heads, seq 256,
         # vocabulary 32,768, micro-batch 8, 2 ranks x 1 thread.
-        args=("--vocab", "32768", "--heads", "8", "--micro", "8"),
+        args=("--vocab-size", "32768", "--heads", "8", "--micro-batch", "8"),
         quick_args=(*TINY_TRAIN, "--steps", "2", "--warmup", "1", "--repeats", "1", "--precision", "fp32"),
         ratios=train_ratios,
     ),
@@ -352,7 +352,7 @@ BENCHMARKS = (
         module="bench.generate",
         args=("--repeats", "3"),
         quick_args=(
-            *("--layers", "1", "--width", "32", "--heads", "2", "--vocab", "64", "--ctx", "64"),
+            *("--layers", "1", "--width", "32", "--heads", "2", "--vocab-size", "64", "--ctx", "64"),
             *("--prompt", "4", "--lengths", "4", "8", "--repeats", "2"),
         ),
         ratios=generate_ratios,
@@ -363,11 +363,11 @@ BENCHMARKS = (
         # codeparrot-small's shape: the model's matmuls, not framework overhead; the no-cache baseline
         # only at the short length (it grows with the square of the length).
         args=(
-            *("--layers", "12", "--width", "768", "--heads", "12", "--vocab", "32768"),
+            *("--layers", "12", "--width", "768", "--heads", "12", "--vocab-size", "32768"),
             *("--lengths", "32", "128", "--no-cache-up-to", "32", "--repeats", "3"),
         ),
         quick_args=(
-            *("--layers", "1", "--width", "32", "--heads", "2", "--vocab", "64", "--ctx", "64"),
+            *("--layers", "1", "--width", "32", "--heads", "2", "--vocab-size", "64", "--ctx", "64"),
             *("--prompt", "4", "--lengths", "4", "8", "--no-cache-up-to", "4", "--repeats", "2"),
         ),
         ratios=generate_ratios,

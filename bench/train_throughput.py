@@ -1,11 +1,11 @@
 """Training throughput of pretrain_gpt.py against transformers' GPT2LMHeadModel under the same DeepSpeed run.
 
     python -m bench.train_throughput                      # 4 layers, width 256, seq 256, micro-batch 4
-    python -m bench.train_throughput --precision bf16 --ds ds_configs/zero2_cpu.json --ranks 2 --repeats 5
-    python -m bench.train_throughput --vocab 32768 --heads 8 --micro 8   # the 1.5B configs' vocabulary
+    python -m bench.train_throughput --precision bf16 --ds_config ds_configs/zero2_cpu.json --repeats 5
+    python -m bench.train_throughput --vocab-size 32768 --heads 8 --micro-batch 8   # the 1.5B configs' vocab
 
-Per precision, on the same shards (the standard library, a --vocab-id tokenizer), each side runs in its own
-`deepspeed --num_gpus R` launch:
+Per precision, on the same shards (the standard library, a tokenizer of --vocab-size ids), each side runs in
+its own `deepspeed --num_gpus R` launch:
   ours   pretrain_gpt.py itself (our GPT, ZeRO from the JSON); tokens/s per step from its metrics.jsonl;
   hf     a worker (this module, --worker): the same DeepSpeed JSON resolved the same way, the same batches
          (RankData), the same AdamW parameter groups, transformers' GPT2LMHeadModel of identical shape with
@@ -30,11 +30,11 @@ training, summed over the ranks:
                      could reach if it did nothing but its matmuls.
 CPUs have no rated peak; for a known GPU the rated one (training.gpus.GPUS) is printed beside.
 
-The shards' tokenizer has --vocab ids (default 8,192; 32,768 is the vocabulary of the shipped 1.5B configs,
-where the LM head is most of a small model's FLOPs).
+The shards' tokenizer has --vocab-size ids (default 8,192; 32,768 is the vocabulary of the shipped 1.5B
+configs, where the LM head is most of a small model's FLOPs).
 
 A precision this CPU does not run natively (bf16 without AMX or AVX512-BF16, see training/precision.py) is
-still measured and marked, but at --emulated-micro sequences, --emulated-repeats launches per side and
+still measured and marked, but at --emulated-micro-batch sequences, --emulated-repeats launches per side and
 --emulated-steps timed steps after one warm-up step, so that the run stays short.
 
 Prints per-launch and per-side figures for every precision, writes
@@ -228,7 +228,15 @@ def launch_hf(
 
     cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
-    worker = ["--worker", "--run-json", run_dir / "run.json", "--ds", args.ds, "--out", run_dir / "hf.json"]
+    worker = [
+        "--worker",
+        "--run-json",
+        run_dir / "run.json",
+        "--ds_config",
+        args.ds,
+        "--out",
+        run_dir / "hf.json",
+    ]
     worker += ["--warmup", str(method.warmup), *(["--peak"] if peak else [])]
     launch(deepspeed_command("bench.train_throughput", *worker, ranks=args.ranks, module=True), tmp)
     return json.loads((run_dir / "hf.json").read_text())
@@ -367,16 +375,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_shape_args(p)
-    p.add_argument("--vocab", type=int, default=8192, help="ids of the shards' tokenizer (and the model)")
+    p.add_argument("--vocab-size", dest="vocab", type=int, default=8192, help="ids of the shards' tokenizer")
     p.add_argument("--steps", type=int, default=3, help="timed steps per launch")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per launch")
     p.add_argument("--repeats", type=int, default=3, help="launches per side, alternating")
-    p.add_argument("--emulated-micro", type=int, default=1, help="micro-batch for a non-native precision")
+    p.add_argument("--emulated-micro-batch", dest="emulated_micro", type=int, default=1, help="non-native")
     p.add_argument("--emulated-steps", type=int, default=2, help="timed steps for a non-native precision")
     p.add_argument("--emulated-repeats", type=int, default=1, help="launches per side, non-native precision")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--ds", default="ds_configs/zero2_cpu.json")
+    p.add_argument("--ds_config", dest="ds", default="ds_configs/zero2_cpu.json", help="DeepSpeed JSON")
     p.add_argument("--compile", action="store_true", help="both sides under torch.compile")
     p.add_argument("--results-dir", type=Path, default=None, help="where the results JSON goes")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

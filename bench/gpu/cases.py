@@ -62,8 +62,8 @@ class Case:
 
     def argv(self, micro: int) -> list[str]:
         argv = [
-            f"--preset={self.preset}", f"--micro={micro}", f"--accum={self.accum(micro)}",
-            f"--seq={self.seq}", f"--precision={self.precision}", f"--ds={self.ds}",
+            f"--preset={self.preset}", f"--micro-batch={micro}", f"--grad-accum={self.accum(micro)}",
+            f"--seq-len={self.seq}", f"--precision={self.precision}", f"--ds_config={self.ds}",
             f"--warmup={self.warmup}", f"--steps={self.steps}", "--fused" if self.fused else "--no-fused",
             "--activation-checkpointing" if self.activation_checkpointing
             else "--no-activation-checkpointing",

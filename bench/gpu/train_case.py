@@ -1,6 +1,6 @@
 """One training case of bench/gpu/gpu_bench.py: the real DeepSpeed engine on one rank, as a run trains.
 
-    python -m bench.gpu.train_case --preset codeparrot --micro 8 --accum 64 --seq 1024 \
+    python -m bench.gpu.train_case --preset codeparrot --micro-batch 8 --grad-accum 64 --seq-len 1024 \
         --activation-checkpointing --out case.json
 
 The run goes through what pretrain_gpt.py uses: `LaunchEnv.read()` (no launcher variables: one rank, a free
@@ -10,9 +10,9 @@ the DeepSpeed JSON (``--zero-stage`` writes a copy with another stage), and `tra
 reads only the tokenizer's vocabulary from the data, so the case points it at a stub manifest that states
 the preset's vocabulary; the batches are random token ids drawn on the device, so no loader cost enters.
 
-Each optimizer step is ``--accum`` micro-batches (forward, backward, ``engine.step()``, as
+Each optimizer step is ``--grad-accum`` micro-batches (forward, backward, ``engine.step()``, as
 training/loop.py's ZeRO step), DeepSpeed stepping the optimizer at the accumulation boundary. After
-``--warmup`` untimed micro-batches, ``--steps x --accum`` consecutive micro-batches are timed: a window
+``--warmup`` untimed micro-batches, ``--steps x --grad-accum`` consecutive micro-batches are timed: a window
 that holds exactly ``--steps`` optimizer steps wherever it starts (checked against the engine's
 ``global_steps``). The window is timed by the wall clock between two synchronisations; each micro-batch by
 CUDA events (no synchronisation inside the window), which shows what the optimizer step adds.
@@ -68,8 +68,8 @@ def total_steps(args: argparse.Namespace) -> int:
 
 
 def ds_config_path(args: argparse.Namespace, where: Path) -> str:
-    """``--ds``, or with ``--zero-stage`` a copy of it that sets that ZeRO stage (the JSON stays the owner
-    of every other setting)."""
+    """``--ds_config``, or with ``--zero-stage`` a copy of it that sets that ZeRO stage (the JSON stays the
+    owner of every other setting)."""
     if args.zero_stage is None:
         return args.ds
     from training.validate import load_ds_config
@@ -266,17 +266,19 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", required=True, help="model/presets.py name")
-    p.add_argument("--micro", type=int, required=True, help="micro batch (sequences per micro-batch)")
-    p.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--micro-batch", dest="micro", type=int, required=True, help="sequences per micro-batch")
+    p.add_argument("--grad-accum", dest="accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--seq-len", dest="seq", type=int, default=1024)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
-    p.add_argument("--ds", default="ds_configs/zero2.json", help="DeepSpeed JSON")
+    p.add_argument("--ds_config", dest="ds", default="ds_configs/zero2.json", help="DeepSpeed JSON")
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), help="instead of the JSON's stage")
     p.add_argument("--compile", action="store_true", help="train.compile: torch.compile the model")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused kernels")
     p.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--warmup", type=int, default=2, help="untimed micro-batches")
-    p.add_argument("--steps", type=int, default=1, help="timed optimizer steps (of --accum micro-batches)")
+    p.add_argument(
+        "--steps", type=int, default=1, help="timed optimizer steps (of --grad-accum micro-batches)"
+    )
     p.add_argument(
         "--torch-adamw",
         action="store_true",

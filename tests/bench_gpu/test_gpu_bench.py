@@ -204,8 +204,8 @@ def test_cases_train_the_shipped_tokens_per_optimizer_step() -> None:
         first.name == "codeparrot-shipped"
         and first.activation_checkpointing == shipped.activation_checkpointing
     )
-    assert {"--micro=8", "--accum=64", "--seq=1024"} <= set(first.argv(8))
-    assert "--accum=128" in first.argv(4)  # an out-of-memory retry keeps the tokens per step
+    assert {"--micro-batch=8", "--grad-accum=64", "--seq-len=1024"} <= set(first.argv(8))
+    assert "--grad-accum=128" in first.argv(4)  # an out-of-memory retry keeps the tokens per step
     assert all(c.accum(c.micro) * c.micro * c.seq == 512 * 1024 for c in gpu)
     assert len({c.name for c in gpu}) == len(gpu)
     assert {"--zero-stage=1"} <= set(cases_mod.select(gpu, "small-zero1")[0].argv(16))

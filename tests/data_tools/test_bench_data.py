@@ -64,7 +64,8 @@ def test_data_loading_bench_ends_with_the_headroom(capsys, tmp_path, small_token
     )
     preprocess(cfg)
     tiny = (
-        "--layers 1 --width 32 --heads 2 --seq 16 --micro 2 --batches 3 --warmup 1 --steps 1 --step-repeats 2"
+        "--layers 1 --width 32 --heads 2 --seq-len 16 --micro-batch 2 --batches 3 --warmup 1 --steps 1 "
+        "--step-repeats 2"
     )
     path = data_loading.main(
         [*tiny.split(), "--data", str(tmp_path / "data"), "--results-dir", str(tmp_path / "res")]

@@ -14,7 +14,10 @@ from pathlib import Path
 from bench import model_step, report
 from training.precision import DeviceInfo, MatmulFigures, cpu_model_and_flags, decide
 
-TINY = "--layers 1 --width 32 --heads 2 --ctx 16 --vocab 100 --batch 2 --warmup 1 --steps 2 --rounds 1"
+TINY = (
+    "--layers 1 --width 32 --heads 2 --seq-len 16 --vocab-size 100 --micro-batch 2 --warmup 1 --steps 2 "
+    "--rounds 1"
+)
 
 
 def test_model_step_measures_every_precision_and_ends_with_the_ratio(capsys, tmp_path) -> None:
