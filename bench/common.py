@@ -325,6 +325,50 @@ def results_path(results_dir: Path, benchmark: str, started: str, tag: str) -> P
     return Path(results_dir) / f"{benchmark}_{stamp}_{tag}.json"
 
 
+class Run:
+    """One benchmark run, the harness every benchmark's ``main`` goes through: when it started, the machine
+    (described in the first line printed), ``out`` (prints a line and keeps it), and `Run.finish`, which
+    writes the results JSON (`finish`) and prints the ratio line last. ``module`` is the benchmark's
+    (``bench.model_step``): its last part names the benchmark, ``python -m <module> <argv>`` is the command
+    recorded."""
+
+    def __init__(self, module: str, argv: Sequence[str] | None) -> None:
+        self.benchmark = module.rpartition(".")[2]
+        self.command = command_line(module, argv)
+        self.started = now()
+        self.out = Printer()
+        self.machine = machine_info()
+        self.out(describe_machine(self.machine))
+
+    def finish(
+        self,
+        *,
+        figures: dict[str, Any],
+        table: list[dict[str, Any]],
+        final_line: str,
+        precision: dict[str, Any] | None = None,
+        results_dir: Path | str | None = None,
+    ) -> Path:
+        """`finish` for this run: the results JSON's path."""
+        return finish(
+            self.out,
+            benchmark=self.benchmark,
+            command=self.command,
+            started=self.started,
+            machine=self.machine,
+            precision=precision,
+            figures=figures,
+            table=table,
+            final_line=final_line,
+            results_dir=results_dir or RESULTS_DIR,
+        )
+
+
+def args_record(args: Any) -> dict[str, Any]:
+    """A benchmark's arguments for its results JSON's figures (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 def finish(
     out: Printer,
     *,

@@ -37,14 +37,10 @@ from typing import Any
 
 from bench.common import (
     RESULTS_DIR,
-    Printer,
+    Run,
     add_training_shape_args,
+    args_record,
     build_shards,
-    command_line,
-    describe_machine,
-    finish,
-    machine_info,
-    now,
     run_config_model,
     torch_threads,
 )
@@ -139,9 +135,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from data_tools.manifest import load_manifest
 
     args = parse_args(argv)
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.data_loading", argv)
+    out = harness.out
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         if args.data is None:
@@ -213,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         for label, m in (("FIM off", off), (f"FIM rate {args.fim_rate}", on))
     ]
     figures = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": args_record(args),
         "vocab_size": vocab,
         "rounds": rounds,
         "step_samples_per_s": step_rate,
@@ -226,12 +221,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"headroom loader/step samples/s: FIM off {off['headroom']['median']:.2f}x, FIM rate {args.fim_rate} "
         f"{on['headroom']['median']:.2f}x"
     )
-    return finish(
-        out,
-        benchmark="data_loading",
-        command=command_line("bench.data_loading", argv),
-        started=started,
-        machine=machine,
+    return harness.finish(
         precision=None,
         figures=figures,
         table=table,

@@ -36,12 +36,7 @@ from typing import Any
 from bench.common import (
     RESULTS_DIR,
     ROOT,
-    Printer,
-    command_line,
-    describe_machine,
-    finish,
-    machine_info,
-    now,
+    Run,
     run_command,
 )
 from bench.launcher import BIN, deepspeed_env, pretrain_command
@@ -122,9 +117,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.fim_quality", argv)
+    out = harness.out
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
@@ -178,12 +172,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"{last['l2r_loss'] / base['l2r_loss']:.4f}x"
     )
     figures = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "by_rate": by_rate}
-    return finish(
-        out,
-        benchmark="fim_quality",
-        command=command_line("bench.fim_quality", argv),
-        started=started,
-        machine=machine,
+    return harness.finish(
         precision=None,
         figures=figures,
         table=table,

@@ -42,13 +42,9 @@ import torch
 
 from bench.common import (
     RESULTS_DIR,
-    Printer,
-    command_line,
-    describe_machine,
-    finish,
+    Run,
+    args_record,
     gpt_config,
-    machine_info,
-    now,
 )
 from model.gpt2 import GPT
 from model.hf import to_hf
@@ -200,12 +196,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the results JSON."""
     args = parse_args(argv)
-    started = now()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.generate", argv)
+    out = harness.out
     config = gpt_config(args)
     torch.manual_seed(args.seed)
     model = GPT(config).eval()
@@ -248,15 +242,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     longest = [r for r in rows if r["no_cache"]][-1:]
     for r in longest:
         out(f"ratio no-cache/cache ({r['new_tokens']} new tokens): {r['ratio']:.2f}x")
-    return finish(
-        out,
-        benchmark="generate",
-        command=command_line("bench.generate", argv),
-        started=started,
-        machine=machine,
+    return harness.finish(
         precision=None,
         figures={
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": args_record(args),
             "hf_kwargs": HF_KWARGS,
             "attention": attention,
             "rows": rows,

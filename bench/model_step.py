@@ -42,14 +42,10 @@ from bench.common import (
     HF_KWARGS,
     RESULTS_DIR,
     PrecisionSupport,
-    Printer,
-    command_line,
-    describe_machine,
-    finish,
+    Run,
+    args_record,
     gpt_config,
-    machine_info,
     make_step,
-    now,
     precision_record,
     precision_support,
 )
@@ -242,13 +238,11 @@ def final_ratio(figures: dict[str, Any], auto: str, mode: str) -> str:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the benchmark; returns the path of the results JSON."""
     args = parse_args(argv)
-    started = now()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Printer()
-    machine = machine_info()
+    harness = Run("bench.model_step", argv)
+    out = harness.out
     support, auto = precision_support(args.width, args.batch * args.ctx, torch.get_num_threads())
-    out(describe_machine(machine))
     out(f"precision auto here: {auto.precision} ({auto.reason})")
     out(
         f"model: {args.layers} layers, width {args.width}, {args.heads} heads, ctx {args.ctx}, "
@@ -274,15 +268,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         + "): "
         + ", ".join(f"{p} {fig['modes'][mode]['ratio']:.2f}x" for p, fig in figures.items())
     )
-    return finish(
-        out,
-        benchmark="model_step",
-        command=command_line("bench.model_step", argv),
-        started=started,
-        machine=machine,
+    return harness.finish(
         precision=precision_record(support, auto),
         figures={
-            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "args": args_record(args),
             "precisions": figures,
         },
         table=table_rows(args, figures, support),

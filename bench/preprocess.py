@@ -54,12 +54,7 @@ import numpy as np
 
 from bench.common import (
     RESULTS_DIR,
-    Printer,
-    command_line,
-    describe_machine,
-    finish,
-    machine_info,
-    now,
+    Run,
 )
 from bench.targets import PREPROCESS_TARGETS, target_line
 from data_tools.encode import encode_texts
@@ -367,9 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the results JSON goes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.preprocess", argv)
+    out = harness.out
     figures: dict[str, Any] = {"args": {**vars(args), "results_dir": str(args.results_dir)}, "corpora": {}}
     table, finals = [], []
     with tempfile.TemporaryDirectory() as tmp_str:
@@ -402,12 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fig[mode_key(mode)] = f
             figures["corpora"][name] = fig
     out(target_line([PREPROCESS_TARGETS[mode_key(mode)] for mode in args.mode]))
-    finish(
-        out,
-        benchmark="preprocess",
-        command=command_line("bench.preprocess", argv),
-        started=started,
-        machine=machine,
+    harness.finish(
         precision=None,
         figures=figures,
         table=table,

@@ -239,11 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.noop:
         noop_rank()
         return 0
-    from bench.common import RESULTS_DIR, Printer, command_line, describe_machine, finish, machine_info, now
+    from bench.common import RESULTS_DIR, Run, args_record
 
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.startup", argv)
+    out = harness.out
     setting = (
         f"{args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, seq {args.seq}, "
         f"micro-batch {args.micro}, train.precision {args.precision}"
@@ -292,14 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "how": HOW.format(n=n["n"]),
         }
     ]
-    finish(
-        out,
-        benchmark="startup",
-        command=command_line("bench.startup", argv),
-        started=started,
-        machine=machine,
+    harness.finish(
         precision=None,
-        figures={"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **result},
+        figures={"args": args_record(args), **result},
         table=table,
         final_line="ratio ours/no-op (launch to step 1 / no-op launch to its barrier): "
         f"{result['ratio']:.2f}x",

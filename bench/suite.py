@@ -533,19 +533,10 @@ def git_commit() -> str | None:
 
 def main(argv: Sequence[str] | None = None, benchmarks: Sequence[Benchmark] = BENCHMARKS) -> int:
     args = parse_args(argv)
-    from bench.common import (
-        RESULTS_DIR,
-        Printer,
-        command_line,
-        describe_machine,
-        machine_info,
-        now,
-        results_path,
-    )
+    from bench.common import RESULTS_DIR, Run, now, results_path
 
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.suite", argv)  # its report is its own, not a benchmark's results JSON
+    out = harness.out
     chosen = [b for b in benchmarks if not args.only or b.name in args.only]
     auto = None
     results_dir = args.results_dir or RESULTS_DIR
@@ -560,14 +551,14 @@ def main(argv: Sequence[str] | None = None, benchmarks: Sequence[Benchmark] = BE
     rows = summary_rows(records)
     for line in summary_table(rows):
         out(line)
-    path = results_path(results_dir, "suite", started, machine["cpu_tag"])
+    path = results_path(results_dir, "suite", harness.started, harness.machine["cpu_tag"])
     report = {
         "schema": 1,
         "benchmark": "suite",
-        "command": command_line("bench.suite", argv),
-        "started": started,
+        "command": harness.command,
+        "started": harness.started,
         "finished": now(),
-        "machine": machine,
+        "machine": harness.machine,
         "git_commit": git_commit(),
         "quick": args.quick,
         "only": args.only,

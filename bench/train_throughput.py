@@ -400,25 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         hf_worker(args)
         return 0
-    from bench.common import (
-        HF_KWARGS,
-        RESULTS_DIR,
-        Printer,
-        build_shards,
-        command_line,
-        describe_machine,
-        finish,
-        machine_info,
-        now,
-        precision_record,
-        precision_support,
-    )
+    from bench.common import HF_KWARGS, RESULTS_DIR, Run, build_shards, precision_record, precision_support
     from bench.targets import target_line, training_targets
 
-    started, out = now(), Printer()
-    machine = machine_info()
+    harness = Run("bench.train_throughput", argv)
+    out = harness.out
     support, auto = precision_support(args.width, args.micro * args.seq, threads=1)  # 1 thread per rank
-    out(describe_machine(machine))
     out(f"precision auto here: {auto.precision} ({auto.reason})")
     out(
         f"run: {args.ds}, {args.ranks} ranks x 1 thread, {args.layers} layers x {args.width}, {args.heads} "
@@ -445,12 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         p, why = next(iter(results)), f"auto would pick {auto.precision} on this CPU, not measured"
     mode = "compiled" if args.compile else "eager"
-    finish(
-        out,
-        benchmark="train_throughput",
-        command=command_line("bench.train_throughput", argv),
-        started=started,
-        machine=machine,
+    harness.finish(
         precision=precision_record(support, auto),
         figures={"args": args_record(args), "precisions": results},
         table=table_rows(args, methods, results),

@@ -34,12 +34,7 @@ import numpy as np
 
 from bench.common import (
     RESULTS_DIR,
-    Printer,
-    command_line,
-    describe_machine,
-    finish,
-    machine_info,
-    now,
+    Run,
 )
 from data_tools.indexed_dataset import IndexedDatasetWriter
 from data_tools.manifest import MANIFEST, VERIFIED, verify_dataset
@@ -126,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("sha256sum") is None:
         parser.error("sha256sum (coreutils) is not on PATH: it is the baseline")
-    started, out = now(), Printer()
-    machine = machine_info()
-    out(describe_machine(machine))
+    harness = Run("bench.verify_data", argv)
+    out, machine = harness.out, harness.machine
     out(f"sha extensions (sha_ni): {'sha_ni' in machine['cpu_flags'].split()}, cores {machine['cores']}")
     figures: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "states": {}}
     table, finals = [], []
@@ -159,12 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finals.append(f"{state} {f['ratio']:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    finish(
-        out,
-        benchmark="verify_data",
-        command=command_line("bench.verify_data", argv),
-        started=started,
-        machine=machine,
+    harness.finish(
         precision=None,
         figures=figures,
         table=table,
