@@ -1,4 +1,5 @@
-"""Logging for a run: one `setup_logging(rank)`, rank 0's step lines, TensorBoard events, metrics.jsonl."""
+"""A run's records: the peak FLOP/s MFU is measured against, the memory in use, and MetricsWriter (rank 0's
+metrics.jsonl and TensorBoard scalars). The log format is cmdline.logs'; the step lines, training.loop's."""
 
 from __future__ import annotations
 
@@ -10,15 +11,9 @@ from typing import Any
 
 import torch
 
-from cmdline.logs import setup_logging as cmdline_logging
 from training.gpus import GPUS, gpu_key
 
 logger = logging.getLogger(__name__)
-
-
-def setup_logging(rank: int, verbose: bool = False) -> None:
-    """Rank 0 logs at INFO (DEBUG with verbose); other ranks only warnings and errors (cmdline.logs)."""
-    cmdline_logging(verbose, rank=rank)
 
 
 def peak_flops(precision: str, override_tflops: float | None) -> float | None:

@@ -291,9 +291,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from training.metrics import setup_logging
+    from cmdline.logs import setup_logging
 
-    setup_logging(0)
+    setup_logging(rank=0)
     if args.torch_adamw:
         import model.optim
 

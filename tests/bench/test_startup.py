@@ -7,8 +7,8 @@ import argparse
 import logging
 
 from bench import startup
+from cmdline.logs import setup_logging
 from training.config import ConfigError, from_dict
-from training.metrics import setup_logging
 from training.validate import load_ds_config, validate
 
 
@@ -40,7 +40,7 @@ def test_the_marker_matches_rank_0s_step_1_line_only(capsys) -> None:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        setup_logging(0)  # the format pretrain_gpt.py logs in
+        setup_logging(rank=0)  # the format pretrain_gpt.py logs in
         loop = logging.getLogger("training.loop")
         for step in (1, 2, 10):
             loop.info("step %d/%d | loss %.4f | lr %.3e", step, 10, 9.0, 1e-4)
