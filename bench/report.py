@@ -1,13 +1,13 @@
-"""Render the README's benchmark table from bench/results/*.json, or check or update a file's copy of it.
+"""Render the benchmark table of docs/benchmarks.md from bench/results/*.json, or check or update a copy.
 
     python -m bench.report                              # print the table block, markers included
-    python -m bench.report --check README.md            # exit 1 with a diff if README's block differs
-    python -m bench.report --update README.md           # rewrite the block between the markers in place
+    python -m bench.report --check docs/benchmarks.md   # exit 1 with a diff if its block differs
+    python -m bench.report --update docs/benchmarks.md  # rewrite the block between the markers in place
 
 The block sits between the lines `<!-- bench:begin -->` and `<!-- bench:end -->`. It has one row per
 benchmark x setting x precision x machine, built from the `table` rows that each results JSON carries
 (bench/common.finish writes them); where several runs hold the same row, the newest run's row is shown.
-Below the table, the results files the rows come from.
+Above it, the targets (bench/targets.py); below it, the results files the rows come from.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, ROOT
+from bench.targets import TARGETS
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 COLUMNS = (
@@ -77,7 +78,9 @@ def cell(value: Any) -> str:
 def render(records: list[tuple[Path, dict[str, Any]]]) -> str:
     """The Markdown block, markers included."""
     rows = collect(records)
-    lines = [BEGIN, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines = [BEGIN, "", "The targets (`bench/targets.py`, which the suite judges by):", ""]
+    lines += ["| figure | target |", "|---|---|", *(f"| {t.figure} | {t} |" for t in TARGETS.values()), ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         values = (
             f"`{r['benchmark']}`",
