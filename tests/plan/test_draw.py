@@ -17,6 +17,7 @@ from model.presets import get_preset
 from plan.cli import main
 from plan.draw import SIZE_PX, memory_figure
 from plan.memory import GIB, Gpu, Layout, plan
+from tests.training.test_planner import WITHOUT_TORCH
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,14 +73,7 @@ def test_plot_option_writes_the_png_and_keeps_json_on_stdout(tmp_path, capsys):
     assert pixels.std() > 20  # not a blank canvas: bars, lines, text
 
 
-NO_TORCH = """
-import sys
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "deepspeed"):
-            raise ImportError(f"codeparrot-plan imported {name}")
-sys.meta_path.insert(0, NoTorch())
-from plan.cli import main
+NO_TORCH = WITHOUT_TORCH + """
 assert main(["--preset", "codeparrot-small", "--gpu", "h200"]) == 0
 assert "matplotlib" not in sys.modules, "matplotlib imported without --plot"
 assert main(["--preset", "codeparrot-small", "--gpu", "h200", "--plot", sys.argv[1]]) == 0

@@ -421,7 +421,8 @@ def test_an_unknown_gpu_is_refused_naming_the_choices(capsys):
     )
 
 
-NO_TORCH = """
+# The head of a script that makes torch and DeepSpeed unimportable, then imports codeparrot-plan's main.
+WITHOUT_TORCH = """
 import sys
 class NoTorch:
     def find_spec(self, name, path=None, target=None):
@@ -429,6 +430,8 @@ class NoTorch:
             raise ImportError(f"codeparrot-plan imported {name}")
 sys.meta_path.insert(0, NoTorch())
 from plan.cli import main
+"""
+NO_TORCH = WITHOUT_TORCH + """
 for argv in (
     ["--preset", "codeparrot-small", "--gpu", "h200", "--json"],
     ["--config", "configs/codeparrot_pipeline4_zero1.json", "--ds_config", "ds_configs/pipeline_zero1.json",
