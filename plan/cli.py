@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cmdline import EXIT_CHECK_FAILED, EXIT_OK
+from cmdline import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNUSABLE
 from cmdline.args import OneLineParser, fraction, positive_float, positive_int
 from model.config import GPTConfig
 from model.flops import flops_per_token
@@ -233,6 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.config import ConfigError
 
     args = parse_args(argv)
+    if args.plot and args.suggest:
+        print(
+            "codeparrot-plan: error: --plot draws one layout's memory; --suggest ranks many. Run the plan of "
+            "the layout you choose with --plot (see --help)",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
     try:
         model, preset, lay, source = layout_from_args(args)
         gpu = _gpu(args, lay.precision)

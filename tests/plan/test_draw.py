@@ -91,3 +91,9 @@ def test_plot_imports_no_torch_and_matplotlib_only_when_asked(tmp_path):
     )
     assert out.returncode == 0 and out.stdout.strip().endswith("no torch"), out.stderr[-3000:]
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_plot_with_suggest_is_refused(tmp_path, capsys):
+    assert main(["--preset", "tiny", "--suggest", "--plot", str(tmp_path / "p.png")]) == 2
+    assert "--plot draws one layout's memory" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
