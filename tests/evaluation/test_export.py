@@ -22,7 +22,9 @@ from evaluation.checkpoint import CheckpointError, consolidate, load_model
 from evaluation.export import export
 from evaluation.export import main as export_main
 from model.gpt2 import GPT
-from tests.training.conftest import BIN, ROOT, check, deepspeed_cmd, run, run_config, tiny_data  # noqa: F401
+from tests.training.conftest import ROOT, check, deepspeed_cmd, run, run_config, tiny_data  # noqa: F401
+
+BIN = Path(sys.executable).parent  # the console scripts of the venv running the tests
 
 pytestmark = pytest.mark.slow
 
