@@ -40,6 +40,7 @@ from bench.common import (
     run_command,
 )
 from bench.launcher import BIN, deepspeed_env, pretrain_command
+from training.run_files import METRICS
 
 TIMEOUT_S = 3600
 
@@ -70,7 +71,7 @@ def train(args: argparse.Namespace, data: Path, save_dir: Path, rate: float, see
         raise RuntimeError(
             f"data.fim_rate {rate} but the run did not log fill-in-the-middle:\n{output[-2000:]}"
         )
-    lines = [json.loads(x) for x in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (save_dir / METRICS).read_text().splitlines()]
     last = lines[-1]
     return {
         "steps": last["step"],

@@ -213,11 +213,12 @@ def launch_ours(
     args: argparse.Namespace, method: Method, data: Path, run_dir: Path, tmp: Path
 ) -> list[float]:
     from bench.launcher import pretrain_command
+    from training.run_files import METRICS
 
     cfg = run_config(args, method, data, run_dir / "save")
     (run_dir / "run.json").write_text(json.dumps(cfg))
     launch(pretrain_command(run_dir / "run.json", args.ds, ranks=args.ranks), tmp)
-    lines = [json.loads(x) for x in (run_dir / "save" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (run_dir / "save" / METRICS).read_text().splitlines()]
     return [x["tokens_per_s"] for x in lines if x["step"] > method.warmup]
 
 

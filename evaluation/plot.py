@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from cmdline import EXIT_OK, EXIT_UNUSABLE
 from cmdline.args import OneLineParser
 from cmdline.logs import setup_logging
-from training.run_files import RUN_CONFIG
+from training.run_files import METRICS, RUN_CONFIG
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METRICS = "metrics.jsonl"  # written by training.metrics.MetricsWriter into train.save_dir
 SIZE_PX = (1500, 900)  # width x height of the PNG
 DPI = 100
 # (panel title, record key, y scale: "log" where the values span over a decade); a record without the key

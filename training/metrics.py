@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from training.gpus import GPUS, gpu_key
+from training.run_files import METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class MetricsWriter:
         self._tb_tried = False
         if enabled:
             run_dir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+            self._jsonl = open(run_dir / METRICS, "a")  # noqa: SIM115 - closed in close()
 
     def _tensorboard(self) -> Any:
         """The SummaryWriter, made at the first write: importing torch.utils.tensorboard costs about 0.35 s,

@@ -17,6 +17,7 @@ from data_tools.parallel import CleanConfig
 from data_tools.preprocess import PreprocessConfig, preprocess
 from data_tools.sources import Problems, SourceConfig, iter_documents
 from data_tools.train_tokenizer import train
+from training.run_files import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "pretrain_gpt.py"
@@ -118,7 +119,7 @@ def losses(save_dir: Path) -> dict[int, float]:
     """step -> training loss from metrics.jsonl (the last line for a step wins: a resumed run rewrites; the
     resume marks, lines with an "event" key, are not steps)."""
     out = {}
-    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (save_dir / METRICS).read_text().splitlines():
         record = json.loads(line)
         if "event" not in record:
             out[record["step"]] = record["loss"]
