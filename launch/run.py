@@ -119,12 +119,7 @@ def runner_view(argv: Sequence[str]) -> RunnerView:
 
     args = runner.parse_args(list(argv))
     given = any(a == "--hostfile" or a.startswith("--hostfile=") for a in argv)
-    if given and not os.path.exists(args.hostfile):  # the runner would train on this host alone
-        raise LaunchConfigError(
-            f"--hostfile {args.hostfile}: no such file, and the DeepSpeed runner would go on with this host "
-            "alone; give the hostfile's path, or drop --hostfile for a one-node run"
-        )
-    pool = _hostfile_pool(runner, args.hostfile)
+    pool = _hostfile_pool(runner, args.hostfile, given)
     argv = list(argv)
     if not pool:
         import torch
@@ -152,11 +147,17 @@ def runner_view(argv: Sequence[str]) -> RunnerView:
     )
 
 
-def _hostfile_pool(runner, path: str) -> dict:
+def _hostfile_pool(runner, path: str, given: bool) -> dict:
     """The runner's own reading of the hostfile, after ours has said what is wrong with it in one message
-    (the runner raises a bare ValueError or UnicodeDecodeError on a directory or a binary file)."""
+    (the runner raises a bare ValueError or UnicodeDecodeError on a directory or a binary file). A hostfile
+    the command line names (`given`) must exist: the runner would go on with this host alone."""
     from launch.hostfile import HostfileError, read_hostfile
 
+    if given and not os.path.exists(path):
+        raise LaunchConfigError(
+            f"--hostfile {path}: no such file, and the DeepSpeed runner would go on with this host alone; "
+            "give the hostfile's path, or drop --hostfile for a one-node run"
+        )
     if os.path.exists(path):
         try:
             read_hostfile(path)
