@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from cmdline import EXIT_CHECK_FAILED, EXIT_OK, EXIT_UNUSABLE
+from cmdline import EXIT_CHECK_FAILED, EXIT_OK
 from cmdline.args import OneLineParser, fraction, positive_float, positive_int
 from model.config import GPTConfig
 from model.flops import flops_per_token
@@ -110,7 +110,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=positive_int, default=5, help="with --suggest: layouts shown (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", metavar="PNG", help="also draw its memory per phase into PNG (not --suggest)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.plot and args.suggest:
+        p.error("--plot draws one layout's memory; --suggest ranks many. Plan the chosen layout with --plot")
+    return args
 
 
 def _flag_sets(args: argparse.Namespace) -> list[str]:
@@ -233,13 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.config import ConfigError
 
     args = parse_args(argv)
-    if args.plot and args.suggest:
-        print(
-            "codeparrot-plan: error: --plot draws one layout's memory; --suggest ranks many. Run the plan of "
-            "the layout you choose with --plot (see --help)",
-            file=sys.stderr,
-        )
-        return EXIT_UNUSABLE
     try:
         model, preset, lay, source = layout_from_args(args)
         gpu = _gpu(args, lay.precision)

@@ -94,6 +94,8 @@ def test_plot_imports_no_torch_and_matplotlib_only_when_asked(tmp_path):
 
 
 def test_plot_with_suggest_is_refused(tmp_path, capsys):
-    assert main(["--preset", "tiny", "--suggest", "--plot", str(tmp_path / "p.png")]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(["--preset", "tiny", "--suggest", "--plot", str(tmp_path / "p.png")])
+    assert refused.value.code == 2
     assert "--plot draws one layout's memory" in capsys.readouterr().err
     assert not (tmp_path / "p.png").exists()
