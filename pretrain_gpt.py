@@ -167,7 +167,7 @@ def train(run, setup, args: argparse.Namespace, launch: LaunchEnv, stop) -> int:
     from training.run_lock import RunLock
 
     rank = dist.get_rank()
-    setup = startup.agree_on_precision(run, setup, args.ds_config, launch.device_type)
+    setup = startup.agree_on_precision(run, setup, args.ds_config, launch.device_type, args.resume_from)
     seed_everything(run.train.seed + 1000 * rank)  # a resume then restores each rank's saved state
     expected = resume_key(run, setup)
     lock = RunLock(Path(run.train.save_dir))

@@ -140,6 +140,19 @@ def latest_tag(save_dir: Path) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
+def saved_precision(save_dir: Path, resume_from: str | None) -> tuple[str, str] | None:
+    """(tag, precision) of the checkpoint a run in `save_dir` would resume (`resume_from`, else `latest`),
+    from its client state; None when there is none or it cannot be read (find_resume_point says why)."""
+    tag = resume_from or latest_tag(save_dir)
+    if tag is None:
+        return None
+    try:
+        client = json.loads((save_dir / tag / CLIENT_STATE).read_text())
+        return tag, str(client["resume_config"]["train.precision"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def save(engine: Any, save_dir: Path, step: int, client_state: dict[str, Any], keep_last: int) -> str:
     """Collective: every rank writes its part, then rank 0 moves `latest` and prunes old tags."""
     tag = f"global_step{step}"

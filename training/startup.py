@@ -36,10 +36,15 @@ def agreed_problems(problems: list[str]) -> list[str]:
     return out
 
 
-def agree_on_precision(run: RunConfig, setup: RunSetup, ds_path: str, device_type: str) -> RunSetup:
+def agree_on_precision(
+    run: RunConfig, setup: RunSetup, ds_path: str, device_type: str, resume_from: str | None = None
+) -> RunSetup:
     """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
-    differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. Rank 0
-    logs the choice, its reason and a warning for an explicit bf16 that runs slowly here."""
+    differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. And
+    "auto" chooses once per run, when it starts: a run resuming a checkpoint trains on in the checkpoint's
+    precision (a checkpoint loads only into an engine of its own precision, and a measurement at the
+    margin, 1.2x one day and 1.3x the next, must not refuse a resume). Rank 0 logs the choice, its reason
+    and a warning for a bf16 that runs slowly here."""
     choice = setup.precision
     ranks_bf16 = torch.tensor([1.0 if choice.precision == "bf16" else 0.0])
     low, high = ranks_bf16.clone(), ranks_bf16.clone()
@@ -51,14 +56,57 @@ def agree_on_precision(run: RunConfig, setup: RunSetup, ds_path: str, device_typ
             "training in fp32 on every rank. Set train.precision explicitly to choose",
             choice.reason,
         )
-        fp32 = dataclasses.replace(run, train=dataclasses.replace(run.train, precision="fp32"))
-        again = validate(fp32, load_ds_config(ds_path), ds_path, dist.get_world_size(), device_type)
-        reason = "ranks disagreed on auto; fp32 everywhere"
-        return dataclasses.replace(again, precision=dataclasses.replace(again.precision, reason=reason))
+        setup = _with_precision(
+            run, setup, ds_path, device_type, "fp32", "ranks disagreed on auto; fp32 everywhere"
+        )
+    if run.train.precision == "auto":
+        setup = _checkpoint_precision(run, setup, ds_path, device_type, resume_from)
+    choice = setup.precision
     logger.info("precision %s (train.precision %s): %s", choice.precision, choice.requested, choice.reason)
     if choice.warning and dist.get_rank() == 0:
         logger.warning("%s", choice.warning)
     return setup
+
+
+def _with_precision(
+    run: RunConfig, setup: RunSetup, ds_path: str, device_type: str, precision: str, reason: str
+) -> RunSetup:
+    """The run validated again as if train.precision were `precision` (the DeepSpeed config's bf16 section
+    follows), still recorded as "auto" with `reason`."""
+    fixed = dataclasses.replace(run, train=dataclasses.replace(run.train, precision=precision))
+    again = validate(fixed, load_ds_config(ds_path), ds_path, dist.get_world_size(), device_type)
+    choice = dataclasses.replace(again.precision, requested=run.train.precision, reason=reason)
+    return dataclasses.replace(again, precision=choice)
+
+
+def _checkpoint_precision(
+    run: RunConfig, setup: RunSetup, ds_path: str, device_type: str, resume_from: str | None
+) -> RunSetup:
+    """Collective: `setup` with the precision of the checkpoint this run resumes (rank 0 reads it)."""
+    box = [
+        checkpoint.saved_precision(Path(run.train.save_dir), resume_from) if dist.get_rank() == 0 else None
+    ]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is None or box[0][1] == setup.precision.precision or box[0][1] not in ("fp32", "bf16"):
+        return setup
+    tag, saved = box[0]
+    here = setup.precision
+    reason = (
+        f"the checkpoint {tag} this run resumes was trained in {saved}, and auto keeps a run's precision "
+        f"(on its own, auto would take {here.precision} here: {here.reason})"
+    )
+    try:
+        kept = _with_precision(run, setup, ds_path, device_type, saved, reason)
+    except ConfigError:  # the DeepSpeed JSON enables the other precision: the resume check says so
+        return setup
+    if kept.precision.warning:
+        warning = (
+            f"{Path(run.train.save_dir) / tag} was trained in bf16, which runs slowly on this machine "
+            f"({here.reason}). To train on in fp32, start a new train.save_dir with "
+            f"train.init_from={Path(run.train.save_dir) / tag} and train.precision=fp32"
+        )
+        kept = dataclasses.replace(kept, precision=dataclasses.replace(kept.precision, warning=warning))
+    return kept
 
 
 def prepare_run_dir(

@@ -9,9 +9,10 @@ import pytest
 
 from training.config import ConfigError, from_dict
 from training.precision import DeviceInfo, MatmulFigures, cpu_model_and_flags, decide, probe_shape
+from training.run_files import RUN_CONFIG
 from training.validate import load_ds_config, validate
 
-from .conftest import ROOT
+from .conftest import ROOT, check, losses, run, run_config, single_cmd
 
 
 def cpu(name: str, flags: tuple[str, ...], fp32: float, bf16: float) -> DeviceInfo:
@@ -82,3 +83,21 @@ def test_the_json_decides_auto_and_contradictions_are_refused(tiny_data):
     run = from_dict({"data": {"paths": [str(tiny_data)], "seq_len": 32}, "train": {"precision": "fp32"}})
     with pytest.raises(ConfigError, match="sets bf16.enabled=True but train.precision is 'fp32'"):
         validate(run, {"bf16": {"enabled": True}}, "gpu.json", 1, "cpu")
+
+
+@pytest.mark.parametrize("trained_in", ["fp32", "bf16"])
+def test_auto_resumes_a_checkpoint_in_its_own_precision(tiny_data, tmp_path, trained_in):
+    """"auto" chooses once per run: a checkpoint trained in fp32 and one trained in bf16 both resume under
+    auto, each in its own precision. Whatever auto measures on this machine, one of the two differs from it,
+    and a resume that took the measured precision would be refused for train.precision (or, on a machine at
+    the 1.25x margin, would be refused at random)."""
+    cfg = run_config(tmp_path, tiny_data, precision=trained_in, max_steps=4, save_interval=4, eval_interval=4)
+    check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path))
+    cfg = run_config(tmp_path, tiny_data, precision="auto", max_steps=6, save_interval=6, eval_interval=6)
+    log = check(run(single_cmd(cfg, "zero2_cpu.json"), tmp_path)).stdout
+    assert f"precision {trained_in} (train.precision auto)" in log, log[-3000:]
+    resolved = json.loads((tmp_path / "ckpt" / RUN_CONFIG).read_text())["resolved"]
+    assert resolved["precision"] == trained_in
+    assert sorted(losses(tmp_path / "ckpt")) == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((tmp_path / "ckpt" / "global_step6" / "client_state.json").read_text())
+    assert saved["resume_config"]["train.precision"] == trained_in
