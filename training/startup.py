@@ -37,7 +37,7 @@ def agreed_problems(problems: list[str]) -> list[str]:
 
 
 def agree_on_precision(
-    run: RunConfig, setup: RunSetup, ds_path: str, device_type: str, resume_from: str | None = None
+    run: RunConfig, setup: RunSetup, ds_path: str, device_type: str, resume_from: str | None
 ) -> RunSetup:
     """Collective: every rank measured its device; all must train in one precision. If "auto" resolved
     differently on some rank (mixed hosts, or a measurement at the margin), every rank takes fp32. And
